@@ -1,0 +1,462 @@
+//! The window engine: routes prediction rows to (window, series) state,
+//! tracks the watermark, and closes windows when it passes their end.
+//!
+//! Windows and watermarks live here, outside DataFusion, because Kafka data
+//! arrives out of order; the per-window aggregates are DataFusion
+//! accumulators driven with the rows of their (window, series).
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{take, take_record_batch};
+use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use infermon_schemas::batch::{STAGES, segment_column, stage_column};
+use infermon_schemas::{FieldValue, Point, prediction_schema};
+
+use crate::latency::LatencyAccumulator;
+use crate::throughput::ThroughputAccumulator;
+use crate::watermark::{InputId, WatermarkTracker};
+use crate::window::{WindowConfig, WindowConfigError, WindowSpec};
+
+/// Errors from the engine; all mean the input batch did not match the schema.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad window settings.
+    #[error(transparent)]
+    Config(#[from] WindowConfigError),
+    /// A batch whose columns are not the prediction schema's.
+    #[error("prediction batch does not match the schema: {0}")]
+    Schema(String),
+    /// An accumulator failed.
+    #[error("aggregate failed: {0}")]
+    Aggregate(#[from] datafusion::error::DataFusionError),
+    /// Arrow kernel failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// The identity of a monitored series: the tags of its points.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Configured segment keys with this series' values ("" when absent).
+    pub segments: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    /// A point of `measurement` at `ts_ms` tagged with this series.
+    pub fn point(&self, measurement: &str, ts_ms: i64) -> Point {
+        let mut p = Point::new(measurement, ts_ms)
+            .tag("model", &self.model)
+            .tag("model_version", &self.model_version);
+        for (k, v) in &self.segments {
+            p = p.tag(k, v);
+        }
+        p
+    }
+}
+
+/// Running totals per series, for summaries and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesStats {
+    /// Prediction events seen.
+    pub events: u64,
+    /// Events that arrived after at least one of their windows had closed.
+    pub late: u64,
+}
+
+/// Accumulators of one series in one window.
+#[derive(Debug, Clone)]
+pub struct SeriesState {
+    /// One latency accumulator per stage, in [`STAGES`] order.
+    pub stages: [LatencyAccumulator; 5],
+    /// Request and error counts.
+    pub throughput: ThroughputAccumulator,
+}
+
+/// A window whose end the watermark has passed: its results are final.
+#[derive(Debug)]
+pub struct ClosedWindow {
+    /// Inclusive start, ms.
+    pub start: i64,
+    /// Exclusive end, ms; the timestamp of every point of this window.
+    pub end: i64,
+    /// State per series, sorted by key.
+    pub series: Vec<(SeriesKey, SeriesState)>,
+    /// The window's rows, kept only when custom SQL metrics need them.
+    pub batches: Vec<RecordBatch>,
+    /// Late events counted since the previous window closed, per series.
+    pub late: Vec<(SeriesKey, u64)>,
+}
+
+impl ClosedWindow {
+    /// The contract's `latency` and `throughput` points, plus `late_events`.
+    pub fn points(&mut self) -> Result<Vec<Point>, EngineError> {
+        let mut out = Vec::new();
+        for (key, state) in &mut self.series {
+            for (stage, acc) in STAGES.iter().zip(&mut state.stages) {
+                if acc.sketch().count() == 0 {
+                    continue;
+                }
+                let mut p = key.point("latency", self.end).tag("stage", *stage);
+                p.fields = struct_fields(&acc.evaluate()?);
+                out.push(p);
+            }
+            let mut p = key.point("throughput", self.end);
+            p.fields = struct_fields(&state.throughput.evaluate()?);
+            out.push(p);
+        }
+        for (key, n) in &self.late {
+            out.push(
+                key.point("late_events", self.end)
+                    .field("count", FieldValue::Int(*n as i64)),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Flattens an accumulator's struct result into point fields (nulls skipped).
+pub fn struct_fields(value: &ScalarValue) -> Vec<(String, FieldValue)> {
+    let ScalarValue::Struct(s) = value else {
+        return Vec::new();
+    };
+    s.fields()
+        .iter()
+        .zip(s.columns())
+        .filter_map(|(f, col)| Some((f.name().clone(), field_value(col, 0)?)))
+        .collect()
+}
+
+/// Row `i` of an Arrow column as a field value, if it is a number or bool.
+pub fn field_value(col: &ArrayRef, i: usize) -> Option<FieldValue> {
+    if col.is_null(i) {
+        return None;
+    }
+    match ScalarValue::try_from_array(col, i).ok()? {
+        ScalarValue::Int8(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::Int16(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::Int32(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::Int64(Some(v)) => Some(FieldValue::Int(v)),
+        ScalarValue::UInt8(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::UInt16(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::UInt32(Some(v)) => Some(FieldValue::Int(v.into())),
+        ScalarValue::UInt64(Some(v)) => Some(FieldValue::Int(i64::try_from(v).ok()?)),
+        ScalarValue::Float32(Some(v)) => Some(FieldValue::Float(v.into())),
+        ScalarValue::Float64(Some(v)) => Some(FieldValue::Float(v)),
+        ScalarValue::Boolean(Some(v)) => Some(FieldValue::Bool(v)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Default)]
+struct OpenWindow {
+    series: HashMap<u32, SeriesState>,
+    batches: Vec<RecordBatch>,
+}
+
+/// Column positions of the prediction schema that the engine reads.
+#[derive(Debug, Clone)]
+struct Columns {
+    ts: usize,
+    model: usize,
+    model_version: usize,
+    status: usize,
+    batch_size: usize,
+    stages: [usize; 5],
+    segments: Vec<usize>,
+}
+
+impl Columns {
+    fn new(schema: &SchemaRef, segment_keys: &[String]) -> Result<Self, EngineError> {
+        let idx = |name: &str| {
+            schema
+                .index_of(name)
+                .map_err(|_| EngineError::Schema(format!("missing column {name}")))
+        };
+        let mut stages = [0; 5];
+        for (slot, stage) in stages.iter_mut().zip(STAGES) {
+            *slot = idx(&stage_column(stage))?;
+        }
+        Ok(Self {
+            ts: idx("ts")?,
+            model: idx("model")?,
+            model_version: idx("model_version")?,
+            status: idx("status")?,
+            batch_size: idx("batch_size")?,
+            stages,
+            segments: segment_keys
+                .iter()
+                .map(|k| idx(&segment_column(k)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Event-time windows over prediction batches.
+pub struct WindowEngine {
+    spec: WindowSpec,
+    segment_keys: Vec<String>,
+    columns: Columns,
+    watermarks: WatermarkTracker,
+    keep_batches: bool,
+    series_ids: HashMap<String, u32>,
+    series: Vec<SeriesKey>,
+    stats: Vec<SeriesStats>,
+    late_pending: BTreeMap<u32, u64>,
+    open: BTreeMap<i64, OpenWindow>,
+    /// Scratch: row indices per (window start, series id), reused per batch.
+    groups: HashMap<(i64, u32), Vec<u32>>,
+    key_buf: String,
+}
+
+impl WindowEngine {
+    /// An engine for [`prediction_schema`]`(config.segment_keys)` batches.
+    /// `keep_batches` keeps each window's rows for custom SQL metrics.
+    pub fn new(config: &WindowConfig, keep_batches: bool) -> Result<Self, EngineError> {
+        let schema = prediction_schema(&config.segment_keys);
+        Ok(Self {
+            spec: WindowSpec::new(config)?,
+            segment_keys: config.segment_keys.clone(),
+            columns: Columns::new(&schema, &config.segment_keys)?,
+            watermarks: WatermarkTracker::new(
+                config.allowed_lateness.as_millis() as i64,
+                config.idle_timeout.as_millis() as i64,
+            ),
+            keep_batches,
+            series_ids: HashMap::new(),
+            series: Vec::new(),
+            stats: Vec::new(),
+            late_pending: BTreeMap::new(),
+            open: BTreeMap::new(),
+            groups: HashMap::new(),
+            key_buf: String::new(),
+        })
+    }
+
+    /// Window geometry.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+
+    /// Register an input (file or partition) with the watermark tracker.
+    pub fn add_input(&mut self, now_ms: i64) -> InputId {
+        self.watermarks.add_input(now_ms)
+    }
+
+    /// Event time progressed on `input` without predictions (other topics).
+    pub fn observe(&mut self, input: InputId, max_ts: i64, now_ms: i64) {
+        self.watermarks.observe(input, max_ts, now_ms);
+    }
+
+    /// The input is exhausted.
+    pub fn finish_input(&mut self, input: InputId) {
+        self.watermarks.finish(input);
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.current()
+    }
+
+    /// Windows currently open (bounded by lateness and window size).
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Totals per series so far, sorted by key.
+    pub fn series_stats(&self) -> Vec<(SeriesKey, SeriesStats)> {
+        let mut v: Vec<_> = self.series.iter().cloned().zip(self.stats.clone()).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Route a batch of predictions from `input` into its windows. Rows whose
+    /// window already closed are counted as late for their series (and still
+    /// go to any of their windows that are open).
+    pub fn push_predictions(
+        &mut self,
+        input: InputId,
+        batch: &RecordBatch,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let c = self.columns.clone();
+        let ts = batch
+            .column(c.ts)
+            .as_primitive_opt::<TimestampMillisecondType>()
+            .ok_or_else(|| EngineError::Schema("ts must be Timestamp(ms)".into()))?;
+        let string_col = |i: usize| -> Result<&StringArray, EngineError> {
+            batch
+                .column(i)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| EngineError::Schema(format!("column {i} must be Utf8")))
+        };
+        let model = string_col(c.model)?;
+        let version = string_col(c.model_version)?;
+        let segments: Vec<&StringArray> = c
+            .segments
+            .iter()
+            .map(|&i| string_col(i))
+            .collect::<Result<_, _>>()?;
+
+        let watermark = self.watermarks.current();
+        for g in self.groups.values_mut() {
+            g.clear();
+        }
+        let mut max_ts = i64::MIN;
+        for row in 0..batch.num_rows() {
+            let t = ts.value(row);
+            max_ts = max_ts.max(t);
+            let id = self.series_id(model.value(row), version.value(row), &segments, row);
+            self.stats[id as usize].events += 1;
+            let mut late = false;
+            for start in self.spec.starts(t) {
+                if watermark.is_some_and(|w| self.spec.end(start) <= w) {
+                    late = true;
+                } else {
+                    self.groups.entry((start, id)).or_default().push(row as u32);
+                }
+            }
+            if late {
+                self.stats[id as usize].late += 1;
+                *self.late_pending.entry(id).or_default() += 1;
+            }
+        }
+
+        let window_secs = self.spec.size_ms as f64 / 1000.0;
+        let mut rows_per_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (&(start, id), rows) in &self.groups {
+            if rows.is_empty() {
+                continue;
+            }
+            let indices = UInt32Array::from(rows.clone());
+            let col = |i: usize| take(batch.column(i), &indices, None);
+            let window = self.open.entry(start).or_default();
+            let state = window.series.entry(id).or_insert_with(|| SeriesState {
+                stages: Default::default(),
+                throughput: ThroughputAccumulator::new(window_secs),
+            });
+            for (acc, &i) in state.stages.iter_mut().zip(&c.stages) {
+                acc.update_batch(&[col(i)?])?;
+            }
+            state
+                .throughput
+                .update_batch(&[col(c.status)?, col(c.batch_size)?])?;
+            if self.keep_batches {
+                rows_per_window.entry(start).or_default().extend(rows);
+            }
+        }
+        for (start, mut rows) in rows_per_window {
+            rows.sort_unstable();
+            let indices = UInt32Array::from(rows);
+            let part = take_record_batch(batch, &indices)?;
+            if let Some(w) = self.open.get_mut(&start) {
+                w.batches.push(part);
+            }
+        }
+        self.groups.retain(|_, rows| !rows.is_empty());
+        self.watermarks.observe(input, max_ts, now_ms);
+        Ok(())
+    }
+
+    fn series_id(
+        &mut self,
+        model: &str,
+        version: &str,
+        segments: &[&StringArray],
+        row: usize,
+    ) -> u32 {
+        let buf = &mut self.key_buf;
+        buf.clear();
+        buf.push_str(model);
+        buf.push('\u{1f}');
+        buf.push_str(version);
+        for s in segments {
+            buf.push('\u{1f}');
+            if s.is_valid(row) {
+                buf.push_str(s.value(row));
+            }
+        }
+        if let Some(&id) = self.series_ids.get(buf.as_str()) {
+            return id;
+        }
+        let id = self.series.len() as u32;
+        self.series_ids.insert(buf.clone(), id);
+        self.series.push(SeriesKey {
+            model: model.to_string(),
+            model_version: version.to_string(),
+            segments: self
+                .segment_keys
+                .iter()
+                .zip(segments)
+                .map(|(k, s)| {
+                    let v = if s.is_valid(row) { s.value(row) } else { "" };
+                    (k.clone(), v.to_string())
+                })
+                .collect(),
+        });
+        self.stats.push(SeriesStats::default());
+        id
+    }
+
+    /// Advance the watermark to processing time `now_ms` and return every
+    /// window whose end it has passed, oldest first.
+    pub fn fire(&mut self, now_ms: i64) -> Vec<ClosedWindow> {
+        match self.watermarks.advance(now_ms) {
+            Some(w) => self.close_until(Some(w)),
+            None => Vec::new(),
+        }
+    }
+
+    /// End of input: close every open window.
+    pub fn flush(&mut self) -> Vec<ClosedWindow> {
+        self.close_until(None)
+    }
+
+    fn close_until(&mut self, watermark: Option<i64>) -> Vec<ClosedWindow> {
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            let start = *entry.key();
+            let end = self.spec.end(start);
+            if watermark.is_some_and(|w| end > w) {
+                break;
+            }
+            let window = entry.remove();
+            let mut series: Vec<_> = window
+                .series
+                .into_iter()
+                .map(|(id, s)| (self.series[id as usize].clone(), s))
+                .collect();
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            closed.push(ClosedWindow {
+                start,
+                end,
+                series,
+                batches: window.batches,
+                late: Vec::new(),
+            });
+        }
+        // Late counts ride on the last window closed now; if none closed they
+        // wait for the next one (or the final flush).
+        if let Some(last) = closed.last_mut() {
+            last.late = std::mem::take(&mut self.late_pending)
+                .into_iter()
+                .map(|(id, n)| (self.series[id as usize].clone(), n))
+                .collect();
+        }
+        closed
+    }
+}
+
+/// The schema the engine expects, re-exported for callers building batches.
+pub fn engine_schema(config: &WindowConfig) -> SchemaRef {
+    prediction_schema(&config.segment_keys)
+}

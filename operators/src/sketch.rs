@@ -1,0 +1,89 @@
+//! The latency sketch: DDSketch with a 1% relative-accuracy guarantee.
+//!
+//! Why DDSketch: it merges exactly (bin counts add), its error bound is
+//! relative (1% of 3 ms and 1% of 3 s alike), and its state is O(log range)
+//! bins — a window holds a few hundred counters, never the raw timings.
+
+use sketches_ddsketch::{Config, DDSketch};
+
+/// Relative accuracy: every reported quantile is within 1% of the exact
+/// order statistic of the same rank.
+pub const RELATIVE_ACCURACY: f64 = 0.01;
+/// Bins cap; 1 µs .. 1e6 s needs ~1040 bins at 1%, so this never collapses.
+const MAX_BINS: u32 = 2048;
+/// Values below 1 µs (in ms) are counted as zero.
+const MIN_VALUE_MS: f64 = 1e-3;
+
+/// A mergeable latency distribution summary (milliseconds).
+///
+/// Quantiles use the "lower" rank convention: `q` → the element at rank
+/// `floor(q * (n - 1))` of the sorted values (numpy `method="lower"`).
+#[derive(Clone)]
+pub struct LatencySketch {
+    sketch: DDSketch,
+}
+
+impl Default for LatencySketch {
+    fn default() -> Self {
+        Self {
+            sketch: DDSketch::new(Config::new(RELATIVE_ACCURACY, MAX_BINS, MIN_VALUE_MS)),
+        }
+    }
+}
+
+impl std::fmt::Debug for LatencySketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencySketch")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl LatencySketch {
+    /// Record one value (ms). Non-finite values are ignored: they are not
+    /// latencies, and the decoder already rejects them.
+    pub fn add(&mut self, v: f64) {
+        if v.is_finite() {
+            self.sketch.add(v);
+        }
+    }
+
+    /// Fold another sketch into this one (exact: bin counts add).
+    pub fn merge(&mut self, other: &LatencySketch) {
+        self.sketch
+            .merge(&other.sketch)
+            .expect("all LatencySketches share one config");
+    }
+
+    /// Number of values recorded.
+    pub fn count(&self) -> u64 {
+        self.sketch.count() as u64
+    }
+
+    /// Sum of the values (exact).
+    pub fn sum(&self) -> f64 {
+        self.sketch.sum().unwrap_or(0.0)
+    }
+
+    /// Largest value (exact).
+    pub fn max(&self) -> Option<f64> {
+        self.sketch.max()
+    }
+
+    /// The `q` quantile within 1% relative error, `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.sketch.quantile(q).ok().flatten()
+    }
+
+    /// Serialized form, for DataFusion accumulator state and checkpoints.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.sketch).expect("DDSketch serializes")
+    }
+
+    /// Inverse of [`LatencySketch::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            sketch: serde_json::from_slice(bytes)?,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Event-time window assignment: tumbling or hopping, aligned to the epoch.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How events are grouped in time. Durations are human strings ("60s", "5m").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Window length. Windows are aligned to the Unix epoch, so a 60 s window
+    /// ends on a whole minute.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// Hop between window starts; equal to `size` (or absent) for tumbling
+    /// windows, smaller for overlapping (hopping) windows.
+    #[serde(with = "humantime_serde")]
+    pub slide: Option<Duration>,
+    /// How far behind the newest event time the watermark trails; events
+    /// arriving later than that are counted as late.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// An input (file, partition) silent for this long (processing time)
+    /// stops holding the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Segment keys that split series further than (model, model_version)
+    /// and become tags, e.g. `["surface"]`.
+    pub segment_keys: Vec<String>,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            size: Duration::from_secs(60),
+            slide: None,
+            allowed_lateness: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            segment_keys: Vec::new(),
+        }
+    }
+}
+
+/// Error for window settings that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("window config: {0}")]
+pub struct WindowConfigError(String);
+
+/// Window geometry in milliseconds, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Window length, ms.
+    pub size_ms: i64,
+    /// Hop between starts, ms (== size for tumbling).
+    pub slide_ms: i64,
+}
+
+impl WindowSpec {
+    /// Validate a config: positive size, slide dividing size.
+    pub fn new(config: &WindowConfig) -> Result<Self, WindowConfigError> {
+        let size_ms = config.size.as_millis() as i64;
+        let slide_ms = config.slide.map_or(size_ms, |s| s.as_millis() as i64);
+        if size_ms <= 0 || slide_ms <= 0 {
+            return Err(WindowConfigError("size and slide must be at least 1 ms".into()));
+        }
+        if slide_ms > size_ms || size_ms % slide_ms != 0 {
+            return Err(WindowConfigError(format!(
+                "slide ({slide_ms} ms) must divide size ({size_ms} ms)"
+            )));
+        }
+        Ok(Self { size_ms, slide_ms })
+    }
+
+    /// Tumbling windows of `size_ms`.
+    pub fn tumbling(size_ms: i64) -> Self {
+        Self {
+            size_ms,
+            slide_ms: size_ms,
+        }
+    }
+
+    /// Starts of every window containing `ts`, oldest first.
+    pub fn starts(&self, ts: i64) -> impl Iterator<Item = i64> + use<> {
+        let last = ts.div_euclid(self.slide_ms) * self.slide_ms;
+        let first = last - self.size_ms + self.slide_ms;
+        let slide = self.slide_ms as usize;
+        (first..=last).step_by(slide)
+    }
+
+    /// End (exclusive) of the window starting at `start`.
+    pub fn end(&self, start: i64) -> i64 {
+        start + self.size_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tumbling_windows_align_to_the_epoch() {
+        let w = WindowSpec::tumbling(60_000);
+        assert_eq!(w.starts(1_763_800_000_123).collect::<Vec<_>>(), [1_763_799_960_000]);
+        assert_eq!(w.starts(60_000).collect::<Vec<_>>(), [60_000]);
+        assert_eq!(w.starts(59_999).collect::<Vec<_>>(), [0]);
+        assert_eq!(w.starts(-1).collect::<Vec<_>>(), [-60_000]);
+    }
+
+    #[test]
+    fn hopping_windows_cover_each_event_size_over_slide_times() {
+        let cfg = WindowConfig {
+            size: Duration::from_secs(60),
+            slide: Some(Duration::from_secs(20)),
+            ..Default::default()
+        };
+        let w = WindowSpec::new(&cfg).unwrap();
+        assert_eq!(w.starts(65_000).collect::<Vec<_>>(), [20_000, 40_000, 60_000]);
+        for s in w.starts(65_000) {
+            assert!(s <= 65_000 && 65_000 < w.end(s));
+        }
+    }
+
+    #[test]
+    fn slide_must_divide_size() {
+        let cfg = WindowConfig {
+            slide: Some(Duration::from_secs(7)),
+            ..Default::default()
+        };
+        assert!(WindowSpec::new(&cfg).unwrap_err().to_string().contains("must divide"));
+    }
+}

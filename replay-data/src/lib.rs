@@ -1,0 +1,12 @@
+//! Deterministic, realistic e-commerce model traffic with documented incidents.
+//!
+//! The bundled recordings in `replay-data/recordings/` were made by this
+//! crate (`infermon generate`, see `replay-data/README.md`); tests and
+//! benchmarks regenerate bigger ones the same way. Same options, same seed →
+//! byte-identical output.
+
+pub mod generate;
+pub mod scenario;
+
+pub use generate::{GenerateOptions, GenerateStats, generate};
+pub use scenario::{Incident, Scenario};

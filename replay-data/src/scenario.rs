@@ -1,0 +1,156 @@
+//! What happens in each recording, and when: the documented incidents.
+
+use std::fmt;
+
+/// A named recording; each one carries one incident on top of normal traffic
+/// (the `Day` scenario carries all of them, for benchmarks and demos).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// `ctr-ranker` v3 → v4 deploy; v4's inference stage is 5× slower.
+    LatencyRegression,
+    /// `recsys-ranker` returns errors for 8% of requests for a while.
+    ErrorBurst,
+    /// `ads-ctr` sees pricier items and a different category mix.
+    InputShift,
+    /// `ads-ctr`'s `user_ctr_7d` feature goes null for 40% of requests.
+    FeatureNull,
+    /// The `ctr-ranker` online fine-tuning run explodes, then emits NaNs.
+    GradientExplosion,
+    /// Every model and every incident, one after another.
+    Day,
+}
+
+impl Scenario {
+    /// Every scenario, in file order.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::LatencyRegression,
+        Scenario::ErrorBurst,
+        Scenario::InputShift,
+        Scenario::FeatureNull,
+        Scenario::GradientExplosion,
+        Scenario::Day,
+    ];
+
+    /// File-name style name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::LatencyRegression => "latency-regression",
+            Scenario::ErrorBurst => "error-burst",
+            Scenario::InputShift => "input-shift",
+            Scenario::FeatureNull => "feature-null",
+            Scenario::GradientExplosion => "gradient-explosion",
+            Scenario::Day => "day",
+        }
+    }
+
+    /// Parse a [`Scenario::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Incidents as (fraction of the recording when it starts, when it ends).
+    pub(crate) fn windows(self) -> Vec<(IncidentKind, f64, f64)> {
+        use IncidentKind::*;
+        match self {
+            Scenario::LatencyRegression => vec![(SlowDeploy, 0.5, 1.0)],
+            Scenario::ErrorBurst => vec![(Errors, 0.4, 0.65)],
+            Scenario::InputShift => vec![(Shift, 0.5, 1.0)],
+            Scenario::FeatureNull => vec![(Nulls, 0.5, 0.8)],
+            Scenario::GradientExplosion => vec![(Explosion, 0.6, 0.6)],
+            Scenario::Day => vec![
+                (SlowDeploy, 0.2, 1.0),
+                (Errors, 0.35, 0.4),
+                (Shift, 0.5, 1.0),
+                (Nulls, 0.65, 0.7),
+                (Explosion, 0.8, 0.8),
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kinds of incident the generator can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IncidentKind {
+    SlowDeploy,
+    Errors,
+    Shift,
+    Nulls,
+    Explosion,
+}
+
+/// A documented incident: where and when it is in a recording, what changes,
+/// and which alert must fire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// Short name.
+    pub name: &'static str,
+    /// Affected model.
+    pub model: &'static str,
+    /// Affected version (or training run id for gradient incidents).
+    pub series: &'static str,
+    /// Event time the incident starts, ms.
+    pub start_ms: i64,
+    /// Event time it ends, ms (equal to start for a one-off event).
+    pub end_ms: i64,
+    /// What changes in the data.
+    pub what: &'static str,
+    /// The alert (rule) that must fire, and the measurement that shows it.
+    pub alert: &'static str,
+}
+
+impl IncidentKind {
+    pub(crate) fn describe(self, start_ms: i64, end_ms: i64) -> Incident {
+        let (name, model, series, what, alert) = match self {
+            IncidentKind::SlowDeploy => (
+                "latency regression after deploy",
+                "ctr-ranker",
+                "4",
+                "ctr-ranker v4 replaces v3; its inference stage is 5x slower (total p99 >= 3x v3's)",
+                "latency_p99_regression (latency, stage=total, p99)",
+            ),
+            IncidentKind::Errors => (
+                "error burst",
+                "recsys-ranker",
+                "7",
+                "8% of recsys-ranker requests fail (CUDA OOM / timeout), status=error",
+                "error_rate_high (throughput.error_rate >= 0.02)",
+            ),
+            IncidentKind::Shift => (
+                "input distribution shift",
+                "ads-ctr",
+                "12",
+                "ads-ctr prices x2.5 and category mix moves to electronics; scores shift up",
+                "feature_drift (drift, feature=price and category, drifted=true)",
+            ),
+            IncidentKind::Nulls => (
+                "feature going null",
+                "ads-ctr",
+                "12",
+                "ads-ctr user_ctr_7d is null for 40% of requests (feature store outage)",
+                "null_rate_jump (drift, feature=user_ctr_7d, null_rate)",
+            ),
+            IncidentKind::Explosion => (
+                "gradient explosion with non-finite steps",
+                "ctr-ranker",
+                "online-ft-ctr-ranker",
+                "grad norm grows 10-300x over 12 steps, then 5 steps of NaN/Inf gradients and a diverging loss; the run restarts 60 s later with a lower lr",
+                "gradient_nonfinite / gradient_explosion (gradients.nonfinite, anomalies)",
+            ),
+        };
+        Incident {
+            name,
+            model,
+            series,
+            start_ms,
+            end_ms,
+            what,
+            alert,
+        }
+    }
+}

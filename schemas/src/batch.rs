@@ -1,0 +1,161 @@
+//! Arrow schemas and the fast path from decoded events to a `RecordBatch`.
+//!
+//! Operators and user SQL see predictions as one flat table, one row per
+//! prediction; stage timings are `<stage>_ms` columns and each configured
+//! segment key is a `segment_<key>` column.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+    UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::events::PredictionEvent;
+
+/// Latency stages, in the order of the `stage` tag values of the contract.
+pub const STAGES: [&str; 5] = ["total", "queue", "preprocess", "inference", "postprocess"];
+
+/// Column name of a stage's timing.
+pub fn stage_column(stage: &str) -> String {
+    format!("{stage}_ms")
+}
+
+/// Column name of a segment key.
+pub fn segment_column(key: &str) -> String {
+    format!("segment_{key}")
+}
+
+/// The Arrow schema of prediction batches, given the segment keys we monitor.
+pub fn prediction_schema(segment_keys: &[String]) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("model_version", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("batch_size", DataType::UInt32, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("worker", DataType::Utf8, true),
+        Field::new("device", DataType::Utf8, true),
+    ];
+    for stage in STAGES {
+        fields.push(Field::new(
+            stage_column(stage),
+            DataType::Float64,
+            stage != "total",
+        ));
+    }
+    for key in segment_keys {
+        fields.push(Field::new(segment_column(key), DataType::Utf8, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Appends predictions column by column; `finish` yields a batch and resets.
+pub struct PredictionBatchBuilder {
+    schema: SchemaRef,
+    segment_keys: Vec<String>,
+    ts: TimestampMillisecondBuilder,
+    request_id: StringBuilder,
+    model: StringBuilder,
+    model_version: StringBuilder,
+    status: StringBuilder,
+    batch_size: UInt32Builder,
+    score: Float64Builder,
+    worker: StringBuilder,
+    device: StringBuilder,
+    stages: [Float64Builder; 5],
+    segments: Vec<StringBuilder>,
+}
+
+impl PredictionBatchBuilder {
+    /// A builder for [`prediction_schema`]`(segment_keys)`.
+    pub fn new(segment_keys: &[String]) -> Self {
+        Self {
+            schema: prediction_schema(segment_keys),
+            segment_keys: segment_keys.to_vec(),
+            ts: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            request_id: StringBuilder::new(),
+            model: StringBuilder::new(),
+            model_version: StringBuilder::new(),
+            status: StringBuilder::new(),
+            batch_size: UInt32Builder::new(),
+            score: Float64Builder::new(),
+            worker: StringBuilder::new(),
+            device: StringBuilder::new(),
+            stages: Default::default(),
+            segments: segment_keys.iter().map(|_| StringBuilder::new()).collect(),
+        }
+    }
+
+    /// The schema of the batches this builder makes.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows appended since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// True when nothing was appended since the last `finish`.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append one prediction.
+    pub fn push(&mut self, e: &PredictionEvent) {
+        self.ts.append_value(e.ts);
+        self.request_id.append_value(&e.request_id);
+        self.model.append_value(&e.model);
+        self.model_version.append_value(&e.model_version);
+        self.status.append_value(e.status.as_str());
+        self.batch_size.append_option(e.batch_size);
+        self.score.append_option(e.score);
+        self.worker.append_option(e.worker.as_deref());
+        self.device.append_option(e.device.as_deref());
+        let t = &e.timings_ms;
+        let [total, queue, pre, inf, post] = &mut self.stages;
+        total.append_value(t.total);
+        queue.append_option(t.queue);
+        pre.append_option(t.preprocess);
+        inf.append_option(t.inference);
+        post.append_option(t.postprocess);
+        for (key, col) in self.segment_keys.iter().zip(&mut self.segments) {
+            col.append_option(e.segment.get(key));
+        }
+    }
+
+    /// The appended rows as a batch; the builder is empty afterwards.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish()),
+            Arc::new(self.request_id.finish()),
+            Arc::new(self.model.finish()),
+            Arc::new(self.model_version.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.batch_size.finish()),
+            Arc::new(self.score.finish()),
+            Arc::new(self.worker.finish()),
+            Arc::new(self.device.finish()),
+        ];
+        columns.extend(
+            self.stages
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        columns.extend(
+            self.segments
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .expect("builder columns match prediction_schema by construction")
+    }
+}

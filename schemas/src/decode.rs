@@ -1,0 +1,561 @@
+//! JSON bytes → validated events, with errors that name the field.
+//!
+//! One lenient-by-type, strict-by-rule pass: every message is parsed into
+//! [`AnyEvent`] (all fields of all v1 events, all optional), then the fields
+//! its topic requires are checked. Parsing stays on serde's fast derive path;
+//! only a message that fails is parsed a second time through
+//! `serde_path_to_error` to learn *where* it failed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::events::{
+    Feature, FeedbackEvent, PredictionEvent, RequestEvent, Status, Timings, TrainingEvent,
+};
+use crate::topics::{TopicKind, TopicNames};
+
+/// Why a message was rejected. The `Display` text is the one-line reason
+/// that goes into the DLQ header or the rejects file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Zero bytes (or only whitespace).
+    #[error("empty message")]
+    Empty,
+    /// Not parseable as JSON at all.
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// Valid JSON, but the top level is not an object.
+    #[error("expected a JSON object, got {0}")]
+    NotAnObject(String),
+    /// A field has the wrong type or an impossible value.
+    #[error("{path}: {message}")]
+    Field {
+        /// Dotted path of the field, e.g. `timings_ms.total`.
+        path: String,
+        /// What is wrong, e.g. `expected number, got "abc"`.
+        message: String,
+    },
+    /// A field the contract requires is absent (or null).
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// A recorded line without a `topic`, or with one we do not read.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+}
+
+impl DecodeError {
+    /// A stable, low-cardinality label for counters (`reason="wrong_type"`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::Json(_) => "invalid_json",
+            DecodeError::NotAnObject(_) => "not_an_object",
+            DecodeError::Field { .. } => "invalid_field",
+            DecodeError::Missing(_) => "missing_field",
+            DecodeError::UnknownTopic(_) => "unknown_topic",
+        }
+    }
+}
+
+/// A successfully decoded event of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// From the requests topic.
+    Request(RequestEvent),
+    /// From the predictions topic.
+    Prediction(PredictionEvent),
+    /// From the feedback topic.
+    Feedback(FeedbackEvent),
+    /// From the training telemetry topic.
+    Training(TrainingEvent),
+}
+
+impl Decoded {
+    /// Event time in ms since the Unix epoch.
+    pub fn ts(&self) -> i64 {
+        match self {
+            Decoded::Request(e) => e.ts,
+            Decoded::Prediction(e) => e.ts,
+            Decoded::Feedback(e) => e.ts,
+            Decoded::Training(e) => e.ts,
+        }
+    }
+
+    /// Which topic kind it came from.
+    pub fn kind(&self) -> TopicKind {
+        match self {
+            Decoded::Request(_) => TopicKind::Requests,
+            Decoded::Prediction(_) => TopicKind::Predictions,
+            Decoded::Feedback(_) => TopicKind::Feedback,
+            Decoded::Training(_) => TopicKind::Training,
+        }
+    }
+}
+
+/// Decode one message whose topic (and so event kind) is known, as from Kafka.
+pub fn decode_event(kind: TopicKind, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    parse(bytes)?.into_event(kind)
+}
+
+/// Decode one line of a recorded traffic file, whose `topic` field says
+/// which event it is.
+pub fn decode_recorded_line(bytes: &[u8], topics: &TopicNames) -> Result<Decoded, DecodeError> {
+    let raw = parse(bytes)?;
+    let kind = match raw.topic.as_deref() {
+        None => return Err(DecodeError::Missing("topic")),
+        Some(t) => topics
+            .kind_of(t)
+            .ok_or_else(|| DecodeError::UnknownTopic(t.to_string()))?,
+    };
+    raw.into_event(kind)
+}
+
+fn parse(bytes: &[u8]) -> Result<AnyEvent, DecodeError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(DecodeError::Empty),
+        // serde would accept a JSON array as a positional struct: refuse it here.
+        Some(b) if *b != b'{' => {
+            return Err(match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(v) => DecodeError::NotAnObject(shown(&v)),
+                Err(e) => DecodeError::Json(e.to_string()),
+            });
+        }
+        Some(_) => {}
+    }
+    match serde_json::from_slice::<AnyEvent>(bytes) {
+        Ok(raw) => Ok(raw),
+        Err(_) => Err(explain(bytes)),
+    }
+}
+
+/// The slow path: parse again, tracking the path, to say what went wrong.
+fn explain(bytes: &[u8]) -> DecodeError {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let err = match serde_path_to_error::deserialize::<_, AnyEvent>(de) {
+        Ok(_) => return DecodeError::Json("inconsistent parse".into()),
+        Err(e) => e,
+    };
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = without_position(&inner);
+    match inner.classify() {
+        serde_json::error::Category::Data => match message.split_once(": ") {
+            // Map visitors report "key: expected ..."; fold the key into the path.
+            Some((key, rest)) if !key.contains(' ') && !key.is_empty() => DecodeError::Field {
+                path: format!("{path}.{key}"),
+                message: rest.to_string(),
+            },
+            _ => DecodeError::Field { path, message },
+        },
+        _ => DecodeError::Json(inner.to_string()),
+    }
+}
+
+/// serde_json appends "at line 1 column 42"; for one-line messages the field
+/// path is the useful locator, so drop it.
+fn without_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Every field of every v1 event, all optional. Unknown fields are ignored.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnyEvent {
+    #[serde(deserialize_with = "string")]
+    topic: Option<String>,
+    #[serde(deserialize_with = "string")]
+    request_id: Option<String>,
+    #[serde(deserialize_with = "millis")]
+    ts: Option<i64>,
+    #[serde(deserialize_with = "string")]
+    model: Option<String>,
+    #[serde(deserialize_with = "string")]
+    model_version: Option<String>,
+    #[serde(deserialize_with = "string")]
+    worker: Option<String>,
+    #[serde(deserialize_with = "string")]
+    device: Option<String>,
+    #[serde(deserialize_with = "status")]
+    status: Option<Status>,
+    #[serde(deserialize_with = "string")]
+    error: Option<String>,
+    #[serde(deserialize_with = "unsigned")]
+    batch_size: Option<u64>,
+    timings_ms: Option<RawTimings>,
+    #[serde(deserialize_with = "number")]
+    score: Option<f64>,
+    #[serde(deserialize_with = "features")]
+    features: BTreeMap<String, Feature>,
+    #[serde(deserialize_with = "string_map")]
+    segment: BTreeMap<String, String>,
+    #[serde(deserialize_with = "string")]
+    text: Option<String>,
+    #[serde(deserialize_with = "string")]
+    kind: Option<String>,
+    #[serde(deserialize_with = "label")]
+    label: Option<u8>,
+    #[serde(deserialize_with = "string")]
+    run_id: Option<String>,
+    #[serde(deserialize_with = "unsigned")]
+    step: Option<u64>,
+    #[serde(deserialize_with = "lenient")]
+    loss: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    grad_norm: Option<f64>,
+    #[serde(deserialize_with = "number")]
+    lr: Option<f64>,
+    #[serde(deserialize_with = "lenient_map")]
+    layer_grad_norms: BTreeMap<String, f64>,
+    #[serde(deserialize_with = "unsigned")]
+    nonfinite: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTimings {
+    #[serde(deserialize_with = "duration")]
+    queue: Option<f64>,
+    #[serde(deserialize_with = "duration")]
+    preprocess: Option<f64>,
+    #[serde(deserialize_with = "duration")]
+    inference: Option<f64>,
+    #[serde(deserialize_with = "duration")]
+    postprocess: Option<f64>,
+    #[serde(deserialize_with = "duration")]
+    total: Option<f64>,
+}
+
+fn required<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
+    v.ok_or(DecodeError::Missing(name))
+}
+
+impl AnyEvent {
+    fn into_event(self, kind: TopicKind) -> Result<Decoded, DecodeError> {
+        Ok(match kind {
+            TopicKind::Requests => Decoded::Request(RequestEvent {
+                request_id: required(self.request_id, "request_id")?,
+                ts: required(self.ts, "ts")?,
+                model: required(self.model, "model")?,
+                segment: self.segment,
+                features: self.features,
+                text: self.text,
+            }),
+            TopicKind::Predictions => {
+                let t = required(self.timings_ms, "timings_ms")?;
+                let batch_size = match self.batch_size {
+                    Some(n) => Some(u32::try_from(n).map_err(|_| DecodeError::Field {
+                        path: "batch_size".into(),
+                        message: format!("{n} is too large"),
+                    })?),
+                    None => None,
+                };
+                Decoded::Prediction(PredictionEvent {
+                    request_id: required(self.request_id, "request_id")?,
+                    ts: required(self.ts, "ts")?,
+                    model: required(self.model, "model")?,
+                    model_version: required(self.model_version, "model_version")?,
+                    worker: self.worker,
+                    device: self.device,
+                    status: required(self.status, "status")?,
+                    error: self.error,
+                    batch_size,
+                    timings_ms: Timings {
+                        queue: t.queue,
+                        preprocess: t.preprocess,
+                        inference: t.inference,
+                        postprocess: t.postprocess,
+                        total: required(t.total, "timings_ms.total")?,
+                    },
+                    score: self.score,
+                    features: self.features,
+                    segment: self.segment,
+                })
+            }
+            TopicKind::Feedback => Decoded::Feedback(FeedbackEvent {
+                request_id: required(self.request_id, "request_id")?,
+                ts: required(self.ts, "ts")?,
+                kind: self.kind,
+                label: required(self.label, "label")?,
+            }),
+            TopicKind::Training => Decoded::Training(TrainingEvent {
+                run_id: required(self.run_id, "run_id")?,
+                model: required(self.model, "model")?,
+                ts: required(self.ts, "ts")?,
+                step: required(self.step, "step")?,
+                loss: self.loss,
+                grad_norm: required(self.grad_norm, "grad_norm")?,
+                lr: self.lr,
+                layer_grad_norms: self.layer_grad_norms,
+                nonfinite: self.nonfinite.unwrap_or(0),
+            }),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field visitors. Each one accepts exactly what the contract allows and words
+// its error as "expected X, got Y"; serde_path_to_error adds the field path.
+// `null` always means absent, except for the lenient training floats.
+
+/// How a JSON value the visitor did not want is shown in an error.
+struct Got<'a>(de::Unexpected<'a>);
+
+impl fmt::Display for Got<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            de::Unexpected::Str(s) => write!(f, "{s:?}"),
+            de::Unexpected::Bool(b) => write!(f, "{b}"),
+            de::Unexpected::Signed(i) => write!(f, "{i}"),
+            de::Unexpected::Unsigned(u) => write!(f, "{u}"),
+            de::Unexpected::Float(x) => write!(f, "{x}"),
+            de::Unexpected::Map => f.write_str("an object"),
+            de::Unexpected::Seq => f.write_str("an array"),
+            ref other => write!(f, "{other}"),
+        }
+    }
+}
+
+fn wrong<E: de::Error>(expected: &str, got: de::Unexpected<'_>) -> E {
+    E::custom(format_args!("expected {expected}, got {}", Got(got)))
+}
+
+/// Generates `visit_*` methods that reject a JSON type with a clear message.
+macro_rules! reject {
+    ($expected:expr; $($method:ident($ty:ty) => $unexp:expr),* $(,)?) => {
+        $(fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+            #[allow(clippy::redundant_closure_call)]
+            Err(wrong($expected, ($unexp)(v)))
+        })*
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(wrong($expected, de::Unexpected::Seq))
+        }
+    };
+}
+
+struct StringV;
+impl<'de> Visitor<'de> for StringV {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(wrong("string", de::Unexpected::Map))
+    }
+    reject!("string";
+        visit_bool(bool) => de::Unexpected::Bool,
+        visit_i64(i64) => de::Unexpected::Signed,
+        visit_u64(u64) => de::Unexpected::Unsigned,
+        visit_f64(f64) => de::Unexpected::Float,
+    );
+}
+
+fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(StringV)
+}
+
+/// A JSON number as f64. `lenient` also takes "NaN"/"Infinity" strings and
+/// maps `null` to NaN (training telemetry's way of saying non-finite).
+struct NumberV {
+    lenient: bool,
+}
+impl<'de> Visitor<'de> for NumberV {
+    type Value = Option<f64>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("number")
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(if self.lenient { Some(f64::NAN) } else { None })
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let parsed = match v {
+            "NaN" | "nan" => Some(f64::NAN),
+            "Infinity" | "+Infinity" | "inf" => Some(f64::INFINITY),
+            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        };
+        match parsed {
+            Some(x) if self.lenient => Ok(Some(x)),
+            _ if self.lenient => Err(wrong(
+                r#"number, null, "NaN" or "Infinity""#,
+                de::Unexpected::Str(v),
+            )),
+            _ => Err(wrong("number", de::Unexpected::Str(v))),
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(wrong("number", de::Unexpected::Map))
+    }
+    reject!("number"; visit_bool(bool) => de::Unexpected::Bool);
+}
+
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(NumberV { lenient: false })
+}
+
+fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(NumberV { lenient: true })
+}
+
+/// A stage timing: a finite, non-negative number of milliseconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match number(d)? {
+        Some(v) if !(v >= 0.0) || !v.is_finite() => Err(de::Error::custom(format_args!(
+            "expected a non-negative number of milliseconds, got {v}"
+        ))),
+        v => Ok(v),
+    }
+}
+
+/// A non-negative integer (`step`, `batch_size`, `nonfinite`).
+fn unsigned<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match number(d)? {
+        None => Ok(None),
+        Some(v) if v >= 0.0 && v.fract() == 0.0 && v < 1.8e19 => Ok(Some(v as u64)),
+        Some(v) => Err(de::Error::custom(format_args!(
+            "expected a non-negative integer, got {v}"
+        ))),
+    }
+}
+
+/// Event time: integer milliseconds since the epoch.
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match number(d)? {
+        None => Ok(None),
+        Some(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(Some(v as i64)),
+        Some(v) => Err(de::Error::custom(format_args!(
+            "expected integer milliseconds since the Unix epoch, got {v}"
+        ))),
+    }
+}
+
+fn label<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    match number(d)? {
+        None => Ok(None),
+        Some(v) if v == 0.0 || v == 1.0 => Ok(Some(v as u8)),
+        Some(v) => Err(de::Error::custom(format_args!("expected 0 or 1, got {v}"))),
+    }
+}
+
+fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
+    match string(d)?.as_deref() {
+        None => Ok(None),
+        Some("ok") => Ok(Some(Status::Ok)),
+        Some("error") => Ok(Some(Status::Error)),
+        Some(other) => Err(wrong(r#""ok" or "error""#, de::Unexpected::Str(other))),
+    }
+}
+
+/// An object whose values each go through `value`; `null` means empty.
+struct MapV<F>(F, &'static str);
+impl<'de, T, F> Visitor<'de> for MapV<F>
+where
+    F: Fn(serde_json::Value) -> Result<Option<T>, String>,
+{
+    type Value = BTreeMap<String, T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(BTreeMap::new())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value: serde_json::Value = map.next_value()?;
+            match (self.0)(value) {
+                Ok(Some(v)) => {
+                    out.insert(key, v);
+                }
+                Ok(None) => {}
+                Err(msg) => {
+                    return Err(de::Error::custom(format_args!(
+                        "{key}: expected {}, got {msg}",
+                        self.1
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+    reject!("an object";
+        visit_bool(bool) => de::Unexpected::Bool,
+        visit_i64(i64) => de::Unexpected::Signed,
+        visit_u64(u64) => de::Unexpected::Unsigned,
+        visit_f64(f64) => de::Unexpected::Float,
+        visit_str(&str) => de::Unexpected::Str,
+    );
+}
+
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(_) => "an object".into(),
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>, D::Error> {
+    d.deserialize_any(MapV(
+        |v| match v {
+            serde_json::Value::Number(n) => Ok(n.as_f64().map(Feature::Number)),
+            serde_json::Value::String(s) => Ok(Some(Feature::Category(s))),
+            serde_json::Value::Null => Ok(Some(Feature::Null)),
+            other => Err(shown(&other)),
+        },
+        "number, string or null",
+    ))
+}
+
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    d.deserialize_any(MapV(
+        |v| match v {
+            serde_json::Value::String(s) => Ok(Some(s)),
+            serde_json::Value::Null => Ok(None),
+            other => Err(shown(&other)),
+        },
+        "string",
+    ))
+}
+
+fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    d.deserialize_any(MapV(
+        |v| match v {
+            serde_json::Value::Number(n) => Ok(n.as_f64()),
+            serde_json::Value::Null => Ok(Some(f64::NAN)),
+            serde_json::Value::String(s) => match s.as_str() {
+                "NaN" => Ok(Some(f64::NAN)),
+                "Infinity" => Ok(Some(f64::INFINITY)),
+                "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+                _ => Err(format!("{s:?}")),
+            },
+            other => Err(shown(&other)),
+        },
+        "number",
+    ))
+}

@@ -1,0 +1,182 @@
+//! The v1 events as plain Rust values, already validated.
+//!
+//! Decoding lives in [`crate::decode`]; these types only serialize, so the
+//! generator and workers write exactly what the contract says.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// A model input value: the contract allows numbers, strings or null.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Feature {
+    /// A numeric feature (price, click-through rate, ...).
+    Number(f64),
+    /// A categorical feature (category, country, ...).
+    Category(String),
+    /// Explicitly missing; counted by the null-rate drift statistic.
+    Null,
+}
+
+/// Whether the model produced a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The model answered.
+    Ok,
+    /// Bad input, session failure or timeout; counted in the error rate.
+    Error,
+}
+
+impl Status {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// Per-stage wall time of one request, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Time waiting in the dynamic batcher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<f64>,
+    /// Feature mapping / tokenisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<f64>,
+    /// The model run itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference: Option<f64>,
+    /// Turning outputs into a score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postprocess: Option<f64>,
+    /// End to end; the one stage every producer must report.
+    pub total: f64,
+}
+
+/// A scoring request from an e-commerce service (topic `inference.requests`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestEvent {
+    /// Joins request, prediction and feedback.
+    pub request_id: String,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// Which model should score it.
+    pub model: String,
+    /// Slicing dimensions (site, surface, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub segment: BTreeMap<String, String>,
+    /// Model inputs by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, Feature>,
+    /// Query text, for text models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// One model answer with its timings (topic `inference.predictions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictionEvent {
+    /// The request this answers.
+    pub request_id: String,
+    /// The request's event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// Model name.
+    pub model: String,
+    /// Deployed version; latency and drift are compared across versions.
+    pub model_version: String,
+    /// Which worker served it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// `cpu` or `cuda:N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Ok or error.
+    pub status: Status,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Size of the batch the request ran in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Per-stage wall time.
+    pub timings_ms: Timings,
+    /// The model's primary scalar output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Inputs as the model saw them (possibly sampled).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, Feature>,
+    /// Slicing dimensions.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub segment: BTreeMap<String, String>,
+}
+
+/// A user's reaction to a prediction (topic `inference.feedback`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedbackEvent {
+    /// The prediction's request.
+    pub request_id: String,
+    /// When the feedback happened, ms since the Unix epoch.
+    pub ts: i64,
+    /// click, purchase, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// 1 = positive, 0 = negative.
+    pub label: u8,
+}
+
+/// One optimiser step of a training run (topic `training.telemetry`).
+///
+/// Non-finite `grad_norm` / `loss` (sent as `null`, `"NaN"` or `"Infinity"`)
+/// are kept as `f64::NAN` / infinities so the anomaly detector sees them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainingEvent {
+    /// Training run id.
+    pub run_id: String,
+    /// Model being trained.
+    pub model: String,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// Optimiser step.
+    pub step: u64,
+    /// Training loss, if reported (may be non-finite).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_lenient"
+    )]
+    pub loss: Option<f64>,
+    /// Global gradient norm (may be non-finite).
+    #[serde(serialize_with = "serialize_lenient_required")]
+    pub grad_norm: f64,
+    /// Learning rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Per-layer gradient norms.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_grad_norms: BTreeMap<String, f64>,
+    /// NaN/Inf gradient values in this step.
+    pub nonfinite: u64,
+}
+
+/// JSON has no NaN: write non-finite floats as the strings the contract allows.
+fn serialize_lenient_required<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_nan() {
+        s.serialize_str("NaN")
+    } else if v.is_infinite() {
+        s.serialize_str(if *v > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+fn serialize_lenient<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => serialize_lenient_required(v, s),
+        None => s.serialize_none(),
+    }
+}

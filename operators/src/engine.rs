@@ -307,14 +307,20 @@ impl WindowEngine {
             .map(|&i| string_col(i))
             .collect::<Result<_, _>>()?;
 
-        let watermark = self.watermarks.current();
+        // Rows are judged one by one, as if the watermark advanced after each
+        // (the result does not depend on how rows were cut into batches).
+        let others = self.watermarks.others_bound(input, now_ms);
+        let mut max_ts = self.watermarks.input_max(input).unwrap_or(i64::MIN);
+        let mut watermark = self.watermarks.current();
         for g in self.groups.values_mut() {
             g.clear();
         }
-        let mut max_ts = i64::MIN;
         for row in 0..batch.num_rows() {
             let t = ts.value(row);
-            max_ts = max_ts.max(t);
+            if t > max_ts {
+                max_ts = t;
+                watermark = self.watermarks.with_input_at(others, max_ts);
+            }
             let id = self.series_id(model.value(row), version.value(row), &segments, row);
             self.stats[id as usize].events += 1;
             let mut late = false;

@@ -67,6 +67,39 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// What the other live inputs allow, for judging rows of `input` one by
+    /// one inside a batch: `None` when one of them has no data yet (it holds
+    /// the watermark where it is), `Some(None)` when no other input is live,
+    /// else `Some(Some(min of their newest event times))`.
+    pub fn others_bound(&self, input: InputId, now_ms: i64) -> Option<Option<i64>> {
+        let mut bound = None;
+        for (id, i) in self.inputs.iter().enumerate() {
+            if id == input || i.finished || now_ms - i.last_active_ms >= self.idle_timeout_ms {
+                continue;
+            }
+            let m = i.max_ts?;
+            bound = Some(bound.map_or(m, |b: i64| b.min(m)));
+        }
+        Some(bound)
+    }
+
+    /// The watermark once `input` has delivered up to `input_max`, given
+    /// `others` from [`WatermarkTracker::others_bound`]. Never below the
+    /// current watermark.
+    pub fn with_input_at(&self, others: Option<Option<i64>>, input_max: i64) -> Option<i64> {
+        let candidate = match others {
+            None => return self.current,
+            Some(None) => input_max,
+            Some(Some(m)) => m.min(input_max),
+        } - self.lateness_ms;
+        Some(self.current.map_or(candidate, |w| w.max(candidate)))
+    }
+
+    /// Newest event time `input` has delivered.
+    pub fn input_max(&self, input: InputId) -> Option<i64> {
+        self.inputs[input].max_ts
+    }
+
     /// Recompute the watermark at processing time `now_ms`; returns it.
     /// Strictly monotonic: a smaller candidate leaves it unchanged.
     pub fn advance(&mut self, now_ms: i64) -> Option<i64> {
@@ -134,6 +167,21 @@ mod tests {
         w.finish(a);
         w.finish(b);
         assert_eq!(w.advance(1_600), Some(6_000));
+    }
+
+    #[test]
+    fn row_level_watermark_uses_other_inputs_as_they_are() {
+        let mut w = WatermarkTracker::new(10, 1_000);
+        let a = w.add_input(0);
+        let b = w.add_input(0);
+        assert_eq!(w.others_bound(a, 0), None, "b has no data: it holds the watermark");
+        w.observe(b, 400, 0);
+        let others = w.others_bound(a, 0);
+        assert_eq!(others, Some(Some(400)));
+        assert_eq!(w.with_input_at(others, 100), Some(90));
+        assert_eq!(w.with_input_at(others, 900), Some(390));
+        w.finish(b);
+        assert_eq!(w.with_input_at(w.others_bound(a, 0), 900), Some(890));
     }
 
     #[test]

@@ -1,1 +1,9 @@
-//! stub
+//! The `infermon` application: configuration, sources, sinks and the
+//! commands that wire them to the operators. `main.rs` is only the CLI.
+
+pub mod bench;
+pub mod config;
+pub mod generate;
+pub mod replay;
+pub mod sinks;
+pub mod sources;

@@ -1,1 +1,164 @@
-fn main() {}
+//! `infermon`: monitor ML models in production. See README.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use infermon::bench::{BenchOptions, run_bench};
+use infermon::config::Config;
+use infermon::generate::{write_bundled, write_recording};
+use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
+use infermon::sinks::line_protocol_file::LineProtocolFile;
+use infermon::sinks::rejects_file::RejectsFile;
+use infermon_replay_data::{GenerateOptions, Scenario};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "infermon", version, about = "Monitor ML models in production")]
+struct Cli {
+    /// Config file (TOML); built-in defaults when absent.
+    #[arg(long, global = true, env = "INFERMON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay recorded traffic. With --offline: straight through the
+    /// operators (a backtest), writing line protocol to a file.
+    Replay {
+        /// Recorded traffic files (JSON Lines, optionally .zst).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Run through the operators here instead of producing to Kafka.
+        #[arg(long)]
+        offline: bool,
+        /// Line protocol output.
+        #[arg(long, default_value = "infermon-metrics.lp")]
+        metrics_out: PathBuf,
+        /// Lines that failed to decode, with the reason (created on the first).
+        #[arg(long, default_value = "infermon-rejects.jsonl")]
+        rejects_out: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate recorded traffic with documented incidents.
+    Generate {
+        /// Scenario: latency-regression, error-burst, input-shift,
+        /// feature-null, gradient-explosion or day.
+        #[arg(long, default_value = "day")]
+        scenario: String,
+        /// Output file (.zst to compress).
+        #[arg(long, required_unless_present = "bundled")]
+        out: Option<PathBuf>,
+        /// Length, e.g. "30m", "24h" (default: the scenario's bundled length).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Multiply request rates (e.g. 4 for a ~1.1M-event day).
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// RNG seed (default: the bundled recording's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// zstd level for .zst output.
+        #[arg(long, default_value_t = 3)]
+        zstd_level: i32,
+        /// Regenerate every bundled recording and incidents.json into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
+        bundled: Option<PathBuf>,
+    },
+    /// Measure offline replay throughput against a bare serde_json parse of
+    /// the same file, in one run.
+    Bench {
+        /// A recorded traffic file.
+        file: PathBuf,
+        /// Rounds per variant (interleaved; the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Replay {
+            files,
+            offline,
+            metrics_out,
+            rejects_out,
+            quiet,
+        } => {
+            if !offline {
+                bail!("replay into Kafka is not available yet; use --offline");
+            }
+            let mut sink = LineProtocolFile::create(&metrics_out)?;
+            let mut rejects = RejectsFile::new(&rejects_out);
+            let opts = ReplayOptions {
+                files,
+                progress: !quiet,
+            };
+            let report = replay(&config, &opts, &mut sink, &mut rejects).await?;
+            print!("{}", summary_table(&report));
+            println!("metrics: {}", metrics_out.display());
+            if rejects.count > 0 {
+                println!("rejects: {} ({} lines)", rejects.path().display(), rejects.count);
+            }
+            if let Some(kib) = peak_rss_kib() {
+                println!("peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+            }
+        }
+        Command::Generate {
+            scenario,
+            out,
+            duration,
+            rate_scale,
+            seed,
+            zstd_level,
+            bundled,
+        } => {
+            if let Some(dir) = bundled {
+                return write_bundled(&dir);
+            }
+            let scenario = Scenario::from_name(&scenario)
+                .with_context(|| format!("unknown scenario {scenario:?}"))?;
+            let mut opts = GenerateOptions::bundled(scenario);
+            opts.rate_scale = rate_scale;
+            if let Some(d) = duration {
+                opts.duration_s = d.as_secs();
+            }
+            if let Some(s) = seed {
+                opts.seed = s;
+            }
+            let out = out.expect("clap requires --out without --bundled");
+            let stats = write_recording(&opts, &out, zstd_level)?;
+            println!(
+                "{}: {} lines ({} predictions, {} feedback, {} training)",
+                out.display(),
+                stats.lines,
+                stats.predictions,
+                stats.feedback,
+                stats.training
+            );
+            for i in opts.incidents() {
+                println!(
+                    "  incident {:?} on {} {}: {}..{} ms; alert {}",
+                    i.name, i.model, i.series, i.start_ms, i.end_ms, i.alert
+                );
+            }
+        }
+        Command::Bench { file, rounds } => {
+            let table = run_bench(&config, &BenchOptions { file, rounds }).await?;
+            print!("{table}");
+        }
+    }
+    Ok(())
+}

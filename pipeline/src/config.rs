@@ -1,0 +1,66 @@
+//! The `infermon` configuration: one serde struct per component, TOML on
+//! disk, built-in defaults in `default.toml`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use infermon_operators::{SqlMetricConfig, WindowConfig};
+use infermon_schemas::TopicNames;
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, documented.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Everything `infermon` can be told. Unknown keys are errors, so a typo
+/// fails at start-up instead of silently keeping a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Event-time windows and watermarks.
+    pub window: WindowConfig,
+    /// Topic names (also the `topic` values in recorded files).
+    pub topics: TopicNames,
+    /// Custom per-window metrics written as SQL.
+    pub sql_metrics: Vec<SqlMetricConfig>,
+}
+
+impl Config {
+    /// The config file at `path`, or the built-in defaults when `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Self::parse(DEFAULT_TOML).context("built-in default config");
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parse TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(Config::parse(DEFAULT_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let err = Config::parse("[window]\nsise = \"30s\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `sise`"), "{err:#}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = Config::parse("[window]\nsize = \"5m\"\nslide = \"1m\"\n").unwrap();
+        assert_eq!(c.window.size.as_secs(), 300);
+        assert_eq!(c.window.slide.unwrap().as_secs(), 60);
+        assert_eq!(c.window.allowed_lateness.as_secs(), 10);
+    }
+}

@@ -1,0 +1,79 @@
+//! `infermon generate`: write recorded traffic with documented incidents.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use infermon_replay_data::{GenerateOptions, GenerateStats, Scenario, generate};
+use serde::Serialize;
+
+/// Write one recording to `path` (zstd-compressed when it ends in `.zst`).
+pub fn write_recording(
+    opts: &GenerateOptions,
+    path: &Path,
+    zstd_level: i32,
+) -> anyhow::Result<GenerateStats> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let stats = if path.extension().is_some_and(|e| e == "zst") {
+        let enc = zstd::Encoder::new(file, zstd_level)?;
+        let mut out = BufWriter::with_capacity(1 << 20, enc);
+        let stats = generate(opts, &mut out)?;
+        out.into_inner()
+            .map_err(|e| e.into_error())?
+            .finish()?
+            .sync_all()?;
+        stats
+    } else {
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let stats = generate(opts, &mut out)?;
+        out.flush()?;
+        stats
+    };
+    Ok(stats)
+}
+
+#[derive(Serialize)]
+struct IncidentRecord {
+    file: String,
+    scenario: String,
+    name: &'static str,
+    model: &'static str,
+    series: &'static str,
+    start_ms: i64,
+    end_ms: i64,
+    what: &'static str,
+    alert: &'static str,
+}
+
+/// Write every bundled recording (not `day`) and `incidents.json` to `dir`.
+pub fn write_bundled(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut incidents = Vec::new();
+    for scenario in Scenario::ALL.into_iter().filter(|s| *s != Scenario::Day) {
+        let opts = GenerateOptions::bundled(scenario);
+        let name = format!("{}.jsonl.zst", scenario.name());
+        let stats = write_recording(&opts, &dir.join(&name), 19)?;
+        println!(
+            "{name}: {} lines ({} predictions, {} feedback, {} training)",
+            stats.lines, stats.predictions, stats.feedback, stats.training
+        );
+        for i in opts.incidents() {
+            incidents.push(IncidentRecord {
+                file: name.clone(),
+                scenario: scenario.name().into(),
+                name: i.name,
+                model: i.model,
+                series: i.series,
+                start_ms: i.start_ms,
+                end_ms: i.end_ms,
+                what: i.what,
+                alert: i.alert,
+            });
+        }
+    }
+    let path = dir.join("incidents.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&incidents)? + "\n")?;
+    println!("{}: {} incidents", path.display(), incidents.len());
+    Ok(())
+}

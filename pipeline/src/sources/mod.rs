@@ -1,0 +1,3 @@
+//! Where events come from. Offline: recorded traffic files.
+
+pub mod recording;

@@ -1,0 +1,191 @@
+//! Recorded traffic files (JSON Lines, optionally zstd) as a source of
+//! decoded, Arrow-batched events.
+//!
+//! Each file is read and decoded on its own thread (decoding is the costly
+//! half of a replay, so it overlaps with the window operators), and handed
+//! over in batches through a small bounded channel.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread;
+
+use arrow::array::RecordBatch;
+use infermon_schemas::{Decoded, PredictionBatchBuilder, TopicKind, TopicNames, decode_recorded_line};
+
+/// Lines per decoded batch.
+pub const BATCH_LINES: usize = 4096;
+
+/// A line that could not be decoded, with where it was and why.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    /// 1-based line number in its file.
+    pub line: u64,
+    /// One-line reason naming the field.
+    pub reason: String,
+    /// Low-cardinality reason label for counters.
+    pub reason_code: &'static str,
+    /// The original bytes (lossy UTF-8).
+    pub raw: String,
+    /// Model / version, when the bad line still names them.
+    pub model: Option<(String, String)>,
+}
+
+/// One batch of decoded lines from one file.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    /// The prediction events, as an Arrow batch.
+    pub predictions: RecordBatch,
+    /// Events per topic kind (predictions included).
+    pub events: [u64; 4],
+    /// Smallest and largest event time of any decoded event.
+    pub ts_range: Option<(i64, i64)>,
+    /// Lines that failed to decode.
+    pub rejects: Vec<Reject>,
+}
+
+/// A recorded file being read on a background thread.
+pub struct RecordingSource {
+    /// The file's path (for messages).
+    pub path: PathBuf,
+    batches: Receiver<io::Result<DecodedBatch>>,
+}
+
+impl RecordingSource {
+    /// Start reading `path`; `bytes_read` counts (compressed) bytes consumed,
+    /// for progress reporting.
+    pub fn open(
+        path: &Path,
+        topics: TopicNames,
+        segment_keys: Vec<String>,
+        bytes_read: Arc<AtomicU64>,
+    ) -> io::Result<Self> {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let counted = CountingReader {
+            inner: file,
+            count: bytes_read,
+        };
+        let reader: Box<dyn BufRead + Send> = if path.extension().is_some_and(|e| e == "zst") {
+            Box::new(BufReader::with_capacity(
+                1 << 20,
+                zstd::Decoder::new(counted)?,
+            ))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, counted))
+        };
+        let (tx, rx) = sync_channel(4);
+        thread::Builder::new()
+            .name(format!("read {}", path.display()))
+            .spawn(move || decode_loop(reader, topics, &segment_keys, tx))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            batches: rx,
+        })
+    }
+
+    /// The next batch, `None` at end of file.
+    pub fn next_batch(&mut self) -> Option<io::Result<DecodedBatch>> {
+        self.batches.recv().ok()
+    }
+}
+
+fn decode_loop(
+    mut reader: Box<dyn BufRead + Send>,
+    topics: TopicNames,
+    segment_keys: &[String],
+    tx: SyncSender<io::Result<DecodedBatch>>,
+) {
+    let mut builder = PredictionBatchBuilder::new(segment_keys);
+    let mut line = Vec::with_capacity(4096);
+    let mut line_no = 0u64;
+    loop {
+        let mut batch = DecodedBatch {
+            predictions: RecordBatch::new_empty(builder.schema().clone()),
+            events: [0; 4],
+            ts_range: None,
+            rejects: Vec::new(),
+        };
+        let mut lines = 0;
+        let mut eof = false;
+        while lines < BATCH_LINES {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+            line_no += 1;
+            let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if bytes.is_empty() {
+                continue; // blank lines (e.g. a trailing newline) are not events
+            }
+            lines += 1;
+            match decode_recorded_line(bytes, &topics) {
+                Ok(event) => {
+                    let ts = event.ts();
+                    batch.ts_range = Some(match batch.ts_range {
+                        None => (ts, ts),
+                        Some((lo, hi)) => (lo.min(ts), hi.max(ts)),
+                    });
+                    let kind = event.kind();
+                    batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] +=
+                        1;
+                    if let Decoded::Prediction(p) = &event {
+                        builder.push(p);
+                    }
+                }
+                Err(e) => batch.rejects.push(Reject {
+                    line: line_no,
+                    reason: e.to_string(),
+                    reason_code: e.reason(),
+                    raw: String::from_utf8_lossy(bytes).into_owned(),
+                    model: model_of(bytes),
+                }),
+            }
+        }
+        batch.predictions = builder.finish();
+        let empty = lines == 0;
+        if !empty && tx.send(Ok(batch)).is_err() {
+            return; // the replay stopped listening
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+/// Best effort: which model a rejected line was about, for the summary.
+fn model_of(bytes: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let model = v.get("model")?.as_str()?.to_string();
+    let version = v
+        .get("model_version")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    Some((model, version))
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}

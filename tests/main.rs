@@ -1,1 +1,10 @@
+//! End-to-end tests of the `infermon` binary against real servers.
+//!
+//! One test binary (see `pipeline/Cargo.toml`). Services are started by
+//! `.ci/run` (`.ci/services.sh`), which exports their addresses; a test
+//! whose service is missing fails with a message saying so, never skips.
 
+mod influxdb_line_protocol;
+mod latency_reference;
+mod replay_offline;
+mod support;

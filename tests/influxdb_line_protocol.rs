@@ -1,0 +1,92 @@
+//! Our line protocol against real InfluxDB 1.6, which is strict about
+//! escaping and types: what we write must read back exactly.
+
+use infermon_schemas::{FieldValue, Point};
+use serde_json::Value;
+
+use crate::support::required_env;
+
+fn query(base: &str, db: &str, q: &str) -> Value {
+    let body = ureq::get(&format!("{base}/query"))
+        .query("db", db)
+        .query("epoch", "ns")
+        .query("q", q)
+        .call()
+        .unwrap_or_else(|e| panic!("InfluxDB query {q:?}: {e}"))
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn tricky_points_round_trip_through_influxdb_1_6() {
+    let base = required_env("INFERMON_TEST_INFLUXDB_V1_URL");
+    let db = required_env("INFERMON_TEST_INFLUXDB_V1_DB");
+    let run = std::process::id();
+    let measurement = format!("lat ency,x=1 {run}");
+    let ts_ms = 1_763_800_020_000;
+    let point = Point::new(&measurement, ts_ms)
+        .tag("mo del", "a,b=c d")
+        .tag("model_version", "v=2 beta")
+        .tag("path", r"back\slash")
+        .tag("unicode", "模型-é")
+        .tag("multi", "line\nbreak")
+        .field("count", FieldValue::Int(42))
+        .field("p99", FieldValue::Float(12.5))
+        .field("tiny", FieldValue::Float(1e-7))
+        .field("drifted", FieldValue::Bool(true))
+        .field("state", FieldValue::Str(r#"say "hi" \ bye, a=b"#.into()))
+        .field("f,i=eld k", FieldValue::Float(-3.25))
+        .field("skipped", FieldValue::Float(f64::NAN));
+    let mut body = String::new();
+    assert!(point.write_line_protocol(&mut body));
+
+    let resp = ureq::post(&format!("{base}/write"))
+        .query("db", &db)
+        .query("precision", "ns")
+        .send_string(&body);
+    match resp {
+        Ok(r) => assert_eq!(r.status(), 204, "{body}"),
+        Err(e) => {
+            let msg = e.to_string();
+            let detail = e.into_response().map(|r| r.into_string());
+            panic!("InfluxDB rejected {body:?}: {msg} {detail:?}")
+        }
+    }
+
+    let q = format!("SELECT * FROM \"{}\"", measurement.replace('"', "\\\""));
+    let result = query(&base, &db, &q);
+    let series = &result["results"][0]["series"][0];
+    assert_eq!(series["name"], measurement.as_str(), "{result}");
+    let columns: Vec<&str> = series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let values = series["values"][0].as_array().unwrap();
+    let get = |name: &str| -> &Value {
+        let i = columns.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name:?} in {columns:?}"));
+        &values[i]
+    };
+    assert_eq!(get("time").as_i64(), Some(ts_ms * 1_000_000));
+    assert_eq!(get("mo del"), "a,b=c d");
+    assert_eq!(get("model_version"), "v=2 beta");
+    assert_eq!(get("path"), r"back\slash");
+    assert_eq!(get("unicode"), "模型-é");
+    assert_eq!(get("multi"), "line break");
+    assert_eq!(get("count").as_i64(), Some(42));
+    assert_eq!(get("p99").as_f64(), Some(12.5));
+    assert_eq!(get("tiny").as_f64(), Some(1e-7));
+    assert_eq!(get("drifted").as_bool(), Some(true));
+    assert_eq!(get("state"), r#"say "hi" \ bye, a=b"#);
+    assert_eq!(get("f,i=eld k").as_f64(), Some(-3.25));
+    assert!(!columns.contains(&"skipped"), "NaN fields are not written");
+
+    // Types are exactly what the contract says: integer, float, boolean, string.
+    let keys = query(&base, &db, &format!("SHOW FIELD KEYS FROM \"{measurement}\""));
+    let types: Vec<(String, String)> = keys["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v[0].as_str().unwrap().into(), v[1].as_str().unwrap().into()))
+        .collect();
+    for (field, ty) in [("count", "integer"), ("p99", "float"), ("drifted", "boolean"), ("state", "string")] {
+        assert!(types.contains(&(field.into(), ty.into())), "{field}: {types:?}");
+    }
+}

@@ -1,0 +1,86 @@
+//! Shared helpers: the binary, required environment, line-protocol parsing.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `infermon` binary built for these tests.
+pub fn infermon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_infermon"))
+}
+
+/// Run and require success, showing stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An environment variable the test cannot run without.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the test services with `bash .ci/run` (or `.ci/services.sh start` and `eval \"$(.ci/services.sh env)\"`)")
+    })
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The bundled recordings.
+pub fn recordings() -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(repo().join("replay-data/recordings"))
+        .expect("replay-data/recordings")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".jsonl.zst"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One parsed line of our own line protocol (no escaped characters in it).
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, String)>,
+    pub ts_ns: i64,
+}
+
+impl Line {
+    pub fn tag(&self, k: &str) -> Option<&str> {
+        self.tags.iter().find(|t| t.0 == k).map(|t| t.1.as_str())
+    }
+    pub fn float(&self, k: &str) -> Option<f64> {
+        let v = &self.fields.iter().find(|f| f.0 == k)?.1;
+        v.trim_end_matches('i').parse().ok()
+    }
+}
+
+pub fn parse_lines(text: &str) -> Vec<Line> {
+    text.lines()
+        .map(|l| {
+            assert!(!l.contains('\\'), "helper handles unescaped lines only: {l}");
+            let mut parts = l.split(' ');
+            let (head, fields, ts) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let mut head = head.split(',');
+            let pair = |s: &str| {
+                let (k, v) = s.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            };
+            Line {
+                measurement: head.next().unwrap().to_string(),
+                tags: head.map(pair).collect(),
+                fields: fields.split(',').map(pair).collect(),
+                ts_ns: ts.parse().unwrap(),
+            }
+        })
+        .collect()
+}

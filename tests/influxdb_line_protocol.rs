@@ -58,10 +58,18 @@ fn tricky_points_round_trip_through_influxdb_1_6() {
     let result = query(&base, &db, &q);
     let series = &result["results"][0]["series"][0];
     assert_eq!(series["name"], measurement.as_str(), "{result}");
-    let columns: Vec<&str> = series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let columns: Vec<&str> = series["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     let values = series["values"][0].as_array().unwrap();
     let get = |name: &str| -> &Value {
-        let i = columns.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name:?} in {columns:?}"));
+        let i = columns
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("no column {name:?} in {columns:?}"));
         &values[i]
     };
     assert_eq!(get("time").as_i64(), Some(ts_ms * 1_000_000));
@@ -79,14 +87,26 @@ fn tricky_points_round_trip_through_influxdb_1_6() {
     assert!(!columns.contains(&"skipped"), "NaN fields are not written");
 
     // Types are exactly what the contract says: integer, float, boolean, string.
-    let keys = query(&base, &db, &format!("SHOW FIELD KEYS FROM \"{measurement}\""));
+    let keys = query(
+        &base,
+        &db,
+        &format!("SHOW FIELD KEYS FROM \"{measurement}\""),
+    );
     let types: Vec<(String, String)> = keys["results"][0]["series"][0]["values"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| (v[0].as_str().unwrap().into(), v[1].as_str().unwrap().into()))
         .collect();
-    for (field, ty) in [("count", "integer"), ("p99", "float"), ("drifted", "boolean"), ("state", "string")] {
-        assert!(types.contains(&(field.into(), ty.into())), "{field}: {types:?}");
+    for (field, ty) in [
+        ("count", "integer"),
+        ("p99", "float"),
+        ("drifted", "boolean"),
+        ("state", "string"),
+    ] {
+        assert!(
+            types.contains(&(field.into(), ty.into())),
+            "{field}: {types:?}"
+        );
     }
 }

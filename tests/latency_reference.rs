@@ -17,7 +17,14 @@ fn windowed_percentiles_match_numpy() {
     let rec = dir.path().join("rec.jsonl");
     run_ok(
         infermon()
-            .args(["generate", "--scenario", "latency-regression", "--duration", "20m", "--out"])
+            .args([
+                "generate",
+                "--scenario",
+                "latency-regression",
+                "--duration",
+                "20m",
+                "--out",
+            ])
             .arg(&rec),
     );
     let metrics = dir.path().join("m.lp");
@@ -59,7 +66,9 @@ fn windowed_percentiles_match_numpy() {
             l.tag("stage").unwrap().to_string(),
             l.ts_ns / 1_000_000,
         );
-        let r = by_key.get(&key).unwrap_or_else(|| panic!("no reference for {key:?}"));
+        let r = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("no reference for {key:?}"));
         let count = l.float("count").unwrap();
         if count != r["count"].as_f64().unwrap() {
             // A late event was (rightly) left out of this window; numpy saw it.
@@ -69,12 +78,18 @@ fn windowed_percentiles_match_numpy() {
         compared += 1;
         assert_eq!(l.float("max"), r["max"].as_f64(), "{key:?}");
         let mean = r["mean"].as_f64().unwrap();
-        assert!((l.float("mean").unwrap() - mean).abs() <= 1e-9 * mean.max(1.0), "{key:?}");
+        assert!(
+            (l.float("mean").unwrap() - mean).abs() <= 1e-9 * mean.max(1.0),
+            "{key:?}"
+        );
         for q in ["p50", "p90", "p95", "p99", "p999"] {
             let exact = r[q].as_f64().unwrap();
             let got = l.float(q).unwrap();
             let rel = (got - exact).abs() / exact;
-            assert!(rel <= 0.01 + 1e-12, "{key:?} {q}: ours {got}, numpy {exact}, rel err {rel}");
+            assert!(
+                rel <= 0.01 + 1e-12,
+                "{key:?} {q}: ours {got}, numpy {exact}, rel err {rel}"
+            );
         }
     }
     assert!(compared >= 100, "compared {compared} windows");

@@ -10,13 +10,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn incidents() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(repo().join("replay-data/recordings/incidents.json")).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("replay-data/recordings/incidents.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 fn incident(name: &str) -> (i64, i64) {
     let i = incidents().into_iter().find(|i| i["name"] == name).unwrap();
-    (i["start_ms"].as_i64().unwrap(), i["end_ms"].as_i64().unwrap())
+    (
+        i["start_ms"].as_i64().unwrap(),
+        i["end_ms"].as_i64().unwrap(),
+    )
 }
 
 fn replay_bundled() -> (Vec<Line>, String) {
@@ -52,20 +56,34 @@ fn bundled_recordings_show_their_incident_signatures() {
     let (lines, summary) = replay_bundled();
 
     // Latency regression: v4's p99 is at least 3x v3's.
-    let (v3, v4) = (p99s(&lines, "ctr-ranker", "3"), p99s(&lines, "ctr-ranker", "4"));
-    assert!(v3.len() >= 10 && v4.len() >= 10, "{} / {} windows", v3.len(), v4.len());
+    let (v3, v4) = (
+        p99s(&lines, "ctr-ranker", "3"),
+        p99s(&lines, "ctr-ranker", "4"),
+    );
+    assert!(
+        v3.len() >= 10 && v4.len() >= 10,
+        "{} / {} windows",
+        v3.len(),
+        v4.len()
+    );
     let ratio = median(v4) / median(v3);
     assert!(ratio >= 3.0, "v4/v3 median p99 ratio {ratio}");
 
     // Error burst: error rate >= 5% inside the incident, < 2% outside.
     let (start, end) = incident("error burst");
-    for l in lines.iter().filter(|l| l.measurement == "throughput" && l.tag("model") == Some("recsys-ranker")) {
+    for l in lines
+        .iter()
+        .filter(|l| l.measurement == "throughput" && l.tag("model") == Some("recsys-ranker"))
+    {
         let end_ms = l.ts_ns / 1_000_000;
         let rate = l.float("error_rate").unwrap();
         if end_ms > start + 60_000 && end_ms <= end {
             assert!(rate >= 0.04, "window ending {end_ms}: error rate {rate}");
         } else if end_ms <= start || end_ms > end + 60_000 {
-            assert!(rate < 0.02, "quiet window ending {end_ms}: error rate {rate}");
+            assert!(
+                rate < 0.02,
+                "quiet window ending {end_ms}: error rate {rate}"
+            );
         }
     }
 
@@ -109,12 +127,22 @@ fn bad_lines_go_to_the_rejects_file_and_the_run_goes_on() {
     let input = dir.path().join("mixed.jsonl");
     let good = r#"{"topic":"inference.predictions","request_id":"r1","ts":1763800000123,"model":"m","model_version":"1","status":"ok","timings_ms":{"total":3.5}}"#;
     let bad = [
-        (r#"{"topic":"inference.predictions","request_id":"r2","ts":1763800001000,"model":"m","model_version":"1","status":"ok","timings_ms":{"total":"abc"}}"#,
-         r#"timings_ms.total: expected number, got \"abc\""#),
-        (r#"{"topic":"inference.predictions","request_id":"r3","ts":1763800001000,"model":"m","status":"ok","timings_ms":{"total":1}}"#,
-         "missing field model_version"),
-        (r#"{"topic":"inference.predictions","request_id":"#, "not valid JSON"),
-        (r#"{"topic":"somewhere.else","request_id":"r4","ts":1}"#, r#"unknown topic \"somewhere.else\""#),
+        (
+            r#"{"topic":"inference.predictions","request_id":"r2","ts":1763800001000,"model":"m","model_version":"1","status":"ok","timings_ms":{"total":"abc"}}"#,
+            r#"timings_ms.total: expected number, got \"abc\""#,
+        ),
+        (
+            r#"{"topic":"inference.predictions","request_id":"r3","ts":1763800001000,"model":"m","status":"ok","timings_ms":{"total":1}}"#,
+            "missing field model_version",
+        ),
+        (
+            r#"{"topic":"inference.predictions","request_id":"#,
+            "not valid JSON",
+        ),
+        (
+            r#"{"topic":"somewhere.else","request_id":"r4","ts":1}"#,
+            r#"unknown topic \"somewhere.else\""#,
+        ),
         (r#"[1,2,3]"#, "expected a JSON object, got an array"),
     ];
     let mut f = std::fs::File::create(&input).unwrap();
@@ -140,17 +168,26 @@ fn bad_lines_go_to_the_rejects_file_and_the_run_goes_on() {
     assert!(stdout.contains("5 rejected"), "{stdout}");
 
     let rejected = std::fs::read_to_string(&rejects).unwrap();
-    let rows: Vec<serde_json::Value> = rejected.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = rejected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), bad.len());
     for (row, (line, reason)) in rows.iter().zip(&bad) {
         assert_eq!(row["raw"], *line, "the original line is kept");
         let got = row["reason"].as_str().unwrap();
-        assert!(got.contains(&reason.replace("\\\"", "\"")), "{got} vs {reason}");
+        assert!(
+            got.contains(&reason.replace("\\\"", "\"")),
+            "{got} vs {reason}"
+        );
         assert!(row["line"].as_u64().unwrap() >= 2);
     }
 
     let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
-    let t = lines.iter().find(|l| l.measurement == "throughput").expect("good lines still counted");
+    let t = lines
+        .iter()
+        .find(|l| l.measurement == "throughput")
+        .expect("good lines still counted");
     assert_eq!(t.float("requests"), Some(2.0));
 }
 
@@ -172,7 +209,10 @@ query = "SELECT model, model_version, avg(score) AS mean_score, count(*) AS n FR
     .unwrap();
     let metrics = dir.path().join("m.lp");
     let files = recordings();
-    let regression = files.iter().find(|p| p.to_string_lossy().contains("latency-regression")).unwrap();
+    let regression = files
+        .iter()
+        .find(|p| p.to_string_lossy().contains("latency-regression"))
+        .unwrap();
     run_ok(
         infermon()
             .arg("--config")
@@ -183,7 +223,10 @@ query = "SELECT model, model_version, avg(score) AS mean_score, count(*) AS n FR
             .arg(&metrics),
     );
     let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
-    let stats: Vec<_> = lines.iter().filter(|l| l.measurement == "score_stats").collect();
+    let stats: Vec<_> = lines
+        .iter()
+        .filter(|l| l.measurement == "score_stats")
+        .collect();
     assert!(!stats.is_empty());
     for s in &stats {
         assert_eq!(s.ts_ns % 300_000_000_000, 0, "5-minute windows");

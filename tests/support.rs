@@ -67,9 +67,16 @@ impl Line {
 pub fn parse_lines(text: &str) -> Vec<Line> {
     text.lines()
         .map(|l| {
-            assert!(!l.contains('\\'), "helper handles unescaped lines only: {l}");
+            assert!(
+                !l.contains('\\'),
+                "helper handles unescaped lines only: {l}"
+            );
             let mut parts = l.split(' ');
-            let (head, fields, ts) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let (head, fields, ts) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
             let mut head = head.split(',');
             let pair = |s: &str| {
                 let (k, v) = s.split_once('=').unwrap();

@@ -271,7 +271,12 @@ impl WindowEngine {
 
     /// Totals per series so far, sorted by key.
     pub fn series_stats(&self) -> Vec<(SeriesKey, SeriesStats)> {
-        let mut v: Vec<_> = self.series.iter().cloned().zip(self.stats.clone()).collect();
+        let mut v: Vec<_> = self
+            .series
+            .iter()
+            .cloned()
+            .zip(self.stats.clone())
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

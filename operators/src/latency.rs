@@ -55,7 +55,10 @@ impl LatencyAccumulator {
 impl Accumulator for LatencyAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let Some(values) = values[0].as_primitive_opt::<Float64Type>() else {
-            return exec_err!("latency_summary expects Float64, got {}", values[0].data_type());
+            return exec_err!(
+                "latency_summary expects Float64, got {}",
+                values[0].data_type()
+            );
         };
         if values.null_count() == 0 {
             values.values().iter().for_each(|v| self.sketch.add(*v));
@@ -79,7 +82,10 @@ impl Accumulator for LatencyAccumulator {
                 float((n > 0).then(|| s.sum() / n as f64)),
             );
         for (name, q) in QUANTILES {
-            b = b.with_scalar(Field::new(name, DataType::Float64, true), float(s.quantile(q)));
+            b = b.with_scalar(
+                Field::new(name, DataType::Float64, true),
+                float(s.quantile(q)),
+            );
         }
         b.with_scalar(Field::new("max", DataType::Float64, true), float(s.max()))
             .build()

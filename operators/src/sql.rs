@@ -155,7 +155,10 @@ fn rows_to_points(measurement: &str, end_ms: i64, batch: &RecordBatch, out: &mut
     let mut fields = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
         match f.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(..) => {
                 if let Ok(col) = cast(batch.column(i), &DataType::Utf8) {
                     tags.push((f.name().clone(), col));
                 }

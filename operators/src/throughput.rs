@@ -155,7 +155,13 @@ impl AggregateUDFImpl for ThroughputSummary {
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(["requests", "errors", "batch_size_sum", "batch_size_count"]
-            .map(|n| Arc::new(Field::new(format!("{}_{n}", args.name), DataType::Int64, true)))
+            .map(|n| {
+                Arc::new(Field::new(
+                    format!("{}_{n}", args.name),
+                    DataType::Int64,
+                    true,
+                ))
+            })
             .to_vec())
     }
 }

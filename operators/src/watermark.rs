@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(w.advance(0), Some(500));
         let b = w.add_input(0);
         w.observe(b, 100, 0);
-        assert_eq!(w.advance(0), Some(500), "a new slow input cannot pull it back");
+        assert_eq!(
+            w.advance(0),
+            Some(500),
+            "a new slow input cannot pull it back"
+        );
     }
 
     #[test]
@@ -174,7 +178,11 @@ mod tests {
         let mut w = WatermarkTracker::new(10, 1_000);
         let a = w.add_input(0);
         let b = w.add_input(0);
-        assert_eq!(w.others_bound(a, 0), None, "b has no data: it holds the watermark");
+        assert_eq!(
+            w.others_bound(a, 0),
+            None,
+            "b has no data: it holds the watermark"
+        );
         w.observe(b, 400, 0);
         let others = w.others_bound(a, 0);
         assert_eq!(others, Some(Some(400)));

@@ -61,7 +61,9 @@ impl WindowSpec {
         let size_ms = config.size.as_millis() as i64;
         let slide_ms = config.slide.map_or(size_ms, |s| s.as_millis() as i64);
         if size_ms <= 0 || slide_ms <= 0 {
-            return Err(WindowConfigError("size and slide must be at least 1 ms".into()));
+            return Err(WindowConfigError(
+                "size and slide must be at least 1 ms".into(),
+            ));
         }
         if slide_ms > size_ms || size_ms % slide_ms != 0 {
             return Err(WindowConfigError(format!(
@@ -100,7 +102,10 @@ mod tests {
     #[test]
     fn tumbling_windows_align_to_the_epoch() {
         let w = WindowSpec::tumbling(60_000);
-        assert_eq!(w.starts(1_763_800_000_123).collect::<Vec<_>>(), [1_763_799_960_000]);
+        assert_eq!(
+            w.starts(1_763_800_000_123).collect::<Vec<_>>(),
+            [1_763_799_960_000]
+        );
         assert_eq!(w.starts(60_000).collect::<Vec<_>>(), [60_000]);
         assert_eq!(w.starts(59_999).collect::<Vec<_>>(), [0]);
         assert_eq!(w.starts(-1).collect::<Vec<_>>(), [-60_000]);
@@ -114,7 +119,10 @@ mod tests {
             ..Default::default()
         };
         let w = WindowSpec::new(&cfg).unwrap();
-        assert_eq!(w.starts(65_000).collect::<Vec<_>>(), [20_000, 40_000, 60_000]);
+        assert_eq!(
+            w.starts(65_000).collect::<Vec<_>>(),
+            [20_000, 40_000, 60_000]
+        );
         for s in w.starts(65_000) {
             assert!(s <= 65_000 && 65_000 < w.end(s));
         }
@@ -126,6 +134,11 @@ mod tests {
             slide: Some(Duration::from_secs(7)),
             ..Default::default()
         };
-        assert!(WindowSpec::new(&cfg).unwrap_err().to_string().contains("must divide"));
+        assert!(
+            WindowSpec::new(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("must divide")
+        );
     }
 }

@@ -22,7 +22,7 @@ fn latencies() -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(
         prop_oneof![
             9 => (-2.0f64..4.0).prop_map(|e| 10f64.powf(e)),
-            1 => (1.0f64..1e5),
+            1 => 1.0f64..1e5,
         ],
         1..5_000,
     )

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use infermon_operators::{SqlMetricConfig, SqlMetrics, WindowConfig, WindowEngine};
-use infermon_schemas::{FieldValue, PredictionBatchBuilder, PredictionEvent, Status, Timings, prediction_schema};
+use infermon_schemas::{
+    FieldValue, PredictionBatchBuilder, PredictionEvent, Status, Timings, prediction_schema,
+};
 
 fn event(model: &str, ts: i64, score: f64, total: f64) -> PredictionEvent {
     PredictionEvent {
@@ -66,7 +68,10 @@ async fn sql_metric_runs_per_window_over_that_windows_rows() {
         .evaluate(first.end, std::mem::take(&mut first.batches))
         .await
         .unwrap();
-    let stats: Vec<_> = points.iter().filter(|p| p.measurement == "score_stats").collect();
+    let stats: Vec<_> = points
+        .iter()
+        .filter(|p| p.measurement == "score_stats")
+        .collect();
     assert_eq!(stats.len(), 2);
     assert_eq!(stats[0].tag_value("model"), Some("a"));
     assert_eq!(stats[0].field_value("n"), Some(&FieldValue::Int(100)));
@@ -77,9 +82,11 @@ async fn sql_metric_runs_per_window_over_that_windows_rows() {
     assert_eq!(stats[0].timestamp_ns, 60_000 * 1_000_000);
 
     // The SQL latency_summary agrees with the engine's own accumulator.
-    let engine_p99 = first.points().unwrap().into_iter().find(|p| {
-        p.measurement == "latency" && p.tag_value("model") == Some("a")
-    });
+    let engine_p99 = first
+        .points()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.measurement == "latency" && p.tag_value("model") == Some("a"));
     let sql_p99 = points
         .iter()
         .find(|p| p.measurement == "sql_latency" && p.tag_value("model") == Some("a"));
@@ -93,7 +100,10 @@ async fn sql_metric_runs_per_window_over_that_windows_rows() {
         .evaluate(second.end, std::mem::take(&mut second.batches))
         .await
         .unwrap();
-    let stats: Vec<_> = points.iter().filter(|p| p.measurement == "score_stats").collect();
+    let stats: Vec<_> = points
+        .iter()
+        .filter(|p| p.measurement == "score_stats")
+        .collect();
     assert_eq!(stats.len(), 1, "only model a has rows in the second window");
     assert_eq!(stats[0].field_value("n"), Some(&FieldValue::Int(1)));
 }
@@ -112,5 +122,8 @@ async fn a_bad_query_fails_at_start_naming_the_metric() {
     .err()
     .expect("planning fails");
     let msg = err.to_string();
-    assert!(msg.starts_with("custom metric \"broken\":") && msg.contains("no_such_column"), "{msg}");
+    assert!(
+        msg.starts_with("custom metric \"broken\":") && msg.contains("no_such_column"),
+        "{msg}"
+    );
 }

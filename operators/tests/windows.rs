@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use infermon_operators::{ClosedWindow, WindowConfig, WindowEngine};
-use infermon_schemas::{FieldValue, Point, PredictionBatchBuilder, PredictionEvent, Status, Timings};
+use infermon_schemas::{
+    FieldValue, Point, PredictionBatchBuilder, PredictionEvent, Status, Timings,
+};
 
 fn event(model: &str, ts: i64, total: f64) -> PredictionEvent {
     PredictionEvent {
@@ -14,7 +16,11 @@ fn event(model: &str, ts: i64, total: f64) -> PredictionEvent {
         model_version: "1".into(),
         worker: None,
         device: None,
-        status: if total < 0.0 { Status::Error } else { Status::Ok },
+        status: if total < 0.0 {
+            Status::Error
+        } else {
+            Status::Ok
+        },
         error: None,
         batch_size: Some(4),
         timings_ms: Timings {
@@ -69,7 +75,14 @@ fn out_of_order_within_lateness_is_on_time_and_later_is_counted_late() {
     let mut e = WindowEngine::new(&config(), false).unwrap();
     let input = e.add_input(0);
     // Window [0, 60s): events out of order, the 55 s one arrives after 65 s.
-    let b1 = batch(&[event("m", 10_000, 1.0), event("m", 65_000, 2.0), event("m", 55_000, 3.0)], &[]);
+    let b1 = batch(
+        &[
+            event("m", 10_000, 1.0),
+            event("m", 65_000, 2.0),
+            event("m", 55_000, 3.0),
+        ],
+        &[],
+    );
     e.push_predictions(input, &b1, 0).unwrap();
     assert!(e.fire(0).is_empty(), "watermark 55 s has not passed 60 s");
     // 71 s moves the watermark to 61 s: [0,60) closes; a 59 s event is late.
@@ -88,7 +101,11 @@ fn out_of_order_within_lateness_is_on_time_and_later_is_counted_late() {
 
     let rest = points(e.flush());
     let t = find(&rest, "throughput", "m", 120_000).unwrap();
-    assert_eq!(int(t, "requests"), 2, "65 s and 71 s flushed at end of input");
+    assert_eq!(
+        int(t, "requests"),
+        2,
+        "65 s and 71 s flushed at end of input"
+    );
     assert_eq!(e.open_windows(), 0);
 }
 
@@ -130,10 +147,18 @@ fn lateness_is_judged_per_row_not_per_batch() {
 fn an_idle_key_does_not_hold_windows_open() {
     let mut e = WindowEngine::new(&config(), false).unwrap();
     let input = e.add_input(0);
-    e.push_predictions(input, &batch(&[event("quiet", 5_000, 1.0), event("busy", 6_000, 1.0)], &[]), 0)
-        .unwrap();
+    e.push_predictions(
+        input,
+        &batch(
+            &[event("quiet", 5_000, 1.0), event("busy", 6_000, 1.0)],
+            &[],
+        ),
+        0,
+    )
+    .unwrap();
     // Only "busy" keeps sending; "quiet"'s window still closes on time.
-    e.push_predictions(input, &batch(&[event("busy", 75_000, 1.0)], &[]), 0).unwrap();
+    e.push_predictions(input, &batch(&[event("busy", 75_000, 1.0)], &[]), 0)
+        .unwrap();
     let ps = points(e.fire(0));
     assert!(find(&ps, "throughput", "quiet", 60_000).is_some());
     assert!(find(&ps, "throughput", "busy", 60_000).is_some());
@@ -146,12 +171,21 @@ fn watermark_is_the_minimum_across_inputs_and_idle_inputs_are_ignored() {
     let mut e = WindowEngine::new(&cfg, false).unwrap();
     let a = e.add_input(0);
     let b = e.add_input(0);
-    e.push_predictions(a, &batch(&[event("m", 5_000, 1.0), event("m", 200_000, 1.0)], &[]), 0)
+    e.push_predictions(
+        a,
+        &batch(&[event("m", 5_000, 1.0), event("m", 200_000, 1.0)], &[]),
+        0,
+    )
+    .unwrap();
+    assert!(
+        e.fire(0).is_empty(),
+        "b has delivered nothing: it may still send old events"
+    );
+    e.push_predictions(b, &batch(&[event("m", 50_000, 1.0)], &[]), 1_000)
         .unwrap();
-    assert!(e.fire(0).is_empty(), "b has delivered nothing: it may still send old events");
-    e.push_predictions(b, &batch(&[event("m", 50_000, 1.0)], &[]), 1_000).unwrap();
     assert!(e.fire(1_000).is_empty(), "b is at 50 s: watermark 40 s");
-    e.push_predictions(b, &batch(&[event("m", 71_000, 1.0)], &[]), 2_000).unwrap();
+    e.push_predictions(b, &batch(&[event("m", 71_000, 1.0)], &[]), 2_000)
+        .unwrap();
     let closed = e.fire(2_000);
     assert_eq!(closed.iter().map(|w| w.end).collect::<Vec<_>>(), [60_000]);
     // b goes silent for longer than the idle timeout: a alone drives it.
@@ -169,8 +203,12 @@ fn hopping_windows_count_each_event_size_over_slide_times() {
     cfg.slide = Some(Duration::from_secs(20));
     let mut e = WindowEngine::new(&cfg, false).unwrap();
     let input = e.add_input(0);
-    e.push_predictions(input, &batch(&[event("m", 65_000, 1.0), event("m", 66_000, -1.0)], &[]), 0)
-        .unwrap();
+    e.push_predictions(
+        input,
+        &batch(&[event("m", 65_000, 1.0), event("m", 66_000, -1.0)], &[]),
+        0,
+    )
+    .unwrap();
     let ps = points(e.flush());
     let ends: Vec<i64> = ps
         .iter()
@@ -183,7 +221,10 @@ fn hopping_windows_count_each_event_size_over_slide_times() {
         assert_eq!(int(p, "errors"), 1);
         assert_eq!(p.field_value("error_rate"), Some(&FieldValue::Float(0.5)));
         assert_eq!(p.field_value("rps"), Some(&FieldValue::Float(2.0 / 60.0)));
-        assert_eq!(p.field_value("mean_batch_size"), Some(&FieldValue::Float(4.0)));
+        assert_eq!(
+            p.field_value("mean_batch_size"),
+            Some(&FieldValue::Float(4.0))
+        );
     }
 }
 
@@ -195,8 +236,12 @@ fn segment_keys_split_series_and_become_tags() {
     let input = e.add_input(0);
     let mut other = event("m", 2_000, 1.0);
     other.segment.insert("surface".into(), "ads".into());
-    e.push_predictions(input, &batch(&[event("m", 1_000, 1.0), other], &cfg.segment_keys), 0)
-        .unwrap();
+    e.push_predictions(
+        input,
+        &batch(&[event("m", 1_000, 1.0), other], &cfg.segment_keys),
+        0,
+    )
+    .unwrap();
     let ps = points(e.flush());
     let surfaces: Vec<_> = ps
         .iter()
@@ -206,5 +251,8 @@ fn segment_keys_split_series_and_become_tags() {
     assert_eq!(surfaces, ["ads", "search"]);
     let mut line = String::new();
     ps[0].write_line_protocol(&mut line);
-    assert!(line.contains(",surface=ads,") && !line.contains("site="), "{line}");
+    assert!(
+        line.contains(",surface=ads,") && !line.contains("site="),
+        "{line}"
+    );
 }

@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn typos_are_errors() {
         let err = Config::parse("[window]\nsise = \"30s\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("unknown field `sise`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown field `sise`"),
+            "{err:#}"
+        );
     }
 
     #[test]

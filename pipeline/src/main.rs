@@ -110,7 +110,11 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", summary_table(&report));
             println!("metrics: {}", metrics_out.display());
             if rejects.count > 0 {
-                println!("rejects: {} ({} lines)", rejects.path().display(), rejects.count);
+                println!(
+                    "rejects: {} ({} lines)",
+                    rejects.path().display(),
+                    rejects.count
+                );
             }
             if let Some(kib) = peak_rss_kib() {
                 println!("peak RSS: {:.1} MiB", kib as f64 / 1024.0);

@@ -252,7 +252,15 @@ fn progress_bar(enabled: bool, total_bytes: u64) -> ProgressBar {
 
 /// The end-of-run table, as text.
 pub fn summary_table(report: &ReplayReport) -> String {
-    let header = ["model", "version", "windows", "events", "late", "rejected", "p99 total ms (min..max)"];
+    let header = [
+        "model",
+        "version",
+        "windows",
+        "events",
+        "late",
+        "rejected",
+        "p99 total ms (min..max)",
+    ];
     let mut rows: Vec<[String; 7]> = Vec::new();
     for ((model, version), s) in &report.series {
         rows.push([

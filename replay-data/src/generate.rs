@@ -52,7 +52,11 @@ impl GenerateOptions {
             scenario,
             seed: 20261120 + hour as u64,
             start_ms: BUNDLED_DAY_MS + hour * 3_600_000,
-            duration_s: if scenario == Scenario::Day { 86_400 } else { 1_800 },
+            duration_s: if scenario == Scenario::Day {
+                86_400
+            } else {
+                1_800
+            },
             rate_scale: 1.0,
         }
     }
@@ -251,10 +255,7 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
         Scenario::GradientExplosion => vec![&QUIET],
         Scenario::Day => vec![&CTR, &RECSYS, &ADS, &QUIET],
     };
-    let training = matches!(
-        opts.scenario,
-        Scenario::GradientExplosion | Scenario::Day
-    );
+    let training = matches!(opts.scenario, Scenario::GradientExplosion | Scenario::Day);
     let active = Active::new(opts);
     let mut outbox = Outbox {
         heap: BinaryHeap::new(),
@@ -269,7 +270,9 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
         let second_ms = opts.start_ms + sec * 1000;
         for model in &models {
             let rate = model.base_rps * opts.rate_scale * diurnal(second_ms);
-            let n = Poisson::new(rate).map(|p| p.sample(&mut rng) as u64).unwrap_or(0);
+            let n = Poisson::new(rate)
+                .map(|p| p.sample(&mut rng) as u64)
+                .unwrap_or(0);
             for _ in 0..n {
                 request_seq += 1;
                 let ts = second_ms + rng.random_range(0..1000);
@@ -338,13 +341,20 @@ fn predict(
     if rng.random::<f64>() < 0.01 {
         queue *= 8.0;
     }
-    let pre_median = if model.kind == ModelKind::Text { 0.6 } else { 0.12 };
+    let pre_median = if model.kind == ModelKind::Text {
+        0.6
+    } else {
+        0.12
+    };
     let preprocess = lognormal(pre_median, 0.35).sample(rng);
     let base = model.inference_ms * if slow { 5.0 } else { 1.0 };
     let mut inference = lognormal(base * (1.0 + batch_size as f64 / 16.0), 0.25).sample(rng);
     if rng.random::<f64>() < 0.004 {
         // GC pauses, noisy neighbours: a Pareto tail.
-        inference += Pareto::new(base * 2.0, 1.6).expect("valid").sample(rng).min(2_000.0);
+        inference += Pareto::new(base * 2.0, 1.6)
+            .expect("valid")
+            .sample(rng)
+            .min(2_000.0);
     }
     let postprocess = lognormal(0.04, 0.3).sample(rng);
     let overhead = lognormal(0.03, 0.5).sample(rng);
@@ -356,7 +366,11 @@ fn predict(
     ]);
     let worker = format!(
         "{}-{}/{}",
-        if model.device == "cpu" { "cpu-node" } else { "gpu-node" },
+        if model.device == "cpu" {
+            "cpu-node"
+        } else {
+            "gpu-node"
+        },
         rng.random_range(1..5),
         rng.random_range(0..2)
     );
@@ -367,7 +381,10 @@ fn predict(
             let len = rng.random_range(1..9) as f64;
             let cos: f64 = Normal::new(0.62, 0.08).expect("valid").sample(rng);
             let cos = cos.clamp(0.0, 1.0);
-            (BTreeMap::from([("query_len".into(), Feature::Number(len))]), cos)
+            (
+                BTreeMap::from([("query_len".into(), Feature::Number(len))]),
+                cos,
+            )
         }
     };
     let r = |x: f64| round(x, 3);
@@ -413,9 +430,13 @@ fn predict(
 /// logistic model assigns them.
 fn tabular(rng: &mut ChaCha8Rng, shifted: bool, nulls: bool) -> (BTreeMap<String, Feature>, f64) {
     let price_median = if shifted { 100.0 } else { 40.0 };
-    let price = LogNormal::new(f64::ln(price_median), 0.9).expect("valid").sample(rng);
+    let price = LogNormal::new(f64::ln(price_median), 0.9)
+        .expect("valid")
+        .sample(rng);
     let user_ctr = Beta::new(2.0, 60.0).expect("valid").sample(rng);
-    let popularity = LogNormal::new(f64::ln(200.0), 1.2).expect("valid").sample(rng);
+    let popularity = LogNormal::new(f64::ln(200.0), 1.2)
+        .expect("valid")
+        .sample(rng);
     let shifted_mix: Vec<(&str, f64)> = CATEGORIES
         .iter()
         .map(|&(c, w)| (c, if c == "electronics" { 0.6 } else { w / 2.0 }))
@@ -445,7 +466,10 @@ fn tabular(rng: &mut ChaCha8Rng, shifted: bool, nulls: bool) -> (BTreeMap<String
                 Feature::Number(round(user_ctr, 4))
             },
         ),
-        ("item_popularity".into(), Feature::Number(popularity.round())),
+        (
+            "item_popularity".into(),
+            Feature::Number(popularity.round()),
+        ),
         ("category".into(), Feature::Category(category.into())),
         ("device".into(), Feature::Category(device.into())),
     ]);
@@ -499,9 +523,11 @@ impl Trainer {
         }
         let ts = second_ms + 500;
         self.step += 1;
-        let mut grad_norm = LogNormal::new(f64::ln(1.8), 0.15).expect("valid").sample(rng);
-        self.loss = (self.loss * 0.9995 + Normal::new(0.0, 0.004).expect("valid").sample(rng))
-            .max(0.2);
+        let mut grad_norm = LogNormal::new(f64::ln(1.8), 0.15)
+            .expect("valid")
+            .sample(rng);
+        self.loss =
+            (self.loss * 0.9995 + Normal::new(0.0, 0.004).expect("valid").sample(rng)).max(0.2);
         let mut loss = self.loss;
         let mut nonfinite = 0;
         let mut raw_null = false;
@@ -514,7 +540,7 @@ impl Trainer {
             } else {
                 nonfinite = rng.random_range(100..5_000);
                 grad_norm = [f64::NAN, f64::INFINITY, f64::NAN][k as usize % 3];
-                raw_null = k % 2 == 0;
+                raw_null = k.is_multiple_of(2);
                 loss = f64::NAN;
                 if k == 16 {
                     // The job dies, restarts from a checkpoint with half the lr.
@@ -535,14 +561,22 @@ impl Trainer {
             model: "ctr-ranker".into(),
             ts,
             step: self.step,
-            loss: Some(if loss.is_finite() { round(loss, 5) } else { loss }),
+            loss: Some(if loss.is_finite() {
+                round(loss, 5)
+            } else {
+                loss
+            }),
             grad_norm: if grad_norm.is_finite() {
                 round(grad_norm, 4)
             } else {
                 grad_norm
             },
             lr: Some(self.lr),
-            layer_grad_norms: if nonfinite > 0 { BTreeMap::new() } else { layers },
+            layer_grad_norms: if nonfinite > 0 {
+                BTreeMap::new()
+            } else {
+                layers
+            },
             nonfinite,
         };
         let mut text = line("training.telemetry", &event);

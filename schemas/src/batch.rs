@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
-    UInt32Builder,
+    ArrayBuilder, ArrayRef, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 

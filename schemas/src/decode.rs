@@ -424,7 +424,7 @@ fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
 /// A stage timing: a finite, non-negative number of milliseconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     match number(d)? {
-        Some(v) if !(v >= 0.0) || !v.is_finite() => Err(de::Error::custom(format_args!(
+        Some(v) if v < 0.0 || !v.is_finite() => Err(de::Error::custom(format_args!(
             "expected a non-negative number of milliseconds, got {v}"
         ))),
         v => Ok(v),

@@ -1,6 +1,8 @@
 //! Every class of bad input gets its own clear, field-naming error.
 
-use infermon_schemas::{DecodeError, Decoded, TopicKind, TopicNames, decode_event, decode_recorded_line};
+use infermon_schemas::{
+    DecodeError, Decoded, TopicKind, TopicNames, decode_event, decode_recorded_line,
+};
 
 const GOOD: &str = r#"{"request_id": "r-8f2c", "ts": 1763800000123, "model": "ctr-ranker",
  "model_version": "3", "worker": "gpu-node-7/0", "device": "cuda:0",
@@ -37,9 +39,15 @@ fn contract_example_decodes() {
 #[test]
 fn missing_required_field_is_named() {
     let json = GOOD.replace(r#""model_version": "3","#, "");
-    assert_eq!(err(TopicKind::Predictions, &json), "missing field model_version");
+    assert_eq!(
+        err(TopicKind::Predictions, &json),
+        "missing field model_version"
+    );
     let json = GOOD.replace(r#""total": 3.3"#, r#""total": null"#);
-    assert_eq!(err(TopicKind::Predictions, &json), "missing field timings_ms.total");
+    assert_eq!(
+        err(TopicKind::Predictions, &json),
+        "missing field timings_ms.total"
+    );
 }
 
 #[test]
@@ -50,7 +58,10 @@ fn wrong_type_names_path_and_value() {
         r#"timings_ms.total: expected number, got "abc""#
     );
     let json = GOOD.replace(r#""model": "ctr-ranker""#, r#""model": 7"#);
-    assert_eq!(err(TopicKind::Predictions, &json), "model: expected string, got 7");
+    assert_eq!(
+        err(TopicKind::Predictions, &json),
+        "model: expected string, got 7"
+    );
     let json = GOOD.replace(r#""status": "ok""#, r#""status": "fine""#);
     assert_eq!(
         err(TopicKind::Predictions, &json),
@@ -77,7 +88,11 @@ fn wrong_type_names_path_and_value() {
 fn not_json_not_object_and_empty() {
     let e = prediction(r#"{"request_id": "r-1", "ts": "#).unwrap_err();
     assert_eq!(e.reason(), "invalid_json");
-    assert!(e.to_string().starts_with("not valid JSON: EOF while parsing"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("not valid JSON: EOF while parsing"),
+        "{e}"
+    );
     let e = prediction("[1, 2]").unwrap_err();
     assert_eq!(e.to_string(), "expected a JSON object, got an array");
     assert_eq!(prediction("  \n").unwrap_err(), DecodeError::Empty);
@@ -86,9 +101,14 @@ fn not_json_not_object_and_empty() {
 #[test]
 fn feedback_label_must_be_binary() {
     let ok = r#"{"request_id": "r-8f2c", "ts": 1763800042000, "kind": "click", "label": 1}"#;
-    assert!(matches!(decode_event(TopicKind::Feedback, ok.as_bytes()), Ok(Decoded::Feedback(f)) if f.label == 1));
+    assert!(
+        matches!(decode_event(TopicKind::Feedback, ok.as_bytes()), Ok(Decoded::Feedback(f)) if f.label == 1)
+    );
     assert_eq!(
-        err(TopicKind::Feedback, &ok.replace(r#""label": 1"#, r#""label": 2"#)),
+        err(
+            TopicKind::Feedback,
+            &ok.replace(r#""label": 1"#, r#""label": 2"#)
+        ),
         "label: expected 0 or 1, got 2"
     );
 }
@@ -96,9 +116,14 @@ fn feedback_label_must_be_binary() {
 #[test]
 fn training_nonfinite_spellings_are_understood() {
     let base = r#"{"run_id": "r", "model": "m", "ts": 1, "step": 7, "loss": LOSS, "grad_norm": GN, "nonfinite": 3}"#;
-    for (gn, loss) in [("null", "null"), (r#""NaN""#, r#""Infinity""#), ("1.5", r#""-Infinity""#)] {
+    for (gn, loss) in [
+        ("null", "null"),
+        (r#""NaN""#, r#""Infinity""#),
+        ("1.5", r#""-Infinity""#),
+    ] {
         let json = base.replace("GN", gn).replace("LOSS", loss);
-        let Decoded::Training(t) = decode_event(TopicKind::Training, json.as_bytes()).unwrap() else {
+        let Decoded::Training(t) = decode_event(TopicKind::Training, json.as_bytes()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(t.nonfinite, 3);
@@ -121,7 +146,8 @@ fn training_event_round_trips_through_its_own_serializer() {
         panic!()
     };
     let written = serde_json::to_string(&t).unwrap();
-    let Decoded::Training(again) = decode_event(TopicKind::Training, written.as_bytes()).unwrap() else {
+    let Decoded::Training(again) = decode_event(TopicKind::Training, written.as_bytes()).unwrap()
+    else {
         panic!()
     };
     assert!(again.loss.unwrap().is_nan());
@@ -132,14 +158,21 @@ fn training_event_round_trips_through_its_own_serializer() {
 fn recorded_lines_dispatch_on_topic() {
     let topics = TopicNames::default();
     let line = GOOD.replacen('{', r#"{"topic": "inference.predictions", "#, 1);
-    assert!(matches!(decode_recorded_line(line.as_bytes(), &topics), Ok(Decoded::Prediction(_))));
+    assert!(matches!(
+        decode_recorded_line(line.as_bytes(), &topics),
+        Ok(Decoded::Prediction(_))
+    ));
     let line = GOOD.replacen('{', r#"{"topic": "nope", "#, 1);
     assert_eq!(
-        decode_recorded_line(line.as_bytes(), &topics).unwrap_err().to_string(),
+        decode_recorded_line(line.as_bytes(), &topics)
+            .unwrap_err()
+            .to_string(),
         r#"unknown topic "nope""#
     );
     assert_eq!(
-        decode_recorded_line(GOOD.as_bytes(), &topics).unwrap_err().to_string(),
+        decode_recorded_line(GOOD.as_bytes(), &topics)
+            .unwrap_err()
+            .to_string(),
         "missing field topic"
     );
 }

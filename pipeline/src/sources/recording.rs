@@ -14,7 +14,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
 use arrow::array::RecordBatch;
-use infermon_schemas::{Decoded, PredictionBatchBuilder, TopicKind, TopicNames, decode_recorded_line};
+use infermon_schemas::{
+    Decoded, PredictionBatchBuilder, TopicKind, TopicNames, decode_recorded_line,
+};
 
 /// Lines per decoded batch.
 pub const BATCH_LINES: usize = 4096;
@@ -139,8 +141,7 @@ fn decode_loop(
                         Some((lo, hi)) => (lo.min(ts), hi.max(ts)),
                     });
                     let kind = event.kind();
-                    batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] +=
-                        1;
+                    batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
                     if let Decoded::Prediction(p) = &event {
                         builder.push(p);
                     }

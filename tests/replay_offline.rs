@@ -191,6 +191,27 @@ fn bad_lines_go_to_the_rejects_file_and_the_run_goes_on() {
     assert_eq!(t.float("requests"), Some(2.0));
 }
 
+/// Replay the latency-regression recording with a config file.
+fn replay_regression_with(config: &std::path::Path) -> Vec<Line> {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("m.lp");
+    let files = recordings();
+    let regression = files
+        .iter()
+        .find(|p| p.to_string_lossy().contains("latency-regression"))
+        .unwrap();
+    run_ok(
+        infermon()
+            .arg("--config")
+            .arg(config)
+            .args(["replay", "--offline", "--quiet"])
+            .arg(regression)
+            .arg("--metrics-out")
+            .arg(&metrics),
+    );
+    parse_lines(&std::fs::read_to_string(&metrics).unwrap())
+}
+
 #[test]
 fn custom_sql_metric_from_config_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,22 +228,7 @@ query = "SELECT model, model_version, avg(score) AS mean_score, count(*) AS n FR
 "#,
     )
     .unwrap();
-    let metrics = dir.path().join("m.lp");
-    let files = recordings();
-    let regression = files
-        .iter()
-        .find(|p| p.to_string_lossy().contains("latency-regression"))
-        .unwrap();
-    run_ok(
-        infermon()
-            .arg("--config")
-            .arg(&config)
-            .args(["replay", "--offline", "--quiet"])
-            .arg(regression)
-            .arg("--metrics-out")
-            .arg(&metrics),
-    );
-    let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
+    let lines = replay_regression_with(&config);
     let stats: Vec<_> = lines
         .iter()
         .filter(|l| l.measurement == "score_stats")
@@ -251,4 +257,27 @@ fn a_config_typo_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `sise`"), "{err}");
+}
+
+#[test]
+fn the_example_deploy_config_works() {
+    let lines = replay_regression_with(&repo().join("deploy/infermon.toml"));
+    let by_surface: Vec<_> = lines
+        .iter()
+        .filter(|l| l.measurement == "latency_by_surface")
+        .collect();
+    assert!(!by_surface.is_empty());
+    assert!(
+        by_surface
+            .iter()
+            .all(|l| l.tag("surface") == Some("search"))
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.measurement == "latency")
+            .all(|l| l.tag("surface") == Some("search")),
+        "segment key becomes a tag"
+    );
+    assert!(lines.iter().any(|l| l.measurement == "score_stats"));
 }

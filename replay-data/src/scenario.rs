@@ -125,7 +125,7 @@ impl IncidentKind {
                 "input distribution shift",
                 "ads-ctr",
                 "12",
-                "ads-ctr prices x2.5 and category mix moves to electronics; scores shift up",
+                "ads-ctr prices x2.5 and category mix moves to electronics; the mean score drops",
                 "feature_drift (drift, feature=price and category, drifted=true)",
             ),
             IncidentKind::Nulls => (

@@ -12,7 +12,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::decode::{DecodeError, Decoded, decode_event};
 use crate::events::PredictionEvent;
+use crate::topics::TopicKind;
 
 /// Latency stages, in the order of the `stage` tag values of the contract.
 pub const STAGES: [&str; 5] = ["total", "queue", "preprocess", "inference", "postprocess"];
@@ -157,5 +159,52 @@ impl PredictionBatchBuilder {
         );
         RecordBatch::try_new(self.schema.clone(), columns)
             .expect("builder columns match prediction_schema by construction")
+    }
+}
+
+/// The fast path from a slice of prediction messages (e.g. one Kafka fetch)
+/// to one Arrow batch. Messages that fail validation are left out and
+/// returned with their index, so the caller can dead-letter them.
+pub fn decode_predictions(
+    messages: &[&[u8]],
+    segment_keys: &[String],
+) -> (RecordBatch, Vec<(usize, DecodeError)>) {
+    let mut builder = PredictionBatchBuilder::new(segment_keys);
+    let mut rejects = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match decode_event(TopicKind::Predictions, m) {
+            Ok(Decoded::Prediction(p)) => builder.push(&p),
+            Ok(_) => unreachable!("decode_event(Predictions) yields predictions"),
+            Err(e) => rejects.push((i, e)),
+        }
+    }
+    (builder.finish(), rejects)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Float64Array};
+
+    use super::*;
+
+    #[test]
+    fn good_messages_become_rows_and_bad_ones_are_returned() {
+        let good = br#"{"request_id":"a","ts":5,"model":"m","model_version":"1","status":"ok","timings_ms":{"total":2.5,"queue":0.5},"segment":{"site":"cn"}}"#;
+        let bad =
+            br#"{"request_id":"b","ts":5,"model":"m","status":"ok","timings_ms":{"total":1}}"#;
+        let (batch, rejects) = decode_predictions(&[good, bad, good], &["site".to_string()]);
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].0, 1);
+        assert_eq!(rejects[0].1.to_string(), "missing field model_version");
+        let schema = batch.schema();
+        let total = batch.column(schema.index_of("total_ms").unwrap());
+        let total: &Float64Array = total.as_primitive();
+        assert_eq!(total.values().to_vec(), vec![2.5, 2.5]);
+        let inference = batch.column(schema.index_of("inference_ms").unwrap());
+        assert_eq!(inference.null_count(), 2, "absent stages are nulls");
+        let site = batch.column(schema.index_of("segment_site").unwrap());
+        assert_eq!(site.as_string::<i32>().value(0), "cn");
+        assert_eq!(batch.schema(), prediction_schema(&["site".to_string()]));
     }
 }

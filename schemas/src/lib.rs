@@ -10,7 +10,7 @@ pub mod events;
 pub mod point;
 pub mod topics;
 
-pub use batch::{PredictionBatchBuilder, prediction_schema};
+pub use batch::{PredictionBatchBuilder, decode_predictions, prediction_schema};
 pub use decode::{DecodeError, Decoded, decode_event, decode_recorded_line};
 pub use events::{
     Feature, FeedbackEvent, PredictionEvent, RequestEvent, Status, Timings, TrainingEvent,

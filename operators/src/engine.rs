@@ -13,9 +13,12 @@ use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use infermon_schemas::batch::{STAGES, segment_column, stage_column};
-use infermon_schemas::{FieldValue, Point, prediction_schema};
+use infermon_schemas::{FeedbackEvent, FieldValue, Point, TrainingEvent, prediction_schema};
 
+use crate::drift::{DriftOperator, DriftWindow};
+use crate::gradients::{GradientAnomaly, GradientMonitor, GradientWindow};
 use crate::latency::LatencyAccumulator;
+use crate::quality::LabelJoin;
 use crate::throughput::ThroughputAccumulator;
 use crate::watermark::{InputId, WatermarkTracker};
 use crate::window::{WindowConfig, WindowConfigError, WindowSpec};
@@ -77,6 +80,8 @@ pub struct SeriesState {
     pub stages: [LatencyAccumulator; 5],
     /// Request and error counts.
     pub throughput: ThroughputAccumulator,
+    /// Feature and score counts in the reference's bins (drift enabled).
+    pub drift: Option<DriftWindow>,
 }
 
 /// A window whose end the watermark has passed: its results are final.
@@ -92,6 +97,9 @@ pub struct ClosedWindow {
     pub batches: Vec<RecordBatch>,
     /// Late events counted since the previous window closed, per series.
     pub late: Vec<(SeriesKey, u64)>,
+    /// Points of the other operators: `drift` and `gradients` of this window,
+    /// and `quality` of earlier windows whose label wait just ended.
+    pub extra: Vec<Point>,
 }
 
 impl ClosedWindow {
@@ -117,6 +125,7 @@ impl ClosedWindow {
                     .field("count", FieldValue::Int(*n as i64)),
             );
         }
+        out.extend(self.extra.iter().cloned());
         Ok(out)
     }
 }
@@ -158,12 +167,16 @@ pub fn field_value(col: &ArrayRef, i: usize) -> Option<FieldValue> {
 struct OpenWindow {
     series: HashMap<u32, SeriesState>,
     batches: Vec<RecordBatch>,
+    /// Gradient summaries per (model, run_id).
+    gradients: BTreeMap<(String, String), GradientWindow>,
 }
 
 /// Column positions of the prediction schema that the engine reads.
 #[derive(Debug, Clone)]
 struct Columns {
     ts: usize,
+    request_id: usize,
+    score: usize,
     model: usize,
     model_version: usize,
     status: usize,
@@ -185,6 +198,8 @@ impl Columns {
         }
         Ok(Self {
             ts: idx("ts")?,
+            request_id: idx("request_id")?,
+            score: idx("score")?,
             model: idx("model")?,
             model_version: idx("model_version")?,
             status: idx("status")?,
@@ -213,6 +228,13 @@ pub struct WindowEngine {
     /// Scratch: row indices per (window start, series id), reused per batch.
     groups: HashMap<(i64, u32), Vec<u32>>,
     key_buf: String,
+    drift: Option<DriftOperator>,
+    gradients: Option<GradientMonitor>,
+    labels: Option<LabelJoin>,
+    /// Late events of other topics (training steps whose window closed).
+    late_other: u64,
+    /// Points waiting for the next closed window (quality results).
+    extra_pending: Vec<Point>,
 }
 
 impl WindowEngine {
@@ -236,7 +258,87 @@ impl WindowEngine {
             open: BTreeMap::new(),
             groups: HashMap::new(),
             key_buf: String::new(),
+            drift: None,
+            gradients: None,
+            labels: None,
+            late_other: 0,
+            extra_pending: Vec::new(),
         })
+    }
+
+    /// Also compute drift, gradient anomalies and label quality (each when
+    /// given).
+    pub fn with_operators(
+        mut self,
+        drift: Option<DriftOperator>,
+        gradients: Option<GradientMonitor>,
+        labels: Option<LabelJoin>,
+    ) -> Self {
+        self.drift = drift;
+        self.gradients = gradients;
+        self.labels = labels;
+        self
+    }
+
+    /// Counters of the feedback join, when quality is computed.
+    pub fn label_stats(&self) -> Option<crate::quality::JoinStats> {
+        self.labels.as_ref().map(|l| l.stats())
+    }
+
+    /// Training steps that arrived after their window closed.
+    pub fn late_training_steps(&self) -> u64 {
+        self.late_other
+    }
+
+    /// Judge training steps from `input` and add them to their windows.
+    /// Anomalies are returned at once, not held until a window closes.
+    pub fn push_training(
+        &mut self,
+        input: InputId,
+        events: &[TrainingEvent],
+        now_ms: i64,
+    ) -> Vec<GradientAnomaly> {
+        let Some(monitor) = self.gradients.as_mut() else {
+            return Vec::new();
+        };
+        let others = self.watermarks.others_bound(input, now_ms);
+        let mut max_ts = self.watermarks.input_max(input).unwrap_or(i64::MIN);
+        let mut watermark = self.watermarks.current();
+        let mut anomalies = Vec::new();
+        for e in events {
+            if e.ts > max_ts {
+                max_ts = e.ts;
+                watermark = self.watermarks.with_input_at(others, max_ts);
+            }
+            let verdict = monitor.observe(e);
+            let mut late = false;
+            for start in self.spec.starts(e.ts) {
+                if watermark.is_some_and(|w| self.spec.end(start) <= w) {
+                    late = true;
+                    continue;
+                }
+                self.open
+                    .entry(start)
+                    .or_default()
+                    .gradients
+                    .entry((e.model.clone(), e.run_id.clone()))
+                    .or_default()
+                    .record(e, &verdict);
+            }
+            self.late_other += u64::from(late);
+            anomalies.extend(verdict.anomalies);
+        }
+        self.watermarks.observe(input, max_ts, now_ms);
+        anomalies
+    }
+
+    /// Join feedback labels to the predictions waiting for them.
+    pub fn push_feedback(&mut self, events: &[FeedbackEvent]) {
+        if let Some(labels) = self.labels.as_mut() {
+            for e in events {
+                labels.add_label(&e.request_id, e.label);
+            }
+        }
     }
 
     /// Window geometry.
@@ -306,6 +408,14 @@ impl WindowEngine {
         };
         let model = string_col(c.model)?;
         let version = string_col(c.model_version)?;
+        let request_id = string_col(c.request_id)?;
+        let status = string_col(c.status)?;
+        let score = batch
+            .column(c.score)
+            .as_primitive_opt::<arrow::datatypes::Float64Type>()
+            .ok_or_else(|| EngineError::Schema("score must be Float64".into()))?;
+        let mut rows_by_series: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut ends = Vec::new();
         let segments: Vec<&StringArray> = c
             .segments
             .iter()
@@ -328,17 +438,37 @@ impl WindowEngine {
             }
             let id = self.series_id(model.value(row), version.value(row), &segments, row);
             self.stats[id as usize].events += 1;
+            if self.drift.is_some() {
+                rows_by_series.entry(id).or_default().push(row as u32);
+            }
             let mut late = false;
+            ends.clear();
             for start in self.spec.starts(t) {
                 if watermark.is_some_and(|w| self.spec.end(start) <= w) {
                     late = true;
                 } else {
                     self.groups.entry((start, id)).or_default().push(row as u32);
+                    ends.push(self.spec.end(start));
                 }
+            }
+            if let Some(labels) = self.labels.as_mut()
+                && score.is_valid(row)
+                && status.value(row) == "ok"
+            {
+                labels.add_prediction(request_id.value(row), id, score.value(row), &ends);
             }
             if late {
                 self.stats[id as usize].late += 1;
                 *self.late_pending.entry(id).or_default() += 1;
+            }
+        }
+
+        // References first: a row past a version's reference period freezes
+        // it, and the windows below then count into its bins.
+        if let Some(drift) = self.drift.as_mut() {
+            for (id, rows) in &rows_by_series {
+                let key = &self.series[*id as usize];
+                drift.feed_reference(&key.model, &key.model_version, batch, rows);
             }
         }
 
@@ -351,10 +481,16 @@ impl WindowEngine {
             let indices = UInt32Array::from(rows.clone());
             let col = |i: usize| take(batch.column(i), &indices, None);
             let window = self.open.entry(start).or_default();
+            let drift = self.drift.as_ref();
+            let key = &self.series[id as usize];
             let state = window.series.entry(id).or_insert_with(|| SeriesState {
                 stages: Default::default(),
                 throughput: ThroughputAccumulator::new(window_secs),
+                drift: drift.map(|d| d.new_window(key)),
             });
+            if let (Some(d), Some(w)) = (drift, state.drift.as_mut()) {
+                d.update(w, batch, rows);
+            }
             for (acc, &i) in state.stages.iter_mut().zip(&c.stages) {
                 acc.update_batch(&[col(i)?])?;
             }
@@ -427,6 +563,12 @@ impl WindowEngine {
         }
     }
 
+    /// Points no closed window has carried out yet (call after
+    /// [`Self::flush`]).
+    pub fn take_pending_points(&mut self) -> Vec<Point> {
+        std::mem::take(&mut self.extra_pending)
+    }
+
     /// End of input: close every open window.
     pub fn flush(&mut self) -> Vec<ClosedWindow> {
         self.close_until(None)
@@ -447,13 +589,31 @@ impl WindowEngine {
                 .map(|(id, s)| (self.series[id as usize].clone(), s))
                 .collect();
             series.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut extra = Vec::new();
+            if let Some(drift) = &self.drift {
+                for (key, state) in &series {
+                    if let Some(w) = &state.drift {
+                        extra.extend(drift.points(key, w, end));
+                    }
+                }
+            }
+            for ((model, run_id), g) in &window.gradients {
+                extra.push(g.point(model, run_id, end));
+            }
             closed.push(ClosedWindow {
                 start,
                 end,
                 series,
                 batches: window.batches,
                 late: Vec::new(),
+                extra,
             });
+        }
+        if let Some(labels) = self.labels.as_mut() {
+            for (end, id, q) in labels.emit(watermark) {
+                self.extra_pending
+                    .push(q.point(&self.series[id as usize], end));
+            }
         }
         // Late counts ride on the last window closed now; if none closed they
         // wait for the next one (or the final flush).
@@ -462,6 +622,7 @@ impl WindowEngine {
                 .into_iter()
                 .map(|(id, n)| (self.series[id as usize].clone(), n))
                 .collect();
+            last.extra.append(&mut self.extra_pending);
         }
         closed
     }

@@ -4,15 +4,27 @@
 //! [`watermark`]s, late-data counting) → per-(window, series) DataFusion
 //! accumulators ([`latency`], [`throughput`]) → [`engine::ClosedWindow`]
 //! → points; plus user-defined [`sql`] metrics over each closed window.
+//!
+//! The analytic operators ride on the same windows: [`drift`] (features and
+//! scores against a frozen reference), [`gradients`] (training telemetry
+//! anomalies, judged per step) and [`quality`] (feedback joined to
+//! predictions, emitted once the label wait is over).
 
+pub mod drift;
 pub mod engine;
+pub mod gradients;
 pub mod latency;
+pub mod quality;
 pub mod sketch;
 pub mod sql;
 pub mod throughput;
 pub mod watermark;
 pub mod window;
 
+pub use drift::profile::Profile;
+pub use drift::{DriftConfig, DriftOperator, DriftThresholds, ProfileCollector, read_profile_file};
 pub use engine::{ClosedWindow, EngineError, SeriesKey, SeriesStats, WindowEngine};
+pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
+pub use quality::{LabelJoin, QualityConfig};
 pub use sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
 pub use window::{WindowConfig, WindowSpec};

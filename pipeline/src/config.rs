@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use infermon_operators::{SqlMetricConfig, WindowConfig};
+use infermon_operators::{
+    DriftConfig, GradientConfig, QualityConfig, SqlMetricConfig, WindowConfig,
+};
 use infermon_schemas::TopicNames;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,12 @@ pub struct Config {
     pub topics: TopicNames,
     /// Custom per-window metrics written as SQL.
     pub sql_metrics: Vec<SqlMetricConfig>,
+    /// Distribution drift of features and scores against a reference.
+    pub drift: DriftConfig,
+    /// Gradient anomaly detection over training telemetry.
+    pub gradients: GradientConfig,
+    /// Label quality from feedback joined to predictions.
+    pub quality: QualityConfig,
 }
 
 impl Config {
@@ -57,6 +65,19 @@ mod tests {
             format!("{err:#}").contains("unknown field `sise`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn drift_thresholds_per_feature() {
+        let c = Config::parse(
+            "[drift]\nreference_window = \"10m\"\n[drift.feature_thresholds.price]\npsi = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.drift.reference_window.as_secs(), 600);
+        let price = c.drift.feature_thresholds["price"];
+        assert_eq!(price.psi, 0.5);
+        // Unset keys of an override keep the defaults.
+        assert_eq!(price.js, c.drift.thresholds.js);
     }
 
     #[test]

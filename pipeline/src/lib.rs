@@ -2,8 +2,10 @@
 //! commands that wire them to the operators. `main.rs` is only the CLI.
 
 pub mod bench;
+pub mod bench_drift;
 pub mod config;
 pub mod generate;
+pub mod references;
 pub mod replay;
 pub mod sinks;
 pub mod sources;

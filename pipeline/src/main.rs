@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use infermon::bench::{BenchOptions, run_bench};
+use infermon::bench_drift::{DriftBenchOptions, run_drift_bench};
 use infermon::config::Config;
 use infermon::generate::{write_bundled, write_recording};
+use infermon::references::profile_recordings;
 use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
 use infermon::sinks::line_protocol_file::LineProtocolFile;
 use infermon::sinks::rejects_file::RejectsFile;
@@ -70,12 +72,38 @@ enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "out")]
         bundled: Option<PathBuf>,
     },
+    /// Build drift reference profiles (one per model) from recorded traffic,
+    /// for `[drift.reference_files]`.
+    Profile {
+        /// Recorded traffic files (JSON Lines, optionally .zst).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output JSON (an object keyed by model).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure offline replay throughput against a bare serde_json parse of
     /// the same file, in one run.
     Bench {
         /// A recorded traffic file.
         file: PathBuf,
         /// Rounds per variant (interleaved; the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Time the drift operator on raw feature matrices (f64 LE, row-major);
+    /// driven by tests/reference/drift_bench.py, which times scipy alongside.
+    BenchDrift {
+        /// Reference matrix.
+        #[arg(long)]
+        reference: PathBuf,
+        /// Current matrix (one window).
+        #[arg(long)]
+        current: PathBuf,
+        /// Columns per row.
+        #[arg(long)]
+        features: usize,
+        /// Rounds (the fastest is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
@@ -158,6 +186,33 @@ async fn main() -> anyhow::Result<()> {
                     i.name, i.model, i.series, i.start_ms, i.end_ms, i.alert
                 );
             }
+        }
+        Command::Profile { files, out } => {
+            let profiles = profile_recordings(&config, &files)?;
+            let json = serde_json::to_string_pretty(&profiles)?;
+            std::fs::write(&out, json).with_context(|| format!("writing {}", out.display()))?;
+            for (model, p) in &profiles {
+                println!(
+                    "{model} (newest version {}): {} features",
+                    p.model_version,
+                    p.features.len()
+                );
+            }
+            println!("profiles: {}", out.display());
+        }
+        Command::BenchDrift {
+            reference,
+            current,
+            features,
+            rounds,
+        } => {
+            let report = run_drift_bench(&DriftBenchOptions {
+                reference,
+                current,
+                features,
+                rounds,
+            })?;
+            println!("{report}");
         }
         Command::Bench { file, rounds } => {
             let table = run_bench(&config, &BenchOptions { file, rounds }).await?;

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use infermon_operators::{ClosedWindow, SqlMetrics, WindowEngine, engine::engine_schema};
-use infermon_schemas::{FieldValue, TopicKind};
+use infermon_operators::{
+    ClosedWindow, DriftOperator, GradientMonitor, LabelJoin, SqlMetrics, WindowEngine,
+    engine::engine_schema,
+};
+use infermon_schemas::{FieldValue, Point, TopicKind};
 
 use crate::config::Config;
+use crate::references::load_references;
 use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::rejects_file::RejectsFile;
 use crate::sources::recording::{DecodedBatch, RecordingSource};
@@ -42,6 +46,8 @@ pub struct SeriesSummary {
     pub rejected: u64,
     /// Smallest and largest per-window total-latency p99, ms.
     pub p99_range: Option<(f64, f64)>,
+    /// Windows in which at least one feature (or the score) drifted.
+    pub drifted_windows: u64,
 }
 
 /// Everything a replay did, for the summary and for tests.
@@ -58,6 +64,12 @@ pub struct ReplayReport {
     pub windows: u64,
     /// Points written.
     pub points: u64,
+    /// Gradient anomalies by kind.
+    pub anomalies: BTreeMap<&'static str, u64>,
+    /// Feedback labels matched to a prediction / without one.
+    pub labels: (u64, u64),
+    /// Training steps that arrived after their window closed.
+    pub late_training_steps: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -105,7 +117,18 @@ pub async fn replay(
         window.size.as_millis() as i64,
     )
     .await?;
-    let mut engine = WindowEngine::new(window, !sql.is_empty())?;
+    let window_ms = window.size.as_millis() as i64;
+    let drift = if config.drift.enabled {
+        let references = load_references(config)?;
+        Some(DriftOperator::new(&config.drift, window_ms, references)?)
+    } else {
+        None
+    };
+    let mut engine = WindowEngine::new(window, !sql.is_empty())?.with_operators(
+        drift,
+        Some(GradientMonitor::new(config.gradients)),
+        Some(LabelJoin::new(config.quality)),
+    );
     let mut report = ReplayReport::default();
 
     let bytes_read = Arc::new(AtomicU64::new(0));
@@ -159,6 +182,16 @@ pub async fn replay(
             report.series.entry(key).or_default().rejected += 1;
         }
         engine.push_predictions(input.id, &batch.predictions, now)?;
+        engine.push_feedback(&batch.feedback);
+        let anomalies = engine.push_training(input.id, &batch.training, now);
+        if !anomalies.is_empty() {
+            // Anomalies are events, written as soon as they are judged.
+            let points: Vec<Point> = anomalies.iter().map(|a| a.point()).collect();
+            for a in &anomalies {
+                *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
+            }
+            sink.write(&points)?;
+        }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
         }
@@ -180,6 +213,11 @@ pub async fn replay(
     for closed in engine.flush() {
         emit(closed, &sql, sink, &mut report).await?;
     }
+    sink.write(&engine.take_pending_points())?;
+    if let Some(stats) = engine.label_stats() {
+        report.labels = (stats.matched, stats.unmatched);
+    }
+    report.late_training_steps = engine.late_training_steps();
     sink.flush()?;
     rejects.flush()?;
     bar.finish_and_clear();
@@ -210,6 +248,7 @@ async fn emit(
         points.extend(sql.evaluate(closed.end, batches).await?);
     }
     let mut seen = BTreeSet::new();
+    let mut drifted = BTreeSet::new();
     for p in &points {
         let (Some(model), Some(version)) = (p.tag_value("model"), p.tag_value("model_version"))
         else {
@@ -221,6 +260,12 @@ async fn emit(
             .or_default();
         if p.measurement == "throughput" && seen.insert((model, version)) {
             s.windows += 1;
+        }
+        if p.measurement == "drift"
+            && p.field_value("drifted") == Some(&FieldValue::Bool(true))
+            && drifted.insert((model, version))
+        {
+            s.drifted_windows += 1;
         }
         if p.measurement == "latency"
             && p.tag_value("stage") == Some("total")
@@ -259,9 +304,10 @@ pub fn summary_table(report: &ReplayReport) -> String {
         "events",
         "late",
         "rejected",
+        "drifted",
         "p99 total ms (min..max)",
     ];
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut rows: Vec<[String; 8]> = Vec::new();
     for ((model, version), s) in &report.series {
         rows.push([
             model.clone(),
@@ -270,6 +316,7 @@ pub fn summary_table(report: &ReplayReport) -> String {
             s.events.to_string(),
             s.late.to_string(),
             s.rejected.to_string(),
+            s.drifted_windows.to_string(),
             s.p99_range
                 .map_or("-".into(), |(lo, hi)| format!("{lo:.1}..{hi:.1}")),
         ]);
@@ -331,6 +378,20 @@ pub fn summary_table(report: &ReplayReport) -> String {
         secs,
         report.total_events() as f64 / secs,
     ));
+    if !report.anomalies.is_empty() {
+        let kinds: Vec<String> = report
+            .anomalies
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!("gradient anomalies: {}\n", kinds.join(", ")));
+    }
+    if report.labels != (0, 0) {
+        out.push_str(&format!(
+            "feedback labels: {} joined, {} without a waiting prediction\n",
+            report.labels.0, report.labels.1
+        ));
+    }
     out
 }
 

@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, Float64Builder, RecordBatch, StringBuilder,
+    ArrayBuilder, ArrayRef, Float64Builder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
     TimestampMillisecondBuilder, UInt32Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use crate::decode::{DecodeError, Decoded, decode_event};
-use crate::events::PredictionEvent;
+use crate::events::{Feature, PredictionEvent};
 use crate::topics::TopicKind;
 
 /// Latency stages, in the order of the `stage` tag values of the contract.
@@ -22,6 +22,31 @@ pub const STAGES: [&str; 5] = ["total", "queue", "preprocess", "inference", "pos
 /// Column name of a stage's timing.
 pub fn stage_column(stage: &str) -> String {
     format!("{stage}_ms")
+}
+
+/// Column of numeric features (and of features sent as `null`, whatever
+/// their type): `Map<Utf8, Float64>`, a null value meaning a null feature.
+pub const NUMERIC_FEATURES: &str = "features_num";
+/// Column of categorical (string) features: `Map<Utf8, Utf8>`.
+pub const CATEGORICAL_FEATURES: &str = "features_cat";
+
+fn map_type(value: DataType) -> DataType {
+    let entries = Fields::from(vec![
+        Field::new("keys", DataType::Utf8, false),
+        Field::new("values", value, true),
+    ]);
+    DataType::Map(
+        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+        false,
+    )
+}
+
+fn map_names() -> MapFieldNames {
+    MapFieldNames {
+        entry: "entries".into(),
+        key: "keys".into(),
+        value: "values".into(),
+    }
 }
 
 /// Column name of a segment key.
@@ -56,6 +81,16 @@ pub fn prediction_schema(segment_keys: &[String]) -> SchemaRef {
     for key in segment_keys {
         fields.push(Field::new(segment_column(key), DataType::Utf8, true));
     }
+    fields.push(Field::new(
+        NUMERIC_FEATURES,
+        map_type(DataType::Float64),
+        false,
+    ));
+    fields.push(Field::new(
+        CATEGORICAL_FEATURES,
+        map_type(DataType::Utf8),
+        false,
+    ));
     Arc::new(Schema::new(fields))
 }
 
@@ -74,6 +109,8 @@ pub struct PredictionBatchBuilder {
     device: StringBuilder,
     stages: [Float64Builder; 5],
     segments: Vec<StringBuilder>,
+    numeric: MapBuilder<StringBuilder, Float64Builder>,
+    categorical: MapBuilder<StringBuilder, StringBuilder>,
 }
 
 impl PredictionBatchBuilder {
@@ -93,6 +130,16 @@ impl PredictionBatchBuilder {
             device: StringBuilder::new(),
             stages: Default::default(),
             segments: segment_keys.iter().map(|_| StringBuilder::new()).collect(),
+            numeric: MapBuilder::new(
+                Some(map_names()),
+                StringBuilder::new(),
+                Float64Builder::new(),
+            ),
+            categorical: MapBuilder::new(
+                Some(map_names()),
+                StringBuilder::new(),
+                StringBuilder::new(),
+            ),
         }
     }
 
@@ -132,6 +179,28 @@ impl PredictionBatchBuilder {
         for (key, col) in self.segment_keys.iter().zip(&mut self.segments) {
             col.append_option(e.segment.get(key));
         }
+        for (name, value) in &e.features {
+            match value {
+                Feature::Number(v) => {
+                    self.numeric.keys().append_value(name);
+                    self.numeric.values().append_value(*v);
+                }
+                Feature::Null => {
+                    self.numeric.keys().append_value(name);
+                    self.numeric.values().append_null();
+                }
+                Feature::Category(c) => {
+                    self.categorical.keys().append_value(name);
+                    self.categorical.values().append_value(c);
+                }
+            }
+        }
+        self.numeric
+            .append(true)
+            .expect("keys and values appended in pairs");
+        self.categorical
+            .append(true)
+            .expect("keys and values appended in pairs");
     }
 
     /// The appended rows as a batch; the builder is empty afterwards.
@@ -157,6 +226,8 @@ impl PredictionBatchBuilder {
                 .iter_mut()
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
+        columns.push(Arc::new(self.numeric.finish()));
+        columns.push(Arc::new(self.categorical.finish()));
         RecordBatch::try_new(self.schema.clone(), columns)
             .expect("builder columns match prediction_schema by construction")
     }

@@ -15,7 +15,8 @@ use std::thread;
 
 use arrow::array::RecordBatch;
 use infermon_schemas::{
-    Decoded, PredictionBatchBuilder, TopicKind, TopicNames, decode_recorded_line,
+    Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
+    decode_recorded_line,
 };
 
 /// Lines per decoded batch.
@@ -41,6 +42,10 @@ pub struct Reject {
 pub struct DecodedBatch {
     /// The prediction events, as an Arrow batch.
     pub predictions: RecordBatch,
+    /// Feedback events (labels for the quality join), in file order.
+    pub feedback: Vec<FeedbackEvent>,
+    /// Training telemetry steps, in file order.
+    pub training: Vec<TrainingEvent>,
     /// Events per topic kind (predictions included).
     pub events: [u64; 4],
     /// Smallest and largest event time of any decoded event.
@@ -107,6 +112,8 @@ fn decode_loop(
     loop {
         let mut batch = DecodedBatch {
             predictions: RecordBatch::new_empty(builder.schema().clone()),
+            feedback: Vec::new(),
+            training: Vec::new(),
             events: [0; 4],
             ts_range: None,
             rejects: Vec::new(),
@@ -142,8 +149,11 @@ fn decode_loop(
                     });
                     let kind = event.kind();
                     batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
-                    if let Decoded::Prediction(p) = &event {
-                        builder.push(p);
+                    match event {
+                        Decoded::Prediction(p) => builder.push(&p),
+                        Decoded::Feedback(f) => batch.feedback.push(f),
+                        Decoded::Training(t) => batch.training.push(t),
+                        Decoded::Request(_) => {}
                     }
                 }
                 Err(e) => batch.rejects.push(Reject {

@@ -1,0 +1,817 @@
+//! Distribution drift of inputs and scores against a frozen reference.
+//!
+//! Per (model, version) the first `reference_window` of traffic becomes the
+//! reference (or a profile file does). Each window then counts values into
+//! the reference's bins ([`DriftWindow`], O(bins) per feature) and, when it
+//! closes, is compared with it: PSI, KS, JS, Wasserstein, chi-square and the
+//! null rate, written as the `drift` measurement. A version with no reference
+//! yet is compared with the previous version's, so a bad deploy shows up.
+
+pub mod profile;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, Float64Array, MapArray, RecordBatch, StringArray};
+use arrow::datatypes::{Float64Type, TimestampMillisecondType};
+use infermon_schemas::batch::{CATEGORICAL_FEATURES, NUMERIC_FEATURES};
+use infermon_schemas::{FieldValue, Point};
+use serde::{Deserialize, Serialize};
+
+use self::profile::{Binning, FeatureProfile, Profile, ProfileBuilder, SCORE};
+use self::stats::{LinearCdf, chi2_homogeneity, js_distance, ks_pvalue, psi};
+use crate::engine::SeriesKey;
+
+/// When a feature counts as drifted. The distribution rule needs both an
+/// effect size (PSI, Wasserstein or JS) and statistical significance (KS or
+/// chi-square p-value), because effect sizes are noisy on small windows and
+/// p-values flag everything on large ones.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftThresholds {
+    /// PSI at or above this is a large shift.
+    pub psi: f64,
+    /// Wasserstein-1 over the reference standard deviation.
+    pub wasserstein: f64,
+    /// Jensen–Shannon distance (base 2).
+    pub js: f64,
+    /// KS (numeric) or chi-square (categorical) p-value must be below this.
+    pub max_pvalue: f64,
+    /// Null rate above the reference's by at least this (absolute).
+    pub null_rate_increase: f64,
+}
+
+impl Default for DriftThresholds {
+    fn default() -> Self {
+        Self {
+            psi: 0.2,
+            wasserstein: 0.1,
+            js: 0.1,
+            max_pvalue: 0.01,
+            null_rate_increase: 0.05,
+        }
+    }
+}
+
+/// Drift settings (`[drift]` in the config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Compute drift at all.
+    pub enabled: bool,
+    /// How much of a version's first traffic becomes its reference (rounded
+    /// up to whole windows).
+    #[serde(with = "humantime_serde")]
+    pub reference_window: Duration,
+    /// Reference profiles per model (from `infermon profile`), used instead
+    /// of the first traffic of each version.
+    pub reference_files: BTreeMap<String, PathBuf>,
+    /// Features to monitor; empty means every feature seen. `score` is
+    /// always monitored.
+    pub features: Vec<String>,
+    /// Fine quantile bins (KS and Wasserstein).
+    pub bins: usize,
+    /// Coarse quantile bins for PSI and JS; must divide `bins`.
+    pub psi_bins: usize,
+    /// Categories tracked per categorical feature (the rest is "other").
+    pub max_categories: usize,
+    /// Reference values sampled per numeric feature to place bin edges.
+    pub reference_sample: usize,
+    /// Windows with fewer rows are reported but not judged.
+    pub min_samples: u64,
+    /// Default drift rule.
+    pub thresholds: DriftThresholds,
+    /// Per-feature overrides of the rule.
+    pub feature_thresholds: BTreeMap<String, DriftThresholds>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        let b = Binning::default();
+        Self {
+            enabled: true,
+            reference_window: Duration::from_secs(30 * 60),
+            reference_files: BTreeMap::new(),
+            features: Vec::new(),
+            bins: b.bins,
+            psi_bins: b.psi_bins,
+            max_categories: b.max_categories,
+            reference_sample: b.reference_sample,
+            min_samples: 200,
+            thresholds: DriftThresholds::default(),
+            feature_thresholds: BTreeMap::new(),
+        }
+    }
+}
+
+/// Problems with drift settings or reference files.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    /// Bad numbers in `[drift]`.
+    #[error("drift config: {0}")]
+    Config(String),
+    /// A reference file could not be read or parsed.
+    #[error("reference profile {path}: {message}")]
+    Reference {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl DriftConfig {
+    fn binning(&self) -> Result<Binning, DriftError> {
+        if self.bins < 2 || self.psi_bins < 2 || !self.bins.is_multiple_of(self.psi_bins) {
+            return Err(DriftError::Config(format!(
+                "bins ({}) and psi_bins ({}) must be ≥ 2 and psi_bins must divide bins",
+                self.bins, self.psi_bins
+            )));
+        }
+        if self.reference_sample < self.bins {
+            return Err(DriftError::Config(format!(
+                "reference_sample ({}) must be at least bins ({})",
+                self.reference_sample, self.bins
+            )));
+        }
+        Ok(Binning {
+            bins: self.bins,
+            psi_bins: self.psi_bins,
+            max_categories: self.max_categories.max(1),
+            reference_sample: self.reference_sample,
+        })
+    }
+
+    fn monitors(&self, feature: &str) -> bool {
+        self.features.is_empty() || feature == SCORE || self.features.iter().any(|f| f == feature)
+    }
+
+    fn thresholds(&self, feature: &str) -> DriftThresholds {
+        self.feature_thresholds
+            .get(feature)
+            .copied()
+            .unwrap_or(self.thresholds)
+    }
+}
+
+/// Per-window counts of one feature, in its reference's bins.
+#[derive(Debug, Clone)]
+enum FeatureCounts {
+    Numeric {
+        /// The reference's fine edges (copied: the hot loop reads only this).
+        edges: Vec<f64>,
+        counts: Vec<u64>,
+        min: f64,
+        max: f64,
+        /// Sums of the values in the first and in the last bin.
+        tail_sums: (f64, f64),
+    },
+    Categorical {
+        /// Tracked category → slot; anything else is the last slot, "other".
+        slots: HashMap<String, usize>,
+        counts: Vec<u64>,
+    },
+    /// No reference for this feature: only presence is counted.
+    Unbinned,
+}
+
+#[derive(Debug, Clone)]
+struct FeatureWindow {
+    name: String,
+    present: u64,
+    counts: FeatureCounts,
+}
+
+impl FeatureWindow {
+    fn new(name: &str, reference: Option<&FeatureProfile>) -> Self {
+        let counts = match reference {
+            Some(FeatureProfile::Numeric(p)) => FeatureCounts::Numeric {
+                edges: p.edges.clone(),
+                counts: vec![0; p.counts.len()],
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                tail_sums: (0.0, 0.0),
+            },
+            Some(FeatureProfile::Categorical(p)) => FeatureCounts::Categorical {
+                slots: p
+                    .categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.clone(), i))
+                    .collect(),
+                counts: vec![0; p.counts.len()],
+            },
+            None => FeatureCounts::Unbinned,
+        };
+        Self {
+            name: name.to_string(),
+            present: 0,
+            counts,
+        }
+    }
+}
+
+/// One series' drift state in one window: counters only, O(features × bins)
+/// whatever the number of events.
+#[derive(Debug, Clone, Default)]
+pub struct DriftWindow {
+    reference: Option<Arc<Profile>>,
+    feature_rows: u64,
+    score_rows: u64,
+    features: Vec<FeatureWindow>,
+    by_name: HashMap<String, usize>,
+    /// The slot the value at each position of a row went to last time: rows
+    /// of one model list their features in the same order, so a string
+    /// compare usually replaces a hash lookup.
+    recent: Vec<usize>,
+}
+
+impl DriftWindow {
+    /// The slot of feature `name`, seen at position `pos` of its row.
+    fn slot(&mut self, pos: usize, name: &str) -> usize {
+        if let Some(&i) = self.recent.get(pos)
+            && self.features[i].name == name
+        {
+            return i;
+        }
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => {
+                let reference = self.reference.as_ref().and_then(|r| r.features.get(name));
+                self.features.push(FeatureWindow::new(name, reference));
+                self.by_name
+                    .insert(name.to_string(), self.features.len() - 1);
+                self.features.len() - 1
+            }
+        };
+        if pos < MAX_ROW_POSITIONS {
+            if self.recent.len() <= pos {
+                self.recent.resize(pos + 1, i);
+            }
+            self.recent[pos] = i;
+        }
+        i
+    }
+
+    fn add_number(&mut self, pos: usize, name: &str, x: f64) {
+        let i = self.slot(pos, name);
+        let f = &mut self.features[i];
+        f.present += 1;
+        if let FeatureCounts::Numeric {
+            edges,
+            counts,
+            min,
+            max,
+            tail_sums,
+        } = &mut f.counts
+        {
+            let bin = edges.partition_point(|&e| e <= x);
+            counts[bin] += 1;
+            if bin == 0 {
+                tail_sums.0 += x;
+            } else if bin == edges.len() {
+                tail_sums.1 += x;
+            }
+            *min = min.min(x);
+            *max = max.max(x);
+        }
+    }
+
+    fn add_category(&mut self, pos: usize, name: &str, value: &str) {
+        let i = self.slot(pos, name);
+        let f = &mut self.features[i];
+        f.present += 1;
+        if let FeatureCounts::Categorical { slots, counts } = &mut f.counts {
+            let other = counts.len() - 1;
+            counts[slots.get(value).copied().unwrap_or(other)] += 1;
+        }
+    }
+}
+
+/// Row positions remembered by [`DriftWindow::slot`]'s cache.
+const MAX_ROW_POSITIONS: usize = 256;
+
+/// The statistics of one feature in one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeatureDrift {
+    /// Population stability index over the coarse bins or categories.
+    pub psi: Option<f64>,
+    /// KS statistic at the fine bin edges (numeric).
+    pub ks: Option<f64>,
+    /// p-value of `ks`.
+    pub ks_pvalue: Option<f64>,
+    /// Jensen–Shannon distance, base 2.
+    pub js: Option<f64>,
+    /// Binned Wasserstein-1 over the reference standard deviation (numeric).
+    pub wasserstein: Option<f64>,
+    /// Chi-square test p-value (categorical).
+    pub chi2_pvalue: Option<f64>,
+    /// Share of rows without a value.
+    pub null_rate: f64,
+    /// Reference values.
+    pub n_ref: u64,
+    /// Window values.
+    pub n_cur: u64,
+    /// `None` when not judged (no reference, or fewer than `min_samples`).
+    pub drifted: Option<bool>,
+}
+
+impl FeatureDrift {
+    /// As fields of a `drift` point.
+    pub fn fields(&self) -> Vec<(String, FieldValue)> {
+        let mut out = Vec::new();
+        let mut float = |k: &str, v: Option<f64>| {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                out.push((k.to_string(), FieldValue::Float(v)));
+            }
+        };
+        float("psi", self.psi);
+        float("ks", self.ks);
+        float("ks_pvalue", self.ks_pvalue);
+        float("js", self.js);
+        float("wasserstein", self.wasserstein);
+        float("chi2_pvalue", self.chi2_pvalue);
+        float("null_rate", Some(self.null_rate));
+        out.push(("n_ref".into(), FieldValue::Int(self.n_ref as i64)));
+        out.push(("n_cur".into(), FieldValue::Int(self.n_cur as i64)));
+        match self.drifted {
+            Some(d) => out.push(("drifted".into(), FieldValue::Bool(d))),
+            None => out.push(("judged".into(), FieldValue::Bool(false))),
+        }
+        out
+    }
+}
+
+/// Compare one feature's window counts with its reference.
+fn compare(
+    reference: Option<&FeatureProfile>,
+    window: &FeatureWindow,
+    rows: u64,
+    min_samples: u64,
+    t: &DriftThresholds,
+) -> FeatureDrift {
+    let null_rate = if rows == 0 {
+        0.0
+    } else {
+        1.0 - (window.present as f64 / rows as f64).min(1.0)
+    };
+    let mut d = FeatureDrift {
+        null_rate,
+        n_cur: window.present,
+        ..FeatureDrift::default()
+    };
+    let Some(reference) = reference else {
+        return d;
+    };
+    d.n_ref = reference.present();
+    let mut distribution_drift = false;
+    match (reference, &window.counts) {
+        (
+            FeatureProfile::Numeric(p),
+            FeatureCounts::Numeric {
+                counts,
+                min,
+                max,
+                tail_sums,
+                ..
+            },
+        ) if window.present > 0 && d.n_ref > 0 => {
+            let r: Vec<f64> = p.counts.iter().map(|&c| c as f64).collect();
+            let c: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+            let coarse = p.coarse_index();
+            let mut rc = vec![0.0; p.coarse_edges.len() + 1];
+            let mut cc = rc.clone();
+            for (i, &k) in coarse.iter().enumerate() {
+                rc[k] += r[i];
+                cc[k] += c[i];
+            }
+            d.psi = Some(psi(&rc, &cc));
+            d.js = Some(js_distance(&rc, &cc));
+            // KS at the bin edges: both empirical CDFs are exact there.
+            let (rn, cn) = (d.n_ref as f64, window.present as f64);
+            let (mut rcum, mut ccum, mut ks) = (0.0, 0.0, 0.0f64);
+            for (a, b) in r.iter().zip(&c).take(r.len() - 1) {
+                rcum += a;
+                ccum += b;
+                ks = ks.max((rcum / rn - ccum / cn).abs());
+            }
+            d.ks = Some(ks);
+            d.ks_pvalue = Some(ks_pvalue(ks, d.n_ref, window.present));
+            if p.std > 0.0 {
+                let (rlo, rhi) = match p.tail_means {
+                    Some((low, high)) => tail_span(&p.edges, low, high, p.min, p.max),
+                    None => (p.min, p.max),
+                };
+                let (clo, chi) = match (c.first(), c.last()) {
+                    (Some(&c0), Some(&cl)) if c0 > 0.0 && cl > 0.0 => {
+                        tail_span(&p.edges, tail_sums.0 / c0, tail_sums.1 / cl, *min, *max)
+                    }
+                    _ => (*min, *max),
+                };
+                let rcdf = LinearCdf::from_bins(&p.edges, &r, rlo, rhi);
+                let ccdf = LinearCdf::from_bins(&p.edges, &c, clo, chi);
+                d.wasserstein = Some(rcdf.l1_distance(&ccdf) / p.std);
+            }
+            let effect = d.psi.is_some_and(|v| v >= t.psi)
+                || d.wasserstein.is_some_and(|v| v >= t.wasserstein)
+                || d.js.is_some_and(|v| v >= t.js);
+            distribution_drift = effect && d.ks_pvalue.is_some_and(|p| p < t.max_pvalue);
+        }
+        (FeatureProfile::Categorical(p), FeatureCounts::Categorical { counts, .. })
+            if window.present > 0 && d.n_ref > 0 =>
+        {
+            let r: Vec<f64> = p.counts.iter().map(|&c| c as f64).collect();
+            let c: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+            d.psi = Some(psi(&r, &c));
+            d.js = Some(js_distance(&r, &c));
+            d.chi2_pvalue = chi2_homogeneity(&r, &c).map(|x| x.pvalue);
+            distribution_drift =
+                d.js.is_some_and(|v| v >= t.js) && d.chi2_pvalue.is_some_and(|p| p < t.max_pvalue);
+        }
+        _ => {}
+    }
+    if rows >= min_samples {
+        let null_jump = d.null_rate - reference.null_rate() >= t.null_rate_increase;
+        d.drifted = Some(distribution_drift || null_jump);
+    }
+    d
+}
+
+/// Where the open-ended first and last bins start and end for the binned
+/// Wasserstein distance: a uniform spread with the bin's mean (reflected
+/// about its edge), kept within the observed extremes. Spreading tail mass
+/// evenly out to the extremes overstates the distance several-fold when a
+/// window leaves the reference's range.
+fn tail_span(edges: &[f64], low_mean: f64, high_mean: f64, min: f64, max: f64) -> (f64, f64) {
+    match (edges.first(), edges.last()) {
+        (Some(&first), Some(&last)) => (
+            (2.0 * low_mean - first).max(min).min(first),
+            (2.0 * high_mean - last).min(max).max(last),
+        ),
+        _ => (min, max),
+    }
+}
+
+#[derive(Debug)]
+struct VersionReference {
+    /// Event time at which the reference period ends (a window boundary).
+    ends_at: i64,
+    builder: Option<ProfileBuilder>,
+    frozen: Option<Arc<Profile>>,
+}
+
+/// Keeps references per model version and fills per-window counters.
+#[derive(Debug)]
+pub struct DriftOperator {
+    config: DriftConfig,
+    binning: Binning,
+    window_ms: i64,
+    files: HashMap<String, Arc<Profile>>,
+    versions: HashMap<(String, String), VersionReference>,
+    /// The most recently frozen reference per model, for new versions.
+    latest: HashMap<String, Arc<Profile>>,
+}
+
+impl DriftOperator {
+    /// An operator for windows of `window_ms`. `references` are fixed
+    /// profiles per model (from `[drift.reference_files]`, loaded by the
+    /// caller); every other model takes the first traffic of each version.
+    pub fn new(
+        config: &DriftConfig,
+        window_ms: i64,
+        references: BTreeMap<String, Profile>,
+    ) -> Result<Self, DriftError> {
+        let binning = config.binning()?;
+        let files = references
+            .into_iter()
+            .map(|(model, p)| (model, Arc::new(p)))
+            .collect();
+        Ok(Self {
+            config: config.clone(),
+            binning,
+            window_ms,
+            files,
+            versions: HashMap::new(),
+            latest: HashMap::new(),
+        })
+    }
+
+    /// Feed rows of one model version to its reference while the reference
+    /// period lasts, freezing it at the first row past the period.
+    pub fn feed_reference(
+        &mut self,
+        model: &str,
+        version: &str,
+        batch: &RecordBatch,
+        rows: &[u32],
+    ) {
+        if self.files.contains_key(model) {
+            return;
+        }
+        let ts = batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>());
+        let Some(ts) = ts else { return };
+        let key = (model.to_string(), version.to_string());
+        let reference_ms = self.config.reference_window.as_millis() as i64;
+        let window_ms = self.window_ms;
+        let first = rows.iter().map(|&r| ts.value(r as usize)).min();
+        let Some(first) = first else { return };
+        let entry = self
+            .versions
+            .entry(key)
+            .or_insert_with(|| VersionReference {
+                // Whole windows, so each window is either reference or compared.
+                ends_at: {
+                    let end = first + reference_ms;
+                    end + (window_ms - end.rem_euclid(window_ms)) % window_ms
+                },
+                builder: Some(ProfileBuilder::new(self.binning)),
+                frozen: None,
+            });
+        let Some(builder) = entry.builder.as_mut() else {
+            return;
+        };
+        let cols = Columns::of(batch);
+        let mut past_end = false;
+        for &r in rows {
+            let r = r as usize;
+            if ts.value(r) >= entry.ends_at {
+                past_end = true;
+                continue;
+            }
+            cols.for_each_value(r, &self.config, |v| match v {
+                Value::FeatureRow => builder.count_feature_row(),
+                Value::ScoreRow => builder.count_score_row(),
+                Value::Number(_, name, x) => builder.add_number(name, x),
+                Value::Category(_, name, c) => builder.add_category(name, c),
+            });
+        }
+        if past_end {
+            let builder = entry.builder.take().expect("checked above");
+            let profile = Arc::new(builder.build(model, version));
+            tracing::info!(
+                model,
+                version,
+                features = profile.features.len(),
+                "drift reference frozen"
+            );
+            entry.frozen = Some(profile.clone());
+            self.latest.insert(model.to_string(), profile);
+        }
+    }
+
+    /// The reference a new window of this version is compared with.
+    fn reference_for(&self, model: &str, version: &str) -> Option<Arc<Profile>> {
+        if let Some(p) = self.files.get(model) {
+            return Some(p.clone());
+        }
+        let own = self
+            .versions
+            .get(&(model.to_string(), version.to_string()))
+            .and_then(|v| v.frozen.clone());
+        own.or_else(|| {
+            self.latest
+                .get(model)
+                .filter(|p| p.model_version != version)
+                .cloned()
+        })
+    }
+
+    /// A fresh window state for `series`.
+    pub fn new_window(&self, series: &SeriesKey) -> DriftWindow {
+        DriftWindow {
+            reference: self.reference_for(&series.model, &series.model_version),
+            ..DriftWindow::default()
+        }
+    }
+
+    /// Count rows of a window's series.
+    pub fn update(&self, window: &mut DriftWindow, batch: &RecordBatch, rows: &[u32]) {
+        let cols = Columns::of(batch);
+        for &r in rows {
+            cols.for_each_value(r as usize, &self.config, |v| match v {
+                Value::FeatureRow => window.feature_rows += 1,
+                Value::ScoreRow => window.score_rows += 1,
+                Value::Number(pos, name, x) => window.add_number(pos, name, x),
+                Value::Category(pos, name, c) => window.add_category(pos, name, c),
+            });
+        }
+    }
+
+    /// The window's `drift` points, one per feature, sorted by feature.
+    pub fn points(&self, series: &SeriesKey, window: &DriftWindow, end_ms: i64) -> Vec<Point> {
+        // Reference features missing from the window entirely are reported
+        // too: a feature that went null everywhere is the loudest drift.
+        let mut names: Vec<&String> = window.by_name.keys().collect();
+        if let Some(r) = &window.reference {
+            names.extend(r.features.keys().filter(|n| self.config.monitors(n)));
+        }
+        names.sort();
+        names.dedup();
+        let absent = FeatureWindow::new("", None);
+        names
+            .into_iter()
+            .map(|name| {
+                let f = window
+                    .by_name
+                    .get(name)
+                    .map_or(&absent, |&i| &window.features[i]);
+                let rows = if name == SCORE {
+                    window.score_rows
+                } else {
+                    window.feature_rows
+                };
+                let reference = window.reference.as_ref().and_then(|r| r.features.get(name));
+                let d = compare(
+                    reference,
+                    f,
+                    rows,
+                    self.config.min_samples,
+                    &self.config.thresholds(name),
+                );
+                let mut p = series.point("drift", end_ms).tag("feature", name);
+                p.fields = d.fields();
+                p
+            })
+            .collect()
+    }
+}
+
+/// Builds one reference profile per model from prediction batches: what
+/// `infermon profile` writes, and how a recorded file given as a reference
+/// becomes one. Memory is bounded by the profile builder's sample.
+#[derive(Debug)]
+pub struct ProfileCollector {
+    config: DriftConfig,
+    binning: Binning,
+    /// Per model: the newest version seen and the builder.
+    models: BTreeMap<String, (String, ProfileBuilder)>,
+}
+
+impl ProfileCollector {
+    /// An empty collector binning as `config` says.
+    pub fn new(config: &DriftConfig) -> Result<Self, DriftError> {
+        Ok(Self {
+            config: config.clone(),
+            binning: config.binning()?,
+            models: BTreeMap::new(),
+        })
+    }
+
+    /// Add every row of a prediction batch (all versions of a model count).
+    pub fn add_batch(&mut self, batch: &RecordBatch) {
+        let Some(model) = batch
+            .column_by_name("model")
+            .and_then(|c| c.as_string_opt::<i32>())
+        else {
+            return;
+        };
+        let version = batch
+            .column_by_name("model_version")
+            .and_then(|c| c.as_string_opt::<i32>());
+        let cols = Columns::of(batch);
+        for row in 0..batch.num_rows() {
+            let name = model.value(row);
+            if !self.models.contains_key(name) {
+                let fresh = (String::new(), ProfileBuilder::new(self.binning));
+                self.models.insert(name.to_string(), fresh);
+            }
+            let (latest, builder) = self.models.get_mut(name).expect("inserted above");
+            if let Some(v) = version.map(|v| v.value(row))
+                && v != latest
+            {
+                latest.clear();
+                latest.push_str(v);
+            }
+            cols.for_each_value(row, &self.config, |v| match v {
+                Value::FeatureRow => builder.count_feature_row(),
+                Value::ScoreRow => builder.count_score_row(),
+                Value::Number(_, name, x) => builder.add_number(name, x),
+                Value::Category(_, name, c) => builder.add_category(name, c),
+            });
+        }
+    }
+
+    /// The profiles, keyed by model (the file format of `infermon profile`).
+    pub fn finish(self) -> BTreeMap<String, Profile> {
+        self.models
+            .into_iter()
+            .map(|(model, (version, b))| {
+                let p = b.build(&model, &version);
+                (model, p)
+            })
+            .collect()
+    }
+}
+
+/// Read `model`'s profile from a profile file: the JSON object keyed by model
+/// that `infermon profile` writes, or a single profile.
+pub fn read_profile_file(path: &Path, model: &str) -> Result<Profile, DriftError> {
+    let err = |message: String| DriftError::Reference {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    if let Ok(single) = serde_json::from_str::<Profile>(&text) {
+        return Ok(single);
+    }
+    let mut all: BTreeMap<String, Profile> =
+        serde_json::from_str(&text).map_err(|e| err(format!("not a profile file: {e}")))?;
+    all.remove(model).ok_or_else(|| {
+        err(format!(
+            "no profile for model {model:?} (it has: {})",
+            all.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// One value handed out by [`Columns::for_each_value`].
+enum Value<'a> {
+    /// The row carries features (the denominator of feature null rates).
+    FeatureRow,
+    /// The row is an ok prediction (the denominator of the score null rate).
+    ScoreRow,
+    /// A numeric value of a feature (or the score) at a row position.
+    Number(usize, &'a str, f64),
+    /// A categorical value at a row position.
+    Category(usize, &'a str, &'a str),
+}
+
+/// The prediction columns drift reads.
+struct Columns<'a> {
+    status: Option<&'a StringArray>,
+    score: Option<&'a Float64Array>,
+    numeric: Option<&'a MapArray>,
+    categorical: Option<&'a MapArray>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Self {
+        Self {
+            status: batch
+                .column_by_name("status")
+                .and_then(|c| c.as_string_opt::<i32>()),
+            score: batch
+                .column_by_name(SCORE)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>()),
+            numeric: batch
+                .column_by_name(NUMERIC_FEATURES)
+                .and_then(|c| c.as_map_opt()),
+            categorical: batch
+                .column_by_name(CATEGORICAL_FEATURES)
+                .and_then(|c| c.as_map_opt()),
+        }
+    }
+
+    fn for_each_value(&self, row: usize, config: &DriftConfig, mut f: impl FnMut(Value<'a>)) {
+        if self.status.is_some_and(|s| s.value(row) == "ok") {
+            f(Value::ScoreRow);
+            if let Some(s) = self.score.filter(|s| s.is_valid(row)) {
+                f(Value::Number(0, SCORE, s.value(row)));
+            }
+        }
+        let entries = |m: Option<&'a MapArray>| {
+            m.map(|m| {
+                let offsets = m.value_offsets();
+                (offsets[row] as usize..offsets[row + 1] as usize, m)
+            })
+        };
+        let num = entries(self.numeric);
+        let cat = entries(self.categorical);
+        if num.iter().chain(&cat).all(|(range, _)| range.is_empty()) {
+            return;
+        }
+        f(Value::FeatureRow);
+        if let Some((range, m)) = num {
+            let keys = m.keys().as_string::<i32>();
+            let values = m.values().as_primitive::<Float64Type>();
+            let start = range.start;
+            for i in range {
+                let name = keys.value(i);
+                if values.is_valid(i) && config.monitors(name) {
+                    f(Value::Number(1 + i - start, name, values.value(i)));
+                }
+            }
+        }
+        if let Some((range, m)) = cat {
+            let keys = m.keys().as_string::<i32>();
+            let values = m.values().as_string::<i32>();
+            let start = range.start;
+            for i in range {
+                let name = keys.value(i);
+                if values.is_valid(i) && config.monitors(name) {
+                    // Positions after the numeric ones, so caches do not clash.
+                    f(Value::Category(
+                        1 + MAX_ROW_POSITIONS / 2 + i - start,
+                        name,
+                        values.value(i),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! Reference profiles: what "normal" looks like for a model version, kept as
+//! fixed bin edges plus counts so comparing a window costs O(bins).
+//!
+//! A profile is built from the first `reference_window` of a version (or from
+//! a recorded file by `infermon profile`) and then frozen. Numeric features
+//! keep quantile bin edges of a bounded uniform sample of the reference
+//! (exact when the reference has at most `reference_sample` values);
+//! categorical features keep the most frequent categories plus "other".
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The name under which the prediction score is profiled and reported.
+pub const SCORE: &str = "score";
+/// The category every unseen or untracked value falls into.
+pub const OTHER: &str = "__other__";
+
+/// How profiles are binned and bounded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Binning {
+    /// Fine quantile bins (KS, Wasserstein).
+    pub bins: usize,
+    /// Coarse quantile bins (PSI, JS); a divisor of `bins`.
+    pub psi_bins: usize,
+    /// Categories tracked per categorical feature; the rest is "other".
+    pub max_categories: usize,
+    /// Values sampled per numeric feature to place the bin edges.
+    pub reference_sample: usize,
+}
+
+impl Default for Binning {
+    fn default() -> Self {
+        Self {
+            bins: 100,
+            psi_bins: 10,
+            max_categories: 50,
+            reference_sample: 100_000,
+        }
+    }
+}
+
+/// The frozen reference of one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Model name.
+    pub model: String,
+    /// Model version the reference was taken from.
+    pub model_version: String,
+    /// Per feature (and [`SCORE`]).
+    pub features: BTreeMap<String, FeatureProfile>,
+}
+
+/// The reference distribution of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FeatureProfile {
+    /// A numeric feature.
+    Numeric(NumericProfile),
+    /// A string-valued feature.
+    Categorical(CategoricalProfile),
+}
+
+impl FeatureProfile {
+    /// Rows of the reference where the feature was null or absent.
+    pub fn nulls(&self) -> u64 {
+        match self {
+            FeatureProfile::Numeric(p) => p.nulls,
+            FeatureProfile::Categorical(p) => p.nulls,
+        }
+    }
+
+    /// Rows with a value.
+    pub fn present(&self) -> u64 {
+        match self {
+            FeatureProfile::Numeric(p) => p.counts.iter().sum(),
+            FeatureProfile::Categorical(p) => p.counts.iter().sum(),
+        }
+    }
+
+    /// Share of reference rows without a value.
+    pub fn null_rate(&self) -> f64 {
+        let total = self.nulls() + self.present();
+        if total == 0 {
+            0.0
+        } else {
+            self.nulls() as f64 / total as f64
+        }
+    }
+}
+
+/// Quantile bins of a numeric reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NumericProfile {
+    /// Interior fine edges, strictly increasing; bin `i` is
+    /// `[edges[i-1], edges[i])`, so there are `edges.len() + 1` bins.
+    pub edges: Vec<f64>,
+    /// Interior coarse edges (a subset of `edges`) for PSI and JS.
+    pub coarse_edges: Vec<f64>,
+    /// Reference values per fine bin.
+    pub counts: Vec<u64>,
+    /// Rows without a value.
+    pub nulls: u64,
+    /// Mean of the reference values.
+    pub mean: f64,
+    /// Standard deviation (population) of the reference values, which
+    /// normalises the Wasserstein distance.
+    pub std: f64,
+    /// Smallest reference value.
+    pub min: f64,
+    /// Largest reference value.
+    pub max: f64,
+    /// Mean of the values in the first and in the last fine bin: the tails
+    /// are open-ended, so the binned Wasserstein distance places their mass
+    /// by its mean rather than spreading it to the extremes.
+    #[serde(default)]
+    pub tail_means: Option<(f64, f64)>,
+}
+
+impl NumericProfile {
+    /// Fine bin of `x` (`numpy.searchsorted(edges, x, side="right")`).
+    pub fn bin(&self, x: f64) -> usize {
+        self.edges.partition_point(|&e| e <= x)
+    }
+
+    /// For each fine bin, its coarse bin.
+    pub fn coarse_index(&self) -> Vec<usize> {
+        (0..self.counts.len())
+            .map(|i| match i {
+                0 => 0,
+                i => self
+                    .coarse_edges
+                    .partition_point(|&c| c <= self.edges[i - 1]),
+            })
+            .collect()
+    }
+}
+
+/// Category frequencies of a categorical reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoricalProfile {
+    /// Tracked categories, most frequent first.
+    pub categories: Vec<String>,
+    /// Reference counts per tracked category, then one for "other".
+    pub counts: Vec<u64>,
+    /// Rows without a value.
+    pub nulls: u64,
+}
+
+impl CategoricalProfile {
+    /// Index of `value` in `counts` (the last slot is "other").
+    pub fn slot(&self, value: &str) -> usize {
+        self.categories
+            .iter()
+            .position(|c| c == value)
+            .unwrap_or(self.categories.len())
+    }
+}
+
+/// Accumulates one feature's reference values.
+#[derive(Debug, Clone)]
+enum FeatureBuilder {
+    Numeric {
+        sample: Vec<f64>,
+        seen: u64,
+        sum: f64,
+        sum_sq: f64,
+        min: f64,
+        max: f64,
+    },
+    Categorical {
+        counts: HashMap<String, u64>,
+        overflow: u64,
+    },
+}
+
+/// Builds a [`Profile`] from a stream of values, in bounded memory.
+#[derive(Debug, Clone)]
+pub struct ProfileBuilder {
+    binning: Binning,
+    rng: ChaCha8Rng,
+    /// Rows that could carry features (those with a non-empty feature map).
+    feature_rows: u64,
+    /// Rows that could carry a score (status ok).
+    score_rows: u64,
+    features: HashMap<String, FeatureBuilder>,
+}
+
+impl ProfileBuilder {
+    /// An empty builder; sampling is seeded, so profiles are reproducible.
+    pub fn new(binning: Binning) -> Self {
+        Self {
+            binning,
+            rng: ChaCha8Rng::seed_from_u64(0x1f2e3d4c),
+            feature_rows: 0,
+            score_rows: 0,
+            features: HashMap::new(),
+        }
+    }
+
+    /// Values seen so far (all features).
+    pub fn is_empty(&self) -> bool {
+        self.feature_rows == 0 && self.score_rows == 0
+    }
+
+    /// One more row that carries features.
+    pub fn count_feature_row(&mut self) {
+        self.feature_rows += 1;
+    }
+
+    /// One more row that carries a score.
+    pub fn count_score_row(&mut self) {
+        self.score_rows += 1;
+    }
+
+    /// A numeric value of `name` (non-finite values are ignored).
+    pub fn add_number(&mut self, name: &str, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        let cap = self.binning.reference_sample;
+        if !self.features.contains_key(name) {
+            let fresh = FeatureBuilder::Numeric {
+                sample: Vec::new(),
+                seen: 0,
+                sum: 0.0,
+                sum_sq: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            };
+            self.features.insert(name.to_string(), fresh);
+        }
+        if let Some(FeatureBuilder::Numeric {
+            sample,
+            seen,
+            sum,
+            sum_sq,
+            min,
+            max,
+        }) = self.features.get_mut(name)
+        {
+            *seen += 1;
+            *sum += x;
+            *sum_sq += x * x;
+            *min = min.min(x);
+            *max = max.max(x);
+            // Reservoir sampling (algorithm R): a uniform sample of `cap`.
+            if sample.len() < cap {
+                sample.push(x);
+            } else {
+                let j = self.rng.random_range(0..*seen);
+                if (j as usize) < cap {
+                    sample[j as usize] = x;
+                }
+            }
+        }
+    }
+
+    /// A string value of `name`.
+    pub fn add_category(&mut self, name: &str, value: &str) {
+        // Count up to 4× the tracked categories exactly; beyond that, new
+        // values are "other" (the top ones have long been seen by then).
+        let limit = 4 * self.binning.max_categories;
+        if !self.features.contains_key(name) {
+            let fresh = FeatureBuilder::Categorical {
+                counts: HashMap::new(),
+                overflow: 0,
+            };
+            self.features.insert(name.to_string(), fresh);
+        }
+        if let Some(FeatureBuilder::Categorical { counts, overflow }) = self.features.get_mut(name)
+        {
+            if let Some(n) = counts.get_mut(value) {
+                *n += 1;
+            } else if counts.len() < limit {
+                counts.insert(value.to_string(), 1);
+            } else {
+                *overflow += 1;
+            }
+        }
+    }
+
+    /// Freeze into a profile.
+    pub fn build(&self, model: &str, model_version: &str) -> Profile {
+        let mut features = BTreeMap::new();
+        for (name, b) in &self.features {
+            let rows = if name == SCORE {
+                self.score_rows
+            } else {
+                self.feature_rows
+            };
+            let profile = match b {
+                FeatureBuilder::Numeric {
+                    sample,
+                    seen,
+                    sum,
+                    sum_sq,
+                    min,
+                    max,
+                } => {
+                    let mut sorted = sample.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    let edges = quantile_edges(&sorted, self.binning.bins);
+                    let coarse_edges = quantile_edges(&sorted, self.binning.psi_bins);
+                    // Counts per bin: from the sample, scaled to the values
+                    // seen (exact while the reference fits in the sample).
+                    let mut counts = vec![0u64; edges.len() + 1];
+                    for &x in &sorted {
+                        counts[edges.partition_point(|&e| e <= x)] += 1;
+                    }
+                    if *seen as usize > sorted.len() {
+                        let scale = *seen as f64 / sorted.len() as f64;
+                        counts
+                            .iter_mut()
+                            .for_each(|c| *c = (*c as f64 * scale).round() as u64);
+                    }
+                    let n = *seen as f64;
+                    let mean = sum / n;
+                    let std = (sum_sq / n - mean * mean).max(0.0).sqrt();
+                    let tail_means = tail_means(&sorted, &edges);
+                    FeatureProfile::Numeric(NumericProfile {
+                        edges,
+                        coarse_edges,
+                        counts,
+                        nulls: rows.saturating_sub(*seen),
+                        mean,
+                        std,
+                        min: *min,
+                        max: *max,
+                        tail_means,
+                    })
+                }
+                FeatureBuilder::Categorical { counts, overflow } => {
+                    let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
+                    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    let keep = ranked.len().min(self.binning.max_categories);
+                    let other: u64 =
+                        overflow + ranked[keep..].iter().map(|(_, n)| **n).sum::<u64>();
+                    let present: u64 = overflow + counts.values().sum::<u64>();
+                    let mut c: Vec<u64> = ranked[..keep].iter().map(|(_, n)| **n).collect();
+                    c.push(other);
+                    FeatureProfile::Categorical(CategoricalProfile {
+                        categories: ranked[..keep].iter().map(|(k, _)| (*k).clone()).collect(),
+                        counts: c,
+                        nulls: rows.saturating_sub(present),
+                    })
+                }
+            };
+            features.insert(name.clone(), profile);
+        }
+        Profile {
+            model: model.to_string(),
+            model_version: model_version.to_string(),
+            features,
+        }
+    }
+}
+
+/// Means of the values below the first edge and at or above the last one.
+fn tail_means(sorted: &[f64], edges: &[f64]) -> Option<(f64, f64)> {
+    let (first, last) = (*edges.first()?, *edges.last()?);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let low = &sorted[..sorted.partition_point(|&x| x < first)];
+    let high = &sorted[sorted.partition_point(|&x| x < last)..];
+    (!low.is_empty() && !high.is_empty()).then(|| (mean(low), mean(high)))
+}
+
+/// Interior edges at the `k/bins` quantiles of a sorted sample (the "lower"
+/// order statistic, index `k·(n−1)/bins` in integers), duplicates removed.
+/// Because the index is exact integer arithmetic, the coarse edges are a
+/// subset of the fine ones whenever `psi_bins` divides `bins`.
+pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
+    if sorted.is_empty() || bins < 2 {
+        return Vec::new();
+    }
+    let n = sorted.len();
+    let mut edges: Vec<f64> = (1..bins).map(|k| sorted[k * (n - 1) / bins]).collect();
+    edges.dedup();
+    // An edge at the minimum would leave the first bin empty for ever.
+    if edges.first() == Some(&sorted[0]) {
+        edges.remove(0);
+    }
+    edges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_are_quantiles_and_coarse_is_a_subset() {
+        let sorted: Vec<f64> = (0..1001).map(f64::from).collect();
+        let fine = quantile_edges(&sorted, 100);
+        let coarse = quantile_edges(&sorted, 10);
+        assert_eq!(fine.len(), 99);
+        assert_eq!(
+            coarse,
+            vec![
+                100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 900.0
+            ]
+        );
+        assert!(coarse.iter().all(|c| fine.contains(c)));
+    }
+
+    #[test]
+    fn profile_counts_nulls_and_categories() {
+        let mut b = ProfileBuilder::new(Binning {
+            max_categories: 2,
+            ..Binning::default()
+        });
+        for i in 0..100 {
+            b.count_feature_row();
+            if i % 10 != 0 {
+                b.add_number("x", i as f64);
+            }
+            b.add_category("c", ["a", "a", "b", "z"][i % 4]);
+        }
+        let p = b.build("m", "1");
+        let FeatureProfile::Numeric(x) = &p.features["x"] else {
+            panic!("x is numeric")
+        };
+        assert_eq!(x.nulls, 10);
+        assert_eq!(x.counts.iter().sum::<u64>(), 90);
+        let FeatureProfile::Categorical(c) = &p.features["c"] else {
+            panic!("c is categorical")
+        };
+        assert_eq!(c.categories, vec!["a", "b"]);
+        assert_eq!(c.counts, vec![50, 25, 25]);
+        assert_eq!(c.slot("never-seen"), 2);
+    }
+
+    #[test]
+    fn large_references_are_sampled_but_keep_their_size() {
+        let mut b = ProfileBuilder::new(Binning {
+            reference_sample: 1000,
+            ..Binning::default()
+        });
+        for i in 0..50_000 {
+            b.count_feature_row();
+            b.add_number("x", (i % 1000) as f64);
+        }
+        let FeatureProfile::Numeric(x) = &b.build("m", "1").features["x"] else {
+            panic!("numeric")
+        };
+        let total: u64 = x.counts.iter().sum();
+        assert!((49_900..=50_100).contains(&total), "{total}");
+        // The median edge of a uniform 0..999 sample is near 500.
+        assert!(
+            (x.coarse_edges[4] - 500.0).abs() < 60.0,
+            "{:?}",
+            x.coarse_edges
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! Drift references from files: `infermon profile` builds them from recorded
+//! traffic, and `[drift.reference_files]` loads them (a profile JSON, or a
+//! recorded traffic file profiled on the spot).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use infermon_operators::{Profile, ProfileCollector, read_profile_file};
+
+use crate::config::Config;
+use crate::sources::recording::RecordingSource;
+
+/// Profiles per model built from every prediction in `files` (rejected
+/// lines are skipped; `infermon replay` is the place to inspect them).
+pub fn profile_recordings(
+    config: &Config,
+    files: &[impl AsRef<Path>],
+) -> anyhow::Result<BTreeMap<String, Profile>> {
+    let mut collector = ProfileCollector::new(&config.drift)?;
+    for path in files {
+        let path = path.as_ref();
+        let mut source = RecordingSource::open(
+            path,
+            config.topics.clone(),
+            config.window.segment_keys.clone(),
+            Arc::new(AtomicU64::new(0)),
+        )?;
+        while let Some(batch) = source.next_batch() {
+            let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+            collector.add_batch(&batch.predictions);
+        }
+    }
+    Ok(collector.finish())
+}
+
+/// Whether `path` names recorded traffic rather than a profile.
+fn is_recording(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".jsonl") || name.ends_with(".jsonl.zst")
+}
+
+/// The fixed references of `[drift.reference_files]`, by model.
+pub fn load_references(config: &Config) -> anyhow::Result<BTreeMap<String, Profile>> {
+    let mut out = BTreeMap::new();
+    for (model, path) in &config.drift.reference_files {
+        let profile = if is_recording(path) {
+            profile_recordings(config, &[path])?
+                .remove(model)
+                .with_context(|| {
+                    format!(
+                        "drift reference {}: no predictions of model {model:?}",
+                        path.display()
+                    )
+                })?
+        } else {
+            read_profile_file(path, model)?
+        };
+        tracing::info!(model, path = %path.display(), "drift reference loaded");
+        out.insert(model.clone(), profile);
+    }
+    Ok(out)
+}

@@ -31,7 +31,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 BINS, PSI_BINS, MIN_SAMPLES = 100, 10, 200
 PSI_FLOOR = 1e-4
-T = dict(psi=0.2, wasserstein=0.1, js=0.1, max_pvalue=0.01, null_rate_increase=0.05)
+T = dict(psi=0.2, wasserstein=0.1, js=0.1, max_pvalue=1e-4, null_rate_increase=0.05)
 WINDOW_MS = 60_000
 REF_T0 = 1_763_600_000_000
 CUR_T0 = 1_763_700_000_000 - 1_763_700_000_000 % WINDOW_MS

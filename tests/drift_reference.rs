@@ -311,3 +311,57 @@ fn check_quality(lines: &[Line], expected: &Value) {
         }
     }
 }
+
+/// A reference that cannot be used stops the run at start-up with a message
+/// naming the file and the problem, never a silent fallback.
+#[test]
+fn bad_reference_files_and_binning_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.jsonl");
+    std::fs::write(
+        &rec,
+        r#"{"topic":"inference.predictions","request_id":"a","ts":1,"model":"m","model_version":"1","status":"ok","timings_ms":{"total":1},"score":0.5,"features":{"x":1}}"#,
+    )
+    .unwrap();
+    let profile = dir.path().join("p.json");
+    run_ok(
+        infermon()
+            .arg("profile")
+            .arg(&rec)
+            .arg("--out")
+            .arg(&profile),
+    );
+    let cases = [
+        (
+            format!(
+                "[drift.reference_files]\nother = {:?}\n",
+                profile.display().to_string()
+            ),
+            "no profile for model \"other\"",
+        ),
+        (
+            "[drift.reference_files]\nm = \"/nonexistent/ref.json\"\n".to_string(),
+            "/nonexistent/ref.json",
+        ),
+        (
+            "[drift]\nbins = 100\npsi_bins = 7\n".to_string(),
+            "psi_bins must divide bins",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let out = infermon()
+            .arg("--config")
+            .arg(&config)
+            .args(["replay", "--offline", "--quiet"])
+            .arg(&rec)
+            .arg("--metrics-out")
+            .arg(dir.path().join("m.lp"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml} was accepted");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    }
+}

@@ -4,6 +4,7 @@
 //! `.ci/run` (`.ci/services.sh`), which exports their addresses; a test
 //! whose service is missing fails with a message saying so, never skips.
 
+mod alerts_offline;
 mod drift_reference;
 mod incidents_analytics;
 mod influxdb_line_protocol;

@@ -15,6 +15,7 @@ use infermon_schemas::{Decoded, PredictionBatchBuilder, TopicNames, decode_recor
 
 use crate::config::Config;
 use crate::replay::{ReplayOptions, replay};
+use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::rejects_file::RejectsFile;
 
@@ -152,6 +153,7 @@ pub async fn run_bench(config: &Config, opts: &BenchOptions) -> anyhow::Result<S
                 _ => {
                     let mut sink = LineProtocolFile::new(Box::new(io::sink()));
                     let mut rejects = RejectsFile::new(Path::new("/dev/null"));
+                    let mut alerts = AlertsFile::create(Path::new("/dev/null"))?;
                     let r = replay(
                         config,
                         &ReplayOptions {
@@ -160,6 +162,7 @@ pub async fn run_bench(config: &Config, opts: &BenchOptions) -> anyhow::Result<S
                         },
                         &mut sink,
                         &mut rejects,
+                        &mut alerts,
                     )
                     .await?;
                     r.total_events()

@@ -10,6 +10,8 @@ use infermon_operators::{
 use infermon_schemas::TopicNames;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
+
 /// The built-in defaults, documented.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -30,6 +32,8 @@ pub struct Config {
     pub gradients: GradientConfig,
     /// Label quality from feedback joined to predictions.
     pub quality: QualityConfig,
+    /// Alert rules.
+    pub alerts: AlertsConfig,
 }
 
 impl Config {

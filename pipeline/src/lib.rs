@@ -1,6 +1,7 @@
 //! The `infermon` application: configuration, sources, sinks and the
 //! commands that wire them to the operators. `main.rs` is only the CLI.
 
+pub mod alerts;
 pub mod bench;
 pub mod bench_drift;
 pub mod config;

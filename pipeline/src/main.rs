@@ -11,6 +11,7 @@ use infermon::config::Config;
 use infermon::generate::{write_bundled, write_recording};
 use infermon::references::profile_recordings;
 use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
+use infermon::sinks::alerts_file::AlertsFile;
 use infermon::sinks::line_protocol_file::LineProtocolFile;
 use infermon::sinks::rejects_file::RejectsFile;
 use infermon_replay_data::{GenerateOptions, Scenario};
@@ -43,6 +44,10 @@ enum Command {
         /// Lines that failed to decode, with the reason (created on the first).
         #[arg(long, default_value = "infermon-rejects.jsonl")]
         rejects_out: PathBuf,
+        /// Alert notifications, one JSON line each (Alertmanager alert
+        /// object plus "receiver"), instead of sending them.
+        #[arg(long, default_value = "infermon-alerts.jsonl")]
+        alerts_out: PathBuf,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -123,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             offline,
             metrics_out,
             rejects_out,
+            alerts_out,
             quiet,
         } => {
             if !offline {
@@ -130,13 +136,19 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut sink = LineProtocolFile::create(&metrics_out)?;
             let mut rejects = RejectsFile::new(&rejects_out);
+            let mut alerts = AlertsFile::create(&alerts_out)?;
             let opts = ReplayOptions {
                 files,
                 progress: !quiet,
             };
-            let report = replay(&config, &opts, &mut sink, &mut rejects).await?;
+            let report = replay(&config, &opts, &mut sink, &mut rejects, &mut alerts).await?;
             print!("{}", summary_table(&report));
             println!("metrics: {}", metrics_out.display());
+            println!(
+                "alerts: {} ({} notifications)",
+                alerts.path().display(),
+                alerts.count
+            );
             if rejects.count > 0 {
                 println!(
                     "rejects: {} ({} lines)",

@@ -18,8 +18,10 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
+use crate::alerts::{AlertStatus, Notification};
 use crate::config::Config;
 use crate::references::load_references;
+use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::rejects_file::RejectsFile;
 use crate::sources::recording::{DecodedBatch, RecordingSource};
@@ -32,6 +34,9 @@ pub struct ReplayOptions {
     /// Show a progress bar (only drawn on a terminal).
     pub progress: bool,
 }
+
+/// Receiver name on offline alert lines (nothing is sent).
+pub const OFFLINE_RECEIVER: &str = "alerts-file";
 
 /// Per (model, version) totals for the end-of-run table.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,6 +75,8 @@ pub struct ReplayReport {
     pub labels: (u64, u64),
     /// Training steps that arrived after their window closed.
     pub late_training_steps: u64,
+    /// Firing notifications by alert name.
+    pub alerts_fired: BTreeMap<String, u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -108,8 +115,15 @@ pub async fn replay(
     opts: &ReplayOptions,
     sink: &mut LineProtocolFile,
     rejects: &mut RejectsFile,
+    alerts_out: &mut AlertsFile,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
+    let mut alerts = config.alerts.engine();
+    let tick_ms = config
+        .window
+        .slide
+        .unwrap_or(config.window.size)
+        .as_millis() as i64;
     let window = &config.window;
     let sql = SqlMetrics::new(
         &config.sql_metrics,
@@ -191,6 +205,8 @@ pub async fn replay(
                 *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
             }
             sink.write(&points)?;
+            let fired = alerts.observe(&points);
+            notify(&fired, sink, alerts_out, &mut report)?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -205,15 +221,27 @@ pub async fn replay(
             }
         }
         for closed in engine.fire(now) {
-            emit(closed, &sql, sink, &mut report).await?;
+            let end = closed.end;
+            let points = emit(closed, &sql, sink, &mut report).await?;
+            let mut fired = alerts.observe(&points);
+            fired.extend(alerts.tick(end, tick_ms));
+            notify(&fired, sink, alerts_out, &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
     }
     for closed in engine.flush() {
-        emit(closed, &sql, sink, &mut report).await?;
+        let end = closed.end;
+        let points = emit(closed, &sql, sink, &mut report).await?;
+        let mut fired = alerts.observe(&points);
+        fired.extend(alerts.tick(end, tick_ms));
+        notify(&fired, sink, alerts_out, &mut report)?;
     }
-    sink.write(&engine.take_pending_points())?;
+    let pending = engine.take_pending_points();
+    sink.write(&pending)?;
+    let fired = alerts.observe(&pending);
+    notify(&fired, sink, alerts_out, &mut report)?;
+    alerts_out.flush()?;
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -235,12 +263,35 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Notifications to the alerts log and as `alerts` points.
+fn notify(
+    fired: &[Notification],
+    sink: &mut LineProtocolFile,
+    alerts_out: &mut AlertsFile,
+    report: &mut ReplayReport,
+) -> anyhow::Result<()> {
+    if fired.is_empty() {
+        return Ok(());
+    }
+    alerts_out.write(OFFLINE_RECEIVER, fired)?;
+    let points: Vec<Point> = fired.iter().map(Notification::point).collect();
+    sink.write(&points)?;
+    for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
+        *report
+            .alerts_fired
+            .entry(n.labels["alertname"].clone())
+            .or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Write a closed window's points; returns them for the alert rules.
 async fn emit(
     mut closed: ClosedWindow,
     sql: &SqlMetrics,
     sink: &mut LineProtocolFile,
     report: &mut ReplayReport,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Point>> {
     report.windows += 1;
     let mut points = closed.points()?;
     if !sql.is_empty() {
@@ -278,7 +329,7 @@ async fn emit(
         }
     }
     sink.write(&points)?;
-    Ok(())
+    Ok(points)
 }
 
 fn progress_bar(enabled: bool, total_bytes: u64) -> ProgressBar {
@@ -385,6 +436,14 @@ pub fn summary_table(report: &ReplayReport) -> String {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         out.push_str(&format!("gradient anomalies: {}\n", kinds.join(", ")));
+    }
+    if !report.alerts_fired.is_empty() {
+        let names: Vec<String> = report
+            .alerts_fired
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        out.push_str(&format!("alerts fired: {}\n", names.join(", ")));
     }
     if report.labels != (0, 0) {
         out.push_str(&format!(

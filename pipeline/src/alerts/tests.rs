@@ -1,0 +1,295 @@
+//! State machine tests: pure logic, points in, notifications out.
+
+use std::time::Duration;
+
+use infermon_schemas::{FieldValue, Point};
+
+use super::*;
+
+const MIN: i64 = 60_000;
+
+fn rule(extra: &str) -> RuleConfig {
+    toml::from_str(&format!(
+        r#"
+        name = "errors"
+        measurement = "throughput"
+        field = "error_rate"
+        op = ">="
+        threshold = 0.02
+        severity = "critical"
+        summary = "{{model}} error rate {{value}}"
+        {extra}
+    "#
+    ))
+    .unwrap()
+}
+
+fn engine(rules: Vec<RuleConfig>) -> AlertEngine {
+    AlertEngine::new(
+        rules,
+        Flapping {
+            window: Duration::from_secs(30 * 60),
+            limit: 4,
+        },
+    )
+}
+
+fn point(minute: i64, rate: f64) -> Point {
+    Point::new("throughput", minute * MIN)
+        .tag("model", "m")
+        .tag("model_version", "1")
+        .field("error_rate", FieldValue::Float(rate))
+}
+
+/// Feed one window per rate (minute 1, 2, ...), ticking after each; the
+/// (minute, status) of every notification.
+fn run(engine: &mut AlertEngine, rates: &[Option<f64>]) -> Vec<(i64, &'static str)> {
+    let mut out = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let minute = i as i64 + 1;
+        let mut n = match rate {
+            Some(r) => engine.observe(&[point(minute, *r)]),
+            None => Vec::new(),
+        };
+        n.extend(engine.tick(minute * MIN, MIN));
+        out.extend(n.iter().map(|n| (n.at_ms / MIN, n.status.as_str())));
+    }
+    out
+}
+
+#[test]
+fn default_rules_parse_and_can_be_replaced_or_turned_off() {
+    let config = AlertsConfig::default();
+    let names: Vec<String> = config
+        .effective_rules()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    for name in [
+        "latency_p99_regression",
+        "error_rate_high",
+        "feature_drift",
+        "null_rate_jump",
+        "gradient_nonfinite",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    let mine = AlertsConfig {
+        rules: vec![RuleConfig {
+            name: "error_rate_high".into(),
+            ..rule("")
+        }],
+        ..AlertsConfig::default()
+    };
+    let rules = mine.effective_rules();
+    assert_eq!(
+        rules.iter().filter(|r| r.name == "error_rate_high").count(),
+        1
+    );
+    assert_eq!(rules.last().unwrap().threshold, Some(0.02));
+    let off = AlertsConfig {
+        default_rules: false,
+        ..AlertsConfig::default()
+    };
+    assert!(off.effective_rules().is_empty());
+}
+
+#[test]
+fn fires_at_once_without_for_and_resolves_when_clear() {
+    let mut e = engine(vec![rule("")]);
+    let got = run(&mut e, &[Some(0.0), Some(0.05), Some(0.06), Some(0.0)]);
+    assert_eq!(got, vec![(2, "firing"), (4, "resolved")]);
+}
+
+#[test]
+fn for_duration_needs_the_condition_to_hold_that_long() {
+    let mut e = engine(vec![rule(r#"for = "2m""#)]);
+    // A one-window blip never fires; three windows in a row do, at the third.
+    let got = run(
+        &mut e,
+        &[
+            Some(0.05),
+            Some(0.0),
+            Some(0.05),
+            Some(0.05),
+            Some(0.05),
+            Some(0.0),
+        ],
+    );
+    assert_eq!(got, vec![(5, "firing"), (6, "resolved")]);
+}
+
+#[test]
+fn firing_starts_when_the_condition_started() {
+    let mut e = engine(vec![rule(r#"for = "1m""#)]);
+    let mut all = e.observe(&[point(1, 0.05)]);
+    all.extend(e.observe(&[point(2, 0.05)]));
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].starts_at_ms, MIN, "pending since minute 1");
+    assert_eq!(all[0].labels["alertname"], "errors");
+    assert_eq!(all[0].labels["model_version"], "1");
+    assert_eq!(all[0].annotations["summary"], "m error rate 0.05000");
+}
+
+#[test]
+fn hysteresis_keeps_firing_between_the_bounds() {
+    let mut e = engine(vec![rule("resolve_threshold = 0.01")]);
+    let got = run(&mut e, &[Some(0.05), Some(0.015), Some(0.019), Some(0.005)]);
+    assert_eq!(got, vec![(1, "firing"), (4, "resolved")]);
+}
+
+#[test]
+fn keep_firing_for_bridges_short_gaps() {
+    let mut e = engine(vec![rule(r#"keep_firing_for = "2m""#)]);
+    let got = run(
+        &mut e,
+        &[
+            Some(0.05),
+            Some(0.0),
+            Some(0.05),
+            Some(0.0),
+            Some(0.0),
+            Some(0.0),
+        ],
+    );
+    // Clear at 2 (1 min after) is bridged; clear from 4 resolves at 5.
+    assert_eq!(got, vec![(1, "firing"), (5, "resolved")]);
+}
+
+#[test]
+fn missing_data_keep_resolve_alert() {
+    let gap = [Some(0.05), None, None, Some(0.05)];
+    let mut keep = engine(vec![rule("")]);
+    assert_eq!(run(&mut keep, &gap), vec![(1, "firing")]);
+    let mut resolve = engine(vec![rule(r#"no_data = "resolve""#)]);
+    assert_eq!(
+        run(&mut resolve, &gap),
+        vec![(1, "firing"), (2, "resolved"), (4, "firing")]
+    );
+    // no_data = alert: a firing series whose data stops keeps firing; one
+    // that recovered and then goes silent fires again.
+    let mut alert = engine(vec![rule(r#"no_data = "alert""#)]);
+    assert_eq!(
+        run(&mut alert, &[Some(0.05), Some(0.0), None]),
+        vec![(1, "firing"), (2, "resolved"), (3, "firing")]
+    );
+}
+
+#[test]
+fn event_rules_fire_immediately_and_resolve_when_events_stop() {
+    let r: RuleConfig = toml::from_str(
+        r#"
+        name = "nan"
+        measurement = "gradient_anomalies"
+        field = "step"
+        where = { kind = "nonfinite" }
+        op = ">="
+        threshold = 0.0
+        events = true
+        keep_firing_for = "2m"
+        severity = "critical"
+        summary = "{run_id} step {value}"
+    "#,
+    )
+    .unwrap();
+    let mut e = engine(vec![r]);
+    let anomaly = |ts: i64, kind: &str| {
+        Point::new("gradient_anomalies", ts)
+            .tag("model", "m")
+            .tag("run_id", "r1")
+            .tag("kind", kind)
+            .field("step", FieldValue::Int(ts / 1000))
+    };
+    assert!(
+        e.observe(&[anomaly(30_000, "spike")]).is_empty(),
+        "filtered"
+    );
+    let n = e.observe(&[anomaly(30_500, "nonfinite"), anomaly(31_500, "nonfinite")]);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].starts_at_ms, 30_500);
+    assert_eq!(n[0].annotations["summary"], "r1 step 30.00");
+    // The window the anomaly fell in does not count as "no event".
+    assert!(e.tick(MIN, MIN).is_empty());
+    // keep_firing_for (2 min) counts from the last event, at 31.5 s.
+    assert!(e.tick(2 * MIN, MIN).is_empty());
+    let resolved = e.tick(3 * MIN, MIN);
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].status, AlertStatus::Resolved);
+    assert_eq!(resolved[0].ends_at_ms, Some(3 * MIN));
+}
+
+#[test]
+fn baseline_rule_judges_a_new_version_against_the_old() {
+    let r: RuleConfig = toml::from_str(
+        r#"
+        name = "slow"
+        measurement = "latency"
+        field = "p99"
+        op = ">"
+        threshold = 20.0
+        baseline = { over = "1h", factor = 2.0, min_values = 3 }
+        severity = "warning"
+        summary = "{model_version}"
+    "#,
+    )
+    .unwrap();
+    let mut e = engine(vec![r]);
+    let p = |minute: i64, version: &str, p99: f64| {
+        Point::new("latency", minute * MIN)
+            .tag("model", "m")
+            .tag("model_version", version)
+            .field("p99", FieldValue::Float(p99))
+    };
+    let mut n = Vec::new();
+    for m in 1..=10 {
+        n.extend(e.observe(&[p(m, "3", 10.0 + (m % 3) as f64)]));
+    }
+    assert!(n.is_empty(), "steady v3 never fires");
+    // v4 at 50 ms: far above 2 x v3's median (11 ms) and above 20 ms.
+    n.extend(e.observe(&[p(11, "4", 50.0)]));
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].labels["model_version"], "4");
+    // Its values stay out of the baseline: still firing an hour later...
+    for m in 12..60 {
+        assert!(e.observe(&[p(m, "4", 50.0)]).is_empty());
+    }
+    // ...and it resolves when v4 gets fast again.
+    let r = e.observe(&[p(60, "4", 12.0)]);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn flapping_sends_one_notice_then_holds_back_until_stable() {
+    let mut e = engine(vec![rule("")]);
+    let flappy: Vec<Option<f64>> = (0..12)
+        .map(|i| Some(if i % 2 == 0 { 0.05 } else { 0.0 }))
+        .collect();
+    let got = run(&mut e, &flappy);
+    // limit 4: four changes go out, the fifth says "flapping", then quiet.
+    assert_eq!(got.len(), 5, "{got:?}");
+    // Stable for 30 minutes (firing throughout), then one change goes out again.
+    let mut rest: Vec<Option<f64>> = vec![Some(0.05); 40];
+    rest.push(Some(0.0));
+    let mut all = flappy.clone();
+    all.extend(rest);
+    let mut e = engine(vec![rule("")]);
+    let got = run(&mut e, &all);
+    assert_eq!(got.last(), Some(&(53, "resolved")), "{got:?}");
+}
+
+#[test]
+fn flapping_notice_is_annotated() {
+    let mut e = engine(vec![rule("")]);
+    let mut notes = Vec::new();
+    for m in 1..=6 {
+        let rate = if m % 2 == 1 { 0.05 } else { 0.0 };
+        notes.extend(e.observe(&[point(m, rate)]));
+    }
+    assert_eq!(notes.len(), 5);
+    assert!(notes[4].annotations.contains_key("flapping"));
+    assert!(!notes[3].annotations.contains_key("flapping"));
+}

@@ -1,0 +1,197 @@
+//! The built-in alert rules on the bundled recordings (offline replay,
+//! notifications to `--alerts-out`): every incident fires its documented
+//! alert within two windows of its start; nothing fires for the quiet model
+//! or outside an incident of the alerting model.
+
+use serde_json::Value;
+
+use crate::support::{infermon, parse_lines, recordings, repo, run_ok};
+
+const WINDOW_MS: i64 = 60_000;
+
+struct Fired {
+    alertname: String,
+    model: String,
+    /// When the notification was made (the `alerts` point's time).
+    at_ms: i64,
+}
+
+#[test]
+fn default_rules_fire_on_every_bundled_incident_and_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (metrics, alerts) = (dir.path().join("m.lp"), dir.path().join("alerts.jsonl"));
+    // Built-in rules; only the drift reference is shortened, because each
+    // bundled file is 30 minutes with its incident 15 minutes in.
+    let config = dir.path().join("infermon.toml");
+    std::fs::write(&config, "[drift]\nreference_window = \"10m\"\n").unwrap();
+    let out = run_ok(
+        infermon()
+            .arg("--config")
+            .arg(&config)
+            .arg("replay")
+            .args(recordings())
+            .args(["--offline", "--quiet", "--metrics-out"])
+            .arg(&metrics)
+            .arg("--alerts-out")
+            .arg(&alerts),
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("alerts fired:"), "{summary}");
+
+    // The alerts log: Alertmanager alert objects plus the receiver.
+    let log: Vec<Value> = std::fs::read_to_string(&alerts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!log.is_empty());
+    for a in &log {
+        for key in [
+            "status",
+            "labels",
+            "annotations",
+            "startsAt",
+            "endsAt",
+            "fingerprint",
+            "receiver",
+        ] {
+            assert!(a.get(key).is_some(), "{key} missing in {a}");
+        }
+        for label in ["alertname", "severity", "model"] {
+            assert!(a["labels"][label].is_string(), "{label} missing in {a}");
+        }
+        assert!(
+            !a["annotations"]["summary"].as_str().unwrap().contains('{'),
+            "{a}"
+        );
+    }
+    // Every firing alert of the log is resolved later or still open at the
+    // end, and each firing has exactly one `alerts` point.
+    let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
+    let fired: Vec<Fired> = lines
+        .iter()
+        .filter(|l| l.measurement == "alerts")
+        .filter(|l| {
+            l.fields
+                .iter()
+                .any(|(k, v)| k == "state" && v == "\"firing\"")
+        })
+        .map(|l| Fired {
+            alertname: l.tag("alertname").unwrap().to_string(),
+            model: l.tag("model").unwrap().to_string(),
+            at_ms: l.ts_ns / 1_000_000,
+        })
+        .collect();
+    let firing_in_log = log.iter().filter(|a| a["status"] == "firing").count();
+    assert_eq!(fired.len(), firing_in_log);
+
+    let text =
+        std::fs::read_to_string(repo().join("replay-data/recordings/incidents.json")).unwrap();
+    let incidents: Vec<Value> = serde_json::from_str(&text).unwrap();
+    for i in &incidents {
+        let start = i["start_ms"].as_i64().unwrap();
+        let model = i["model"].as_str().unwrap();
+        // "gradient_nonfinite / gradient_explosion (gradients...)" → names.
+        let documented = i["alert"].as_str().unwrap();
+        let names: Vec<&str> = documented
+            .split(" (")
+            .next()
+            .unwrap()
+            .split(" / ")
+            .collect();
+        let first_window_end = start - start.rem_euclid(WINDOW_MS) + WINDOW_MS;
+        let hit = fired.iter().find(|f| {
+            names.contains(&f.alertname.as_str())
+                && f.model == model
+                && f.at_ms >= start
+                && f.at_ms <= first_window_end + WINDOW_MS
+        });
+        assert!(
+            hit.is_some(),
+            "incident {:?}: none of {names:?} fired for {model} within two windows of {start}",
+            i["name"]
+        );
+    }
+
+    // Nothing else: each firing belongs to an incident of its model.
+    for f in &fired {
+        assert_ne!(
+            f.model, "query-encoder",
+            "the quiet model alerted: {}",
+            f.alertname
+        );
+        let explained = incidents.iter().any(|i| {
+            i["model"] == f.model.as_str()
+                && f.at_ms >= i["start_ms"].as_i64().unwrap()
+                && f.at_ms <= i["end_ms"].as_i64().unwrap() + 2 * WINDOW_MS
+        });
+        assert!(
+            explained,
+            "{} fired for {} at {} outside every incident",
+            f.alertname, f.model, f.at_ms
+        );
+    }
+}
+
+/// A rule in the config file joins the built-in ones and can replace one;
+/// a broken rule is a start-up error naming the problem.
+#[test]
+fn rules_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recordings()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("error-burst"))
+        .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        r#"
+[alerts]
+default_rules = false
+[[alerts.rules]]
+name = "any_errors"
+measurement = "throughput"
+field = "errors"
+op = ">"
+threshold = 0.0
+severity = "info"
+summary = "{model} had {value} errors"
+"#,
+    )
+    .unwrap();
+    let alerts = dir.path().join("a.jsonl");
+    run_ok(
+        infermon()
+            .arg("--config")
+            .arg(&config)
+            .args(["replay", "--offline", "--quiet"])
+            .arg(&rec)
+            .arg("--metrics-out")
+            .arg(dir.path().join("m.lp"))
+            .arg("--alerts-out")
+            .arg(&alerts),
+    );
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        let a: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(a["labels"]["alertname"], "any_errors", "{a}");
+        assert_eq!(a["labels"]["severity"], "info");
+    }
+
+    std::fs::write(
+        &config,
+        "[[alerts.rules]]\nname = \"x\"\nmeasurement = \"latency\"\nfield = \"p99\"\nop = \"=>\"\nseverity = \"warning\"\nsummary = \"\"\n",
+    )
+    .unwrap();
+    let out = infermon()
+        .arg("--config")
+        .arg(&config)
+        .args(["replay", "--offline", "--quiet"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("=>"), "{stderr}");
+}

@@ -92,11 +92,12 @@ fn bundled_recordings_show_their_incident_signatures() {
     let m = median(quiet.clone());
     assert!(quiet.iter().all(|p| *p < 3.0 * m), "quiet p99s {quiet:?}");
 
-    // Windows end on whole minutes (gradient anomalies are events, stamped
-    // with their step's time); every latency point has its fields.
+    // Windows end on whole minutes (gradient anomalies and the alerts they
+    // raise are events, stamped with their step's time); every latency
+    // point has its fields.
     for l in lines
         .iter()
-        .filter(|l| l.measurement != "gradient_anomalies")
+        .filter(|l| !["gradient_anomalies", "alerts"].contains(&l.measurement.as_str()))
     {
         assert_eq!(l.ts_ns % 60_000_000_000, 0, "{l:?}");
         if l.measurement == "latency" {

@@ -11,3 +11,4 @@ mod influxdb_line_protocol;
 mod latency_reference;
 mod replay_offline;
 mod support;
+mod webhook_delivery;

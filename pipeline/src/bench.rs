@@ -159,6 +159,7 @@ pub async fn run_bench(config: &Config, opts: &BenchOptions) -> anyhow::Result<S
                         &ReplayOptions {
                             files: vec![opts.file.clone()],
                             progress: false,
+                            send: None,
                         },
                         &mut sink,
                         &mut rejects,

@@ -48,6 +48,13 @@ enum Command {
         /// object plus "receiver"), instead of sending them.
         #[arg(long, default_value = "infermon-alerts.jsonl")]
         alerts_out: PathBuf,
+        /// Also deliver notifications to the configured receivers
+        /// (`[[alerts.webhooks]]`).
+        #[arg(long)]
+        send: bool,
+        /// With --send: how long to wait at the end for deliveries.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        send_timeout: Duration,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -129,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
             metrics_out,
             rejects_out,
             alerts_out,
+            send,
+            send_timeout,
             quiet,
         } => {
             if !offline {
@@ -140,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             let opts = ReplayOptions {
                 files,
                 progress: !quiet,
+                send: send.then_some(send_timeout),
             };
             let report = replay(&config, &opts, &mut sink, &mut rejects, &mut alerts).await?;
             print!("{}", summary_table(&report));
@@ -158,6 +168,10 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(kib) = peak_rss_kib() {
                 println!("peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+            }
+            let undelivered: u64 = report.webhooks.iter().map(|(_, w)| w.undelivered).sum();
+            if undelivered > 0 {
+                bail!("{undelivered} notification groups could not be delivered (see the log)");
             }
         }
         Command::Generate {

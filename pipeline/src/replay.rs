@@ -18,7 +18,7 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::{AlertStatus, Notification};
+use crate::alerts::{AlertStatus, Notification, WebhookSender, WebhookStats};
 use crate::config::Config;
 use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
@@ -33,6 +33,9 @@ pub struct ReplayOptions {
     pub files: Vec<PathBuf>,
     /// Show a progress bar (only drawn on a terminal).
     pub progress: bool,
+    /// Also deliver notifications to the configured receivers, waiting at
+    /// most this long at the end for them to drain.
+    pub send: Option<Duration>,
 }
 
 /// Receiver name on offline alert lines (nothing is sent).
@@ -77,6 +80,8 @@ pub struct ReplayReport {
     pub late_training_steps: u64,
     /// Firing notifications by alert name.
     pub alerts_fired: BTreeMap<String, u64>,
+    /// Delivery per webhook receiver (with `--send`).
+    pub webhooks: Vec<(String, WebhookStats)>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -119,6 +124,12 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let mut alerts = config.alerts.engine();
+    let mut senders = Vec::new();
+    if opts.send.is_some() {
+        for w in &config.alerts.webhooks {
+            senders.push(WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?);
+        }
+    }
     let tick_ms = config
         .window
         .slide
@@ -206,7 +217,7 @@ pub async fn replay(
             }
             sink.write(&points)?;
             let fired = alerts.observe(&points);
-            notify(&fired, sink, alerts_out, &mut report)?;
+            notify(&fired, sink, alerts_out, &senders, &mut report)?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -225,7 +236,7 @@ pub async fn replay(
             let points = emit(closed, &sql, sink, &mut report).await?;
             let mut fired = alerts.observe(&points);
             fired.extend(alerts.tick(end, tick_ms));
-            notify(&fired, sink, alerts_out, &mut report)?;
+            notify(&fired, sink, alerts_out, &senders, &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
@@ -235,13 +246,19 @@ pub async fn replay(
         let points = emit(closed, &sql, sink, &mut report).await?;
         let mut fired = alerts.observe(&points);
         fired.extend(alerts.tick(end, tick_ms));
-        notify(&fired, sink, alerts_out, &mut report)?;
+        notify(&fired, sink, alerts_out, &senders, &mut report)?;
     }
     let pending = engine.take_pending_points();
     sink.write(&pending)?;
     let fired = alerts.observe(&pending);
-    notify(&fired, sink, alerts_out, &mut report)?;
+    notify(&fired, sink, alerts_out, &senders, &mut report)?;
     alerts_out.flush()?;
+    let deadline = opts.send.unwrap_or_default();
+    for (sender, w) in senders.into_iter().zip(&config.alerts.webhooks) {
+        report
+            .webhooks
+            .push((w.name.clone(), sender.close(deadline)));
+    }
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -268,12 +285,16 @@ fn notify(
     fired: &[Notification],
     sink: &mut LineProtocolFile,
     alerts_out: &mut AlertsFile,
+    senders: &[WebhookSender],
     report: &mut ReplayReport,
 ) -> anyhow::Result<()> {
     if fired.is_empty() {
         return Ok(());
     }
     alerts_out.write(OFFLINE_RECEIVER, fired)?;
+    for s in senders {
+        s.send(fired);
+    }
     let points: Vec<Point> = fired.iter().map(Notification::point).collect();
     sink.write(&points)?;
     for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
@@ -444,6 +465,12 @@ pub fn summary_table(report: &ReplayReport) -> String {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         out.push_str(&format!("alerts fired: {}\n", names.join(", ")));
+    }
+    for (name, w) in &report.webhooks {
+        out.push_str(&format!(
+            "webhook {name}: {} delivered, {} retries, {} rejected (4xx), {} dropped (queue full), {} undelivered\n",
+            w.delivered, w.retries, w.rejected, w.dropped, w.undelivered
+        ));
     }
     if report.labels != (0, 0) {
         out.push_str(&format!(

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod notification;
 pub mod rule;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use engine::{AlertEngine, Flapping};
 pub use notification::{AlertStatus, Notification};
 pub use rule::RuleConfig;
+pub use webhook::{WebhookConfig, WebhookSender, WebhookStats};
 
 /// The built-in rules, documented.
 pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
@@ -34,6 +36,9 @@ pub struct AlertsConfig {
     pub flap_window: Duration,
     /// ...above this many make an alert flapping.
     pub flap_limit: usize,
+    /// Webhook receivers (`[[alerts.webhooks]]`); offline replays only send
+    /// with `--send`.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for AlertsConfig {
@@ -43,6 +48,7 @@ impl Default for AlertsConfig {
             rules: Vec::new(),
             flap_window: Duration::from_secs(30 * 60),
             flap_limit: 6,
+            webhooks: Vec::new(),
         }
     }
 }

@@ -18,7 +18,7 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::{AlertStatus, Notification, WebhookSender, WebhookStats};
+use crate::alerts::{AlertStatus, DeliveryStats, Notification, WebhookSender};
 use crate::config::Config;
 use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
@@ -81,7 +81,7 @@ pub struct ReplayReport {
     /// Firing notifications by alert name.
     pub alerts_fired: BTreeMap<String, u64>,
     /// Delivery per webhook receiver (with `--send`).
-    pub webhooks: Vec<(String, WebhookStats)>,
+    pub webhooks: Vec<(String, DeliveryStats)>,
     /// Wall time.
     pub elapsed: Duration,
 }

@@ -5,6 +5,7 @@
 //! flapping, missing data) → [`Notification`]s → alerts log / `alerts` points
 //! (delivery to webhooks and email is the next step).
 
+pub mod delivery;
 pub mod engine;
 pub mod notification;
 pub mod rule;
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use delivery::DeliveryStats;
 pub use engine::{AlertEngine, Flapping};
 pub use notification::{AlertStatus, Notification};
 pub use rule::RuleConfig;
-pub use webhook::{WebhookConfig, WebhookSender, WebhookStats};
+pub use webhook::{WebhookConfig, WebhookSender};
 
 /// The built-in rules, documented.
 pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");

@@ -3,22 +3,19 @@
 //! errors (`Retry-After` honoured), no retry on other 4xx, and nothing but a
 //! 2xx counts as delivered.
 //!
-//! Delivery runs on its own thread behind a bounded queue, so a slow or dead
-//! receiver never blocks the data path: while it is down, notifications
-//! wait; when the queue is full the oldest group is dropped, counted and
-//! logged. A blocking HTTP client (ureq) on one thread is all this needs.
+//! Delivery runs on its own thread behind a bounded queue ([`super::delivery`]),
+//! so a slow or dead receiver never blocks the data path. A blocking HTTP
+//! client (ureq) on that one thread is all this needs.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport};
 use super::notification::{AlertStatus, Notification};
 
 /// One webhook receiver (`[[alerts.webhooks]]`).
@@ -118,45 +115,11 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// What one POST came to.
-#[derive(Debug, Clone, PartialEq)]
-enum Attempt {
-    Delivered,
-    /// Worth retrying (5xx, 429, network); the server may say when.
-    Retry(String, Option<Duration>),
-    /// Never worth retrying (other 4xx).
-    Reject(String),
-}
-
-/// Delivery counters, for logs, `/metrics` and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WebhookStats {
-    /// Requests answered with 2xx.
-    pub delivered: u64,
-    /// Attempts that failed and were retried.
-    pub retries: u64,
-    /// Groups the receiver refused with a 4xx (not retried).
-    pub rejected: u64,
-    /// Groups dropped because the queue was full.
-    pub dropped: u64,
-    /// Groups still queued when the sender was closed.
-    pub undelivered: u64,
-}
-
-#[derive(Default)]
-struct Queue {
-    groups: VecDeque<Vec<u8>>,
-    closing: bool,
-    /// A delivery is in progress (the queue is not yet drained).
-    busy: bool,
-    stats: WebhookStats,
-}
-
-/// A webhook receiver with its delivery thread.
+/// A webhook receiver: notifications grouped into Alertmanager bodies and
+/// handed to its delivery thread.
 pub struct WebhookSender {
     config: WebhookConfig,
-    shared: Arc<(Mutex<Queue>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    queue: DeliveryQueue<Vec<u8>>,
 }
 
 impl WebhookSender {
@@ -171,142 +134,63 @@ impl WebhookSender {
             ),
             None => None,
         };
-        let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
-        let worker = Worker {
-            config: config.clone(),
+        let transport = HttpPost {
+            url: config.url.clone(),
             secret,
             agent: ureq::AgentBuilder::new().timeout(config.timeout).build(),
-            shared: shared.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("webhook {}", config.name))
-            .spawn(move || worker.run())
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            config,
-            shared,
-            thread: Some(thread),
-        })
+        let policy = RetryPolicy {
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            queue_capacity: config.queue_capacity,
+        };
+        let queue = DeliveryQueue::start(&config.name, transport, policy)
+            .map_err(|e| format!("webhook {}: {e}", config.name))?;
+        Ok(Self { config, queue })
     }
 
     /// Queue notifications, one request per group; never blocks on the
     /// receiver.
     pub fn send(&self, notifications: &[Notification]) {
-        let mut groups: BTreeMap<Vec<&str>, Vec<Notification>> = BTreeMap::new();
-        for n in notifications {
-            let key = self
-                .config
-                .group_by
-                .iter()
-                .map(|k| n.labels.get(k).map_or("", String::as_str))
-                .collect();
-            groups.entry(key).or_default().push(n.clone());
+        for alerts in group(&self.config.group_by, notifications) {
+            let bytes = body(&self.config.name, &self.config.group_by, &alerts).to_string();
+            self.queue.push(bytes.into_bytes());
         }
-        let (lock, wake) = &*self.shared;
-        let mut q = lock.lock().expect("webhook queue lock");
-        for alerts in groups.values() {
-            let bytes = body(&self.config.name, &self.config.group_by, alerts).to_string();
-            if q.groups.len() >= self.config.queue_capacity.max(1) {
-                q.groups.pop_front();
-                q.stats.dropped += 1;
-                tracing::warn!(
-                    receiver = %self.config.name,
-                    capacity = self.config.queue_capacity,
-                    "webhook queue full: dropped the oldest notification group"
-                );
-            }
-            q.groups.push_back(bytes.into_bytes());
-        }
-        wake.notify_all();
     }
 
     /// Deliver what is queued, waiting at most `deadline`; then stop.
-    pub fn close(mut self, deadline: Duration) -> WebhookStats {
-        let (lock, wake) = &*self.shared;
-        let until = Instant::now() + deadline;
-        let mut q = lock.lock().expect("webhook queue lock");
-        while (!q.groups.is_empty() || q.busy) && Instant::now() < until {
-            let left = until.saturating_duration_since(Instant::now());
-            q = wake.wait_timeout(q, left).expect("webhook queue lock").0;
-        }
-        q.closing = true;
-        q.stats.undelivered = q.groups.len() as u64 + u64::from(q.busy);
-        let stats = q.stats;
-        drop(q);
-        wake.notify_all();
-        if stats.undelivered > 0 {
-            tracing::error!(
-                receiver = %self.config.name,
-                undelivered = stats.undelivered,
-                "webhook receiver still failing at shutdown; notification groups not delivered"
-            );
-        } else if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        stats
+    pub fn close(self, deadline: Duration) -> DeliveryStats {
+        self.queue.close(deadline)
     }
 }
 
-struct Worker {
-    config: WebhookConfig,
+/// Notifications split by the values of `group_by` labels, in label order.
+pub fn group(group_by: &[String], notifications: &[Notification]) -> Vec<Vec<Notification>> {
+    let mut groups: BTreeMap<Vec<&str>, Vec<Notification>> = BTreeMap::new();
+    for n in notifications {
+        let key = group_by
+            .iter()
+            .map(|k| n.labels.get(k).map_or("", String::as_str))
+            .collect();
+        groups.entry(key).or_default().push(n.clone());
+    }
+    groups.into_values().collect()
+}
+
+/// One POST of a body, signed when there is a secret.
+struct HttpPost {
+    url: String,
     secret: Option<Vec<u8>>,
     agent: ureq::Agent,
-    shared: Arc<(Mutex<Queue>, Condvar)>,
 }
 
-impl Worker {
-    fn run(self) {
-        let (lock, wake) = &*self.shared;
-        loop {
-            let body = {
-                let mut q = lock.lock().expect("webhook queue lock");
-                loop {
-                    if q.closing {
-                        return;
-                    }
-                    if let Some(b) = q.groups.pop_front() {
-                        q.busy = true;
-                        break b;
-                    }
-                    q = wake.wait(q).expect("webhook queue lock");
-                }
-            };
-            let mut backoff = self.config.initial_backoff;
-            loop {
-                match self.post(&body) {
-                    Attempt::Delivered => {
-                        lock.lock().expect("webhook queue lock").stats.delivered += 1;
-                        break;
-                    }
-                    Attempt::Reject(why) => {
-                        tracing::error!(receiver = %self.config.name, %why, "webhook refused the notification; not retrying");
-                        lock.lock().expect("webhook queue lock").stats.rejected += 1;
-                        break;
-                    }
-                    Attempt::Retry(why, after) => {
-                        let wait = after.unwrap_or_else(|| jitter(backoff));
-                        tracing::warn!(receiver = %self.config.name, %why, retry_in_ms = wait.as_millis() as u64, "webhook delivery failed; will retry");
-                        {
-                            let mut q = lock.lock().expect("webhook queue lock");
-                            q.stats.retries += 1;
-                            if q.closing {
-                                return;
-                            }
-                        }
-                        std::thread::sleep(wait.min(self.config.max_backoff));
-                        backoff = (backoff * 2).min(self.config.max_backoff);
-                    }
-                }
-            }
-            lock.lock().expect("webhook queue lock").busy = false;
-            wake.notify_all();
-        }
-    }
+impl Transport for HttpPost {
+    type Item = Vec<u8>;
 
-    fn post(&self, body: &[u8]) -> Attempt {
+    fn attempt(&mut self, body: &Vec<u8>) -> Attempt {
         let mut req = self
             .agent
-            .post(&self.config.url)
+            .post(&self.url)
             .set("Content-Type", "application/json");
         if let Some(secret) = &self.secret {
             req = req.set("X-Infermon-Signature", &signature(secret, body));
@@ -333,12 +217,6 @@ impl Worker {
             Err(e) => Attempt::Retry(e.to_string(), None),
         }
     }
-}
-
-/// `d` scaled by a random factor in [0.5, 1.5), so retries of many senders
-/// do not arrive in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod alerts_offline;
 mod drift_reference;
+mod email_delivery;
 mod incidents_analytics;
 mod influxdb_line_protocol;
 mod latency_reference;

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, default_value = "infermon-alerts.jsonl")]
         alerts_out: PathBuf,
         /// Also deliver notifications to the configured receivers
-        /// (`[[alerts.webhooks]]`).
+        /// (`[[alerts.webhooks]]`, `[[alerts.emails]]`).
         #[arg(long)]
         send: bool,
         /// With --send: how long to wait at the end for deliveries.
@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(kib) = peak_rss_kib() {
                 println!("peak RSS: {:.1} MiB", kib as f64 / 1024.0);
             }
-            let undelivered: u64 = report.webhooks.iter().map(|(_, w)| w.undelivered).sum();
+            let undelivered: u64 = report.receivers.iter().map(|(_, w)| w.undelivered).sum();
             if undelivered > 0 {
                 bail!("{undelivered} notification groups could not be delivered (see the log)");
             }

@@ -18,7 +18,7 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::{AlertStatus, DeliveryStats, Notification, WebhookSender};
+use crate::alerts::{AlertStatus, DeliveryStats, EmailSender, Notification, WebhookSender};
 use crate::config::Config;
 use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
@@ -80,8 +80,8 @@ pub struct ReplayReport {
     pub late_training_steps: u64,
     /// Firing notifications by alert name.
     pub alerts_fired: BTreeMap<String, u64>,
-    /// Delivery per webhook receiver (with `--send`).
-    pub webhooks: Vec<(String, DeliveryStats)>,
+    /// Delivery per receiver (with `--send`), e.g. `webhook oncall`.
+    pub receivers: Vec<(String, DeliveryStats)>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -124,10 +124,15 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let mut alerts = config.alerts.engine();
-    let mut senders = Vec::new();
+    let mut senders = Senders::default();
     if opts.send.is_some() {
         for w in &config.alerts.webhooks {
-            senders.push(WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?);
+            let s = WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?;
+            senders.webhooks.push((w.name.clone(), s));
+        }
+        for e in &config.alerts.emails {
+            let s = EmailSender::start(e.clone()).map_err(anyhow::Error::msg)?;
+            senders.emails.push((e.name.clone(), s));
         }
     }
     let tick_ms = config
@@ -253,12 +258,7 @@ pub async fn replay(
     let fired = alerts.observe(&pending);
     notify(&fired, sink, alerts_out, &senders, &mut report)?;
     alerts_out.flush()?;
-    let deadline = opts.send.unwrap_or_default();
-    for (sender, w) in senders.into_iter().zip(&config.alerts.webhooks) {
-        report
-            .webhooks
-            .push((w.name.clone(), sender.close(deadline)));
-    }
+    report.receivers = senders.close(opts.send.unwrap_or_default());
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -280,21 +280,46 @@ pub async fn replay(
     Ok(report)
 }
 
+/// The receivers notifications are delivered to (`--send`).
+#[derive(Default)]
+struct Senders {
+    webhooks: Vec<(String, WebhookSender)>,
+    emails: Vec<(String, EmailSender)>,
+}
+
+impl Senders {
+    fn send(&self, fired: &[Notification]) {
+        self.webhooks.iter().for_each(|(_, s)| s.send(fired));
+        self.emails.iter().for_each(|(_, s)| s.send(fired));
+    }
+
+    /// Wait for each queue to drain (at most `deadline` each), then stop;
+    /// delivery counts per receiver.
+    fn close(self, deadline: Duration) -> Vec<(String, DeliveryStats)> {
+        let mut out = Vec::new();
+        for (name, s) in self.webhooks {
+            out.push((format!("webhook {name}"), s.close(deadline)));
+        }
+        for (name, s) in self.emails {
+            out.push((format!("email {name}"), s.close(deadline)));
+        }
+        out
+    }
+}
+
 /// Notifications to the alerts log and as `alerts` points.
 fn notify(
     fired: &[Notification],
     sink: &mut LineProtocolFile,
     alerts_out: &mut AlertsFile,
-    senders: &[WebhookSender],
+    senders: &Senders,
     report: &mut ReplayReport,
 ) -> anyhow::Result<()> {
     if fired.is_empty() {
         return Ok(());
     }
     alerts_out.write(OFFLINE_RECEIVER, fired)?;
-    for s in senders {
-        s.send(fired);
-    }
+    senders.send(fired);
     let points: Vec<Point> = fired.iter().map(Notification::point).collect();
     sink.write(&points)?;
     for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
@@ -466,9 +491,9 @@ pub fn summary_table(report: &ReplayReport) -> String {
             .collect();
         out.push_str(&format!("alerts fired: {}\n", names.join(", ")));
     }
-    for (name, w) in &report.webhooks {
+    for (name, w) in &report.receivers {
         out.push_str(&format!(
-            "webhook {name}: {} delivered, {} retries, {} rejected (4xx), {} dropped (queue full), {} undelivered\n",
+            "{name}: {} delivered, {} retries, {} rejected (4xx), {} dropped (queue full), {} undelivered\n",
             w.delivered, w.retries, w.rejected, w.dropped, w.undelivered
         ));
     }

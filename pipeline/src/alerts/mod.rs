@@ -6,6 +6,7 @@
 //! (delivery to webhooks and email is the next step).
 
 pub mod delivery;
+pub mod email;
 pub mod engine;
 pub mod notification;
 pub mod rule;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use delivery::DeliveryStats;
+pub use email::{EmailConfig, EmailSender};
 pub use engine::{AlertEngine, Flapping};
 pub use notification::{AlertStatus, Notification};
 pub use rule::RuleConfig;
@@ -41,6 +43,8 @@ pub struct AlertsConfig {
     /// Webhook receivers (`[[alerts.webhooks]]`); offline replays only send
     /// with `--send`.
     pub webhooks: Vec<WebhookConfig>,
+    /// Email receivers (`[[alerts.emails]]`); offline, only with `--send`.
+    pub emails: Vec<EmailConfig>,
 }
 
 impl Default for AlertsConfig {
@@ -51,6 +55,7 @@ impl Default for AlertsConfig {
             flap_window: Duration::from_secs(30 * 60),
             flap_limit: 6,
             webhooks: Vec::new(),
+            emails: Vec::new(),
         }
     }
 }

@@ -195,3 +195,107 @@ summary = "{model} had {value} errors"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("=>"), "{stderr}");
 }
+
+/// Silences from the CLI land in the silences file and are listed; a
+/// silence in force at the incident's event time mutes its notifications,
+/// and a firing critical alert inhibits the same model's warnings.
+#[test]
+fn silences_and_inhibition() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("silences.jsonl");
+    let out = run_ok(
+        infermon()
+            .args(["silence", "add", "--matcher", "model=ads-ctr", "--matcher"])
+            .arg("alertname=!error_rate_high")
+            .args([
+                "--duration",
+                "2h",
+                "--comment",
+                "promo week (jane)",
+                "--file",
+            ])
+            .arg(&file),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("silenced until"));
+    let ls = run_ok(infermon().args(["silence", "ls", "--file"]).arg(&file));
+    let table = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        table.contains("active") && table.contains("model=ads-ctr") && table.contains("promo week"),
+        "{table}"
+    );
+    let bad = infermon()
+        .args([
+            "silence",
+            "add",
+            "--matcher",
+            "oops",
+            "--duration",
+            "1h",
+            "--file",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"oops\" is not NAME=VALUE"));
+
+    // The error burst (2025-11-20 14:12) silenced in the config for its hour.
+    let rec = recordings()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("error-burst"))
+        .unwrap();
+    let replay = |toml: &str| {
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, toml).unwrap();
+        let alerts = dir.path().join("a.jsonl");
+        let out = run_ok(
+            infermon()
+                .arg("--config")
+                .arg(&config)
+                .args(["replay", "--offline", "--quiet"])
+                .arg(&rec)
+                .arg("--metrics-out")
+                .arg(dir.path().join("m.lp"))
+                .arg("--alerts-out")
+                .arg(&alerts),
+        );
+        let names: Vec<String> = std::fs::read_to_string(&alerts)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {}",
+                    v["labels"]["alertname"].as_str().unwrap(),
+                    v["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        (names, String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (plain, summary) = replay("");
+    assert!(
+        plain.contains(&"error_rate_high firing".to_string()),
+        "{plain:?}"
+    );
+    // The slow timeouts' latency warning is inhibited by the critical burst.
+    assert!(
+        !plain
+            .iter()
+            .any(|n| n.starts_with("latency_p99_regression")),
+        "{plain:?}"
+    );
+    assert!(summary.contains("inhibited"), "{summary}");
+    let (silenced, summary) = replay(
+        "[[alerts.silences]]\nmatchers = { model = \"recsys-ranker\" }\nstarts_at = \"2025-11-20T14:00:00Z\"\nends_at = \"2025-11-20T15:00:00Z\"\ncomment = \"planned GPU maintenance\"\n",
+    );
+    assert!(silenced.is_empty(), "{silenced:?}");
+    assert!(summary.contains("silenced"), "{summary}");
+    let (no_inhibit, _) = replay("[alerts]\ninhibit = false\n");
+    assert!(
+        no_inhibit
+            .iter()
+            .any(|n| n.starts_with("latency_p99_regression")),
+        "{no_inhibit:?}"
+    );
+}

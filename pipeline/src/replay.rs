@@ -18,7 +18,9 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::{AlertStatus, DeliveryStats, EmailSender, Notification, WebhookSender};
+use crate::alerts::{
+    AlertStatus, DeliveryStats, EmailSender, Notification, Policy, PolicyStats, WebhookSender,
+};
 use crate::config::Config;
 use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
@@ -80,6 +82,8 @@ pub struct ReplayReport {
     pub late_training_steps: u64,
     /// Firing notifications by alert name.
     pub alerts_fired: BTreeMap<String, u64>,
+    /// Notifications muted by silences and inhibition.
+    pub muted: PolicyStats,
     /// Delivery per receiver (with `--send`), e.g. `webhook oncall`.
     pub receivers: Vec<(String, DeliveryStats)>,
     /// Wall time.
@@ -124,6 +128,7 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let mut alerts = config.alerts.engine();
+    let mut policy = config.alerts.policy().map_err(anyhow::Error::msg)?;
     let mut senders = Senders::default();
     if opts.send.is_some() {
         for w in &config.alerts.webhooks {
@@ -222,7 +227,7 @@ pub async fn replay(
             }
             sink.write(&points)?;
             let fired = alerts.observe(&points);
-            notify(&fired, sink, alerts_out, &senders, &mut report)?;
+            notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -241,7 +246,7 @@ pub async fn replay(
             let points = emit(closed, &sql, sink, &mut report).await?;
             let mut fired = alerts.observe(&points);
             fired.extend(alerts.tick(end, tick_ms));
-            notify(&fired, sink, alerts_out, &senders, &mut report)?;
+            notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
@@ -251,14 +256,15 @@ pub async fn replay(
         let points = emit(closed, &sql, sink, &mut report).await?;
         let mut fired = alerts.observe(&points);
         fired.extend(alerts.tick(end, tick_ms));
-        notify(&fired, sink, alerts_out, &senders, &mut report)?;
+        notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
     }
     let pending = engine.take_pending_points();
     sink.write(&pending)?;
     let fired = alerts.observe(&pending);
-    notify(&fired, sink, alerts_out, &senders, &mut report)?;
+    notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
     alerts_out.flush()?;
     report.receivers = senders.close(opts.send.unwrap_or_default());
+    report.muted = policy.stats();
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -309,17 +315,19 @@ impl Senders {
 
 /// Notifications to the alerts log and as `alerts` points.
 fn notify(
-    fired: &[Notification],
+    fired: Vec<Notification>,
+    policy: &mut Policy,
     sink: &mut LineProtocolFile,
     alerts_out: &mut AlertsFile,
     senders: &Senders,
     report: &mut ReplayReport,
 ) -> anyhow::Result<()> {
+    let fired = policy.apply(fired);
     if fired.is_empty() {
         return Ok(());
     }
-    alerts_out.write(OFFLINE_RECEIVER, fired)?;
-    senders.send(fired);
+    alerts_out.write(OFFLINE_RECEIVER, &fired)?;
+    senders.send(&fired);
     let points: Vec<Point> = fired.iter().map(Notification::point).collect();
     sink.write(&points)?;
     for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
@@ -490,6 +498,12 @@ pub fn summary_table(report: &ReplayReport) -> String {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         out.push_str(&format!("alerts fired: {}\n", names.join(", ")));
+    }
+    if report.muted != PolicyStats::default() {
+        out.push_str(&format!(
+            "alerts muted: {} silenced, {} inhibited\n",
+            report.muted.silenced, report.muted.inhibited
+        ));
     }
     for (name, w) in &report.receivers {
         out.push_str(&format!(

@@ -9,9 +9,11 @@ pub mod delivery;
 pub mod email;
 pub mod engine;
 pub mod notification;
+pub mod policy;
 pub mod rule;
 pub mod webhook;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ pub use delivery::DeliveryStats;
 pub use email::{EmailConfig, EmailSender};
 pub use engine::{AlertEngine, Flapping};
 pub use notification::{AlertStatus, Notification};
+pub use policy::{Policy, PolicyStats, Silence};
 pub use rule::RuleConfig;
 pub use webhook::{WebhookConfig, WebhookSender};
 
@@ -45,6 +48,13 @@ pub struct AlertsConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// Email receivers (`[[alerts.emails]]`); offline, only with `--send`.
     pub emails: Vec<EmailConfig>,
+    /// Silences written in the config (`[[alerts.silences]]`).
+    pub silences: Vec<Silence>,
+    /// The file `infermon silence add` appends to (JSON lines), read at
+    /// start-up.
+    pub silences_file: Option<PathBuf>,
+    /// A firing critical alert mutes warnings of the same model.
+    pub inhibit: bool,
 }
 
 impl Default for AlertsConfig {
@@ -56,6 +66,9 @@ impl Default for AlertsConfig {
             flap_limit: 6,
             webhooks: Vec::new(),
             emails: Vec::new(),
+            silences: Vec::new(),
+            silences_file: None,
+            inhibit: true,
         }
     }
 }
@@ -87,6 +100,23 @@ impl AlertsConfig {
         };
         rules.extend(self.rules.iter().cloned());
         rules
+    }
+
+    /// Silences from the config and the silences file.
+    pub fn all_silences(&self) -> Result<Vec<Silence>, String> {
+        let mut all = self.silences.clone();
+        for s in &all {
+            s.validate()?;
+        }
+        if let Some(path) = &self.silences_file {
+            all.extend(policy::read_silences_file(path)?);
+        }
+        Ok(all)
+    }
+
+    /// The policy stage (silences, inhibition) for these settings.
+    pub fn policy(&self) -> Result<Policy, String> {
+        Ok(Policy::new(self.all_silences()?, self.inhibit))
     }
 
     /// An engine for the rules in force.

@@ -1,0 +1,329 @@
+//! What happens to a notification between the rules and the receivers:
+//! silences (label matchers with an expiry) and inhibition (a firing
+//! critical alert mutes warnings of the same model), as in Alertmanager.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::notification::{AlertStatus, Notification, rfc3339};
+
+/// One silence (`[[alerts.silences]]`, or a line of the silences file that
+/// `infermon silence add` appends to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Silence {
+    /// Labels that must all be equal (`model = "ads-ctr"`); a value starting
+    /// with `!` must differ instead.
+    pub matchers: BTreeMap<String, String>,
+    /// When the silence ends (RFC 3339). Compared with the notification's
+    /// event time, so a replay honours silences of its own period.
+    pub ends_at: String,
+    /// When it starts (RFC 3339; default: always).
+    #[serde(default)]
+    pub starts_at: Option<String>,
+    /// Who and why.
+    #[serde(default)]
+    pub comment: String,
+}
+
+impl Silence {
+    /// Whether `n` is muted by this silence.
+    pub fn mutes(&self, n: &Notification) -> bool {
+        let in_time = parse_ms(&self.ends_at).is_some_and(|end| n.at_ms < end)
+            && self
+                .starts_at
+                .as_deref()
+                .is_none_or(|s| parse_ms(s).is_some_and(|start| n.at_ms >= start));
+        in_time
+            && self.matchers.iter().all(|(k, want)| {
+                let have = n.labels.get(k).map_or("", String::as_str);
+                match want.strip_prefix('!') {
+                    Some(not) => have != not,
+                    None => have == want,
+                }
+            })
+    }
+
+    /// Whether the silence is still in force at `now_ms`.
+    pub fn active_at(&self, now_ms: i64) -> bool {
+        parse_ms(&self.ends_at).is_some_and(|end| now_ms < end)
+    }
+
+    /// Check the times parse; the error names the silence.
+    pub fn validate(&self) -> Result<(), String> {
+        for t in std::iter::once(&self.ends_at).chain(&self.starts_at) {
+            if parse_ms(t).is_none() {
+                return Err(format!(
+                    "silence {:?}: {t:?} is not an RFC 3339 time",
+                    self.matchers
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3339 → ms since the epoch.
+pub fn parse_ms(t: &str) -> Option<i64> {
+    let st = humantime::parse_rfc3339_weak(t).ok()?;
+    let d = st.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// Silences from a JSON-lines file (one [`Silence`] per line); a missing
+/// file means none.
+pub fn read_silences_file(path: &Path) -> Result<Vec<Silence>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let s: Silence = serde_json::from_str(l)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
+            s.validate()?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Append a silence to the file.
+pub fn append_silence(path: &Path, s: &Silence) -> Result<(), String> {
+    use std::io::Write as _;
+    s.validate()?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = serde_json::to_string(s).map_err(|e| e.to_string())?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Counters of the policy stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Notifications muted by a silence.
+    pub silenced: u64,
+    /// Warnings muted by a firing critical alert of the same model.
+    pub inhibited: u64,
+}
+
+/// Silences and inhibition, applied in that order.
+#[derive(Debug, Default)]
+pub struct Policy {
+    silences: Vec<Silence>,
+    inhibit: bool,
+    /// Fingerprints of firing critical alerts, per model.
+    critical: BTreeMap<String, BTreeSet<String>>,
+    /// Fingerprints of warnings whose firing notification was inhibited:
+    /// their resolved notification is muted too.
+    muted: BTreeSet<String>,
+    stats: PolicyStats,
+}
+
+impl Policy {
+    /// A policy with these silences; `inhibit` turns inhibition on.
+    pub fn new(silences: Vec<Silence>, inhibit: bool) -> Self {
+        Self {
+            silences,
+            inhibit,
+            ..Self::default()
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    /// The notifications that go out.
+    pub fn apply(&mut self, notifications: Vec<Notification>) -> Vec<Notification> {
+        let mut out = Vec::with_capacity(notifications.len());
+        for n in notifications {
+            let model = n.labels.get("model").cloned().unwrap_or_default();
+            let severity = n.labels.get("severity").map_or("", String::as_str);
+            let fingerprint = n.fingerprint();
+            // Track critical alerts whether or not they are silenced: a
+            // silenced outage still explains its warnings.
+            if severity == "critical" {
+                let set = self.critical.entry(model.clone()).or_default();
+                match n.status {
+                    AlertStatus::Firing => set.insert(fingerprint.clone()),
+                    AlertStatus::Resolved => set.remove(&fingerprint),
+                };
+            }
+            if self.silences.iter().any(|s| s.mutes(&n)) {
+                self.stats.silenced += 1;
+                continue;
+            }
+            if self.inhibit && severity == "warning" {
+                let critical_firing = self.critical.get(&model).is_some_and(|s| !s.is_empty());
+                let was_muted = self.muted.contains(&fingerprint);
+                if (n.status == AlertStatus::Firing && critical_firing) || was_muted {
+                    if n.status == AlertStatus::Firing {
+                        self.muted.insert(fingerprint);
+                    } else {
+                        self.muted.remove(&fingerprint);
+                    }
+                    self.stats.inhibited += 1;
+                    continue;
+                }
+            }
+            out.push(n);
+        }
+        out
+    }
+}
+
+/// A table of silences for `infermon silence ls`.
+pub fn silences_table(silences: &[Silence], now_ms: i64) -> String {
+    let mut out = String::from("state     ends_at                   matchers  comment\n");
+    for s in silences {
+        let matchers: Vec<String> = s.matchers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = if s.active_at(now_ms) {
+            "active"
+        } else {
+            "expired"
+        };
+        let ends = parse_ms(&s.ends_at).map_or(s.ends_at.clone(), rfc3339);
+        out.push_str(&format!(
+            "{state:<9} {ends:<25} {}  {}\n",
+            matchers.join(","),
+            s.comment
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str, severity: &str, model: &str, status: AlertStatus, at_ms: i64) -> Notification {
+        Notification {
+            status,
+            labels: [
+                ("alertname", name),
+                ("severity", severity),
+                ("model", model),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            annotations: BTreeMap::new(),
+            starts_at_ms: at_ms,
+            ends_at_ms: None,
+            value: 1.0,
+            at_ms,
+        }
+    }
+
+    fn silence(matchers: &[(&str, &str)], ends_at: &str) -> Silence {
+        Silence {
+            matchers: matchers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ends_at: ends_at.into(),
+            starts_at: None,
+            comment: "maintenance".into(),
+        }
+    }
+
+    #[test]
+    fn silences_match_labels_until_they_expire() {
+        let s = silence(
+            &[("model", "ads"), ("severity", "!critical")],
+            "1970-01-01T00:10:00Z",
+        );
+        let mut p = Policy::new(vec![s], false);
+        let out = p.apply(vec![
+            n("drift", "warning", "ads", AlertStatus::Firing, 60_000),
+            n("errors", "critical", "ads", AlertStatus::Firing, 60_000),
+            n("drift", "warning", "other", AlertStatus::Firing, 60_000),
+            n(
+                "drift",
+                "warning",
+                "ads",
+                AlertStatus::Resolved,
+                11 * 60_000,
+            ),
+        ]);
+        let kept: Vec<(&str, &str)> = out
+            .iter()
+            .map(|n| (n.labels["model"].as_str(), n.status.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![("ads", "firing"), ("other", "firing"), ("ads", "resolved")]
+        );
+        assert_eq!(p.stats().silenced, 1);
+    }
+
+    #[test]
+    fn a_firing_critical_inhibits_warnings_of_the_same_model() {
+        let mut p = Policy::new(Vec::new(), true);
+        let out = p.apply(vec![
+            n("errors", "critical", "m", AlertStatus::Firing, 1),
+            n("slow", "warning", "m", AlertStatus::Firing, 2),
+            n("slow", "warning", "other", AlertStatus::Firing, 2),
+            n("slow", "warning", "m", AlertStatus::Resolved, 3),
+            n("errors", "critical", "m", AlertStatus::Resolved, 4),
+            n("slow", "warning", "m", AlertStatus::Firing, 5),
+        ]);
+        let kept: Vec<(&str, &str, i64)> = out
+            .iter()
+            .map(|n| {
+                (
+                    n.labels["alertname"].as_str(),
+                    n.labels["model"].as_str(),
+                    n.at_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("errors", "m", 1),
+                ("slow", "other", 2),
+                ("errors", "m", 4),
+                ("slow", "m", 5)
+            ]
+        );
+        assert_eq!(
+            p.stats().inhibited,
+            2,
+            "the muted warning's resolve is muted too"
+        );
+    }
+
+    #[test]
+    fn bad_times_are_clear_errors() {
+        let err = silence(&[("model", "m")], "tomorrow")
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.contains("\"tomorrow\" is not an RFC 3339 time"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn silences_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silences.jsonl");
+        assert!(read_silences_file(&path).unwrap().is_empty());
+        let s = silence(&[("model", "m")], "2030-01-01T00:00:00Z");
+        append_silence(&path, &s).unwrap();
+        append_silence(&path, &s).unwrap();
+        assert_eq!(read_silences_file(&path).unwrap(), vec![s.clone(), s]);
+        std::fs::write(&path, "{not json}\n").unwrap();
+        let err = read_silences_file(&path).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

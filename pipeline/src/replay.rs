@@ -18,6 +18,7 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
+use crate::alerts::grouping::Grouper;
 use crate::alerts::{
     AlertStatus, DeliveryStats, EmailSender, Notification, Policy, PolicyStats, WebhookSender,
 };
@@ -129,7 +130,10 @@ pub async fn replay(
     let started = Instant::now();
     let mut alerts = config.alerts.engine();
     let mut policy = config.alerts.policy().map_err(anyhow::Error::msg)?;
-    let mut senders = Senders::default();
+    let mut senders = Senders {
+        grouper: Grouper::new(config.alerts.grouping.clone()),
+        ..Senders::default()
+    };
     if opts.send.is_some() {
         for w in &config.alerts.webhooks {
             let s = WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?;
@@ -227,7 +231,14 @@ pub async fn replay(
             }
             sink.write(&points)?;
             let fired = alerts.observe(&points);
-            notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
+            notify(
+                fired,
+                &mut policy,
+                sink,
+                alerts_out,
+                &mut senders,
+                &mut report,
+            )?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -246,7 +257,15 @@ pub async fn replay(
             let points = emit(closed, &sql, sink, &mut report).await?;
             let mut fired = alerts.observe(&points);
             fired.extend(alerts.tick(end, tick_ms));
-            notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
+            notify(
+                fired,
+                &mut policy,
+                sink,
+                alerts_out,
+                &mut senders,
+                &mut report,
+            )?;
+            senders.dispatch(end, false);
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
@@ -256,12 +275,28 @@ pub async fn replay(
         let points = emit(closed, &sql, sink, &mut report).await?;
         let mut fired = alerts.observe(&points);
         fired.extend(alerts.tick(end, tick_ms));
-        notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
+        notify(
+            fired,
+            &mut policy,
+            sink,
+            alerts_out,
+            &mut senders,
+            &mut report,
+        )?;
     }
     let pending = engine.take_pending_points();
     sink.write(&pending)?;
     let fired = alerts.observe(&pending);
-    notify(fired, &mut policy, sink, alerts_out, &senders, &mut report)?;
+    notify(
+        fired,
+        &mut policy,
+        sink,
+        alerts_out,
+        &mut senders,
+        &mut report,
+    )?;
+    // End of input: whatever waits in a group goes out now.
+    senders.dispatch(i64::MAX, true);
     alerts_out.flush()?;
     report.receivers = senders.close(opts.send.unwrap_or_default());
     report.muted = policy.stats();
@@ -286,17 +321,36 @@ pub async fn replay(
     Ok(report)
 }
 
-/// The receivers notifications are delivered to (`--send`).
+/// The receivers notifications are delivered to (`--send`), behind the
+/// grouping timers.
 #[derive(Default)]
 struct Senders {
+    grouper: Grouper,
     webhooks: Vec<(String, WebhookSender)>,
     emails: Vec<(String, EmailSender)>,
 }
 
 impl Senders {
-    fn send(&self, fired: &[Notification]) {
-        self.webhooks.iter().for_each(|(_, s)| s.send(fired));
-        self.emails.iter().for_each(|(_, s)| s.send(fired));
+    fn is_empty(&self) -> bool {
+        self.webhooks.is_empty() && self.emails.is_empty()
+    }
+
+    /// Hand notifications made at event time `now` to the grouper, and send
+    /// what is due.
+    fn add(&mut self, fired: &[Notification], now: i64) {
+        if self.is_empty() {
+            return;
+        }
+        self.grouper.add(fired, now);
+        self.dispatch(now, false);
+    }
+
+    /// Send the groups due at `now` (all of them when `flush`).
+    fn dispatch(&mut self, now: i64, flush: bool) {
+        for group in self.grouper.due(now, flush) {
+            self.webhooks.iter().for_each(|(_, s)| s.send(&group));
+            self.emails.iter().for_each(|(_, s)| s.send(&group));
+        }
     }
 
     /// Wait for each queue to drain (at most `deadline` each), then stop;
@@ -319,7 +373,7 @@ fn notify(
     policy: &mut Policy,
     sink: &mut LineProtocolFile,
     alerts_out: &mut AlertsFile,
-    senders: &Senders,
+    senders: &mut Senders,
     report: &mut ReplayReport,
 ) -> anyhow::Result<()> {
     let fired = policy.apply(fired);
@@ -327,7 +381,8 @@ fn notify(
         return Ok(());
     }
     alerts_out.write(OFFLINE_RECEIVER, &fired)?;
-    senders.send(&fired);
+    let now = fired.iter().map(|n| n.at_ms).max().unwrap_or_default();
+    senders.add(&fired, now);
     let points: Vec<Point> = fired.iter().map(Notification::point).collect();
     sink.write(&points)?;
     for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {

@@ -8,6 +8,7 @@
 pub mod delivery;
 pub mod email;
 pub mod engine;
+pub mod grouping;
 pub mod notification;
 pub mod policy;
 pub mod rule;
@@ -55,6 +56,8 @@ pub struct AlertsConfig {
     pub silences_file: Option<PathBuf>,
     /// A firing critical alert mutes warnings of the same model.
     pub inhibit: bool,
+    /// How notifications are grouped and paced for receivers.
+    pub grouping: grouping::GroupingConfig,
 }
 
 impl Default for AlertsConfig {
@@ -69,6 +72,7 @@ impl Default for AlertsConfig {
             silences: Vec::new(),
             silences_file: None,
             inhibit: true,
+            grouping: grouping::GroupingConfig::default(),
         }
     }
 }

@@ -41,6 +41,19 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Items waiting; beyond this the oldest is dropped.
     pub queue_capacity: usize,
+    /// Rate limit: at least this long between two items (not between
+    /// retries of one). Zero for none.
+    pub min_interval: Duration,
+}
+
+impl RetryPolicy {
+    /// `min_interval` for at most `per_minute` items a minute (none if 0).
+    pub fn interval_for(per_minute: u32) -> Duration {
+        match per_minute {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(60) / n,
+        }
+    }
 }
 
 /// Delivery counters, for logs, `/metrics` and tests.
@@ -152,6 +165,7 @@ impl<T: Send + 'static> DeliveryQueue<T> {
 
 fn run<X: Transport>(name: &str, mut transport: X, policy: RetryPolicy, shared: &Shared<X::Item>) {
     let (lock, wake) = &**shared;
+    let mut last_start: Option<Instant> = None;
     loop {
         let item = {
             let mut q = lock.lock().expect("delivery queue lock");
@@ -166,6 +180,14 @@ fn run<X: Transport>(name: &str, mut transport: X, policy: RetryPolicy, shared: 
                 q = wake.wait(q).expect("delivery queue lock");
             }
         };
+        // Rate limit: items wait their turn; nothing is dropped for it.
+        if let Some(prev) = last_start {
+            let since = Instant::now().duration_since(prev);
+            if since < policy.min_interval {
+                std::thread::sleep(policy.min_interval - since);
+            }
+        }
+        last_start = Some(Instant::now());
         let mut backoff = policy.initial_backoff;
         loop {
             match transport.attempt(&item) {
@@ -236,7 +258,28 @@ mod tests {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
             queue_capacity: capacity,
+            min_interval: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn the_rate_limit_spaces_items_out() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let t = Flaky {
+            failures: 0,
+            seen: seen.clone(),
+        };
+        let mut p = policy(10);
+        p.min_interval = RetryPolicy::interval_for(1200); // 50 ms apart
+        let started = Instant::now();
+        let q = DeliveryQueue::start("t", t, p).unwrap();
+        for i in 1..=4 {
+            q.push(i);
+        }
+        let stats = q.close(Duration::from_secs(5));
+        assert_eq!(stats.delivered, 4);
+        // Three gaps of 50 ms: a lower bound, which load cannot break.
+        assert!(started.elapsed() >= Duration::from_millis(150));
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct EmailConfig {
     /// Mails waiting; beyond this the oldest is dropped.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
+    #[serde(default)]
+    pub max_per_minute: u32,
     /// Labels that group notifications into one mail.
     #[serde(default = "default_group_by")]
     pub group_by: Vec<String>,
@@ -152,6 +155,7 @@ impl EmailSender {
             initial_backoff: config.initial_backoff,
             max_backoff: config.max_backoff,
             queue_capacity: config.queue_capacity,
+            min_interval: RetryPolicy::interval_for(config.max_per_minute),
         };
         let queue = DeliveryQueue::start(&config.name, Smtp(builder.build()), policy)
             .map_err(|e| err(e.to_string()))?;

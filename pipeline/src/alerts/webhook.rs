@@ -42,6 +42,9 @@ pub struct WebhookConfig {
     /// Groups waiting for delivery; beyond this the oldest is dropped.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
+    #[serde(default)]
+    pub max_per_minute: u32,
     /// Labels that group notifications into one request.
     #[serde(default = "default_group_by")]
     pub group_by: Vec<String>,
@@ -143,6 +146,7 @@ impl WebhookSender {
             initial_backoff: config.initial_backoff,
             max_backoff: config.max_backoff,
             queue_capacity: config.queue_capacity,
+            min_interval: RetryPolicy::interval_for(config.max_per_minute),
         };
         let queue = DeliveryQueue::start(&config.name, transport, policy)
             .map_err(|e| format!("webhook {}: {e}", config.name))?;

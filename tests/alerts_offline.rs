@@ -16,20 +16,15 @@ struct Fired {
     at_ms: i64,
 }
 
-#[test]
-fn default_rules_fire_on_every_bundled_incident_and_nowhere_else() {
+/// Replay `files` on built-in defaults; the alerts log and the `alerts`
+/// points that fired.
+fn replay_defaults(files: &[std::path::PathBuf]) -> (Vec<Value>, Vec<Fired>) {
     let dir = tempfile::tempdir().unwrap();
     let (metrics, alerts) = (dir.path().join("m.lp"), dir.path().join("alerts.jsonl"));
-    // Built-in rules; only the drift reference is shortened, because each
-    // bundled file is 30 minutes with its incident 15 minutes in.
-    let config = dir.path().join("infermon.toml");
-    std::fs::write(&config, "[drift]\nreference_window = \"10m\"\n").unwrap();
     let out = run_ok(
         infermon()
-            .arg("--config")
-            .arg(&config)
             .arg("replay")
-            .args(recordings())
+            .args(files)
             .args(["--offline", "--quiet", "--metrics-out"])
             .arg(&metrics)
             .arg("--alerts-out")
@@ -37,13 +32,105 @@ fn default_rules_fire_on_every_bundled_incident_and_nowhere_else() {
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("alerts fired:"), "{summary}");
-
-    // The alerts log: Alertmanager alert objects plus the receiver.
     let log: Vec<Value> = std::fs::read_to_string(&alerts)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
+    let fired: Vec<Fired> = lines
+        .iter()
+        .filter(|l| l.measurement == "alerts")
+        .filter(|l| {
+            l.fields
+                .iter()
+                .any(|(k, v)| k == "state" && v == "\"firing\"")
+        })
+        .map(|l| Fired {
+            alertname: l.tag("alertname").unwrap().to_string(),
+            model: l.tag("model").unwrap().to_string(),
+            at_ms: l.ts_ns / 1_000_000,
+        })
+        .collect();
+    (log, fired)
+}
+
+fn incidents() -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(repo().join("replay-data/recordings/incidents.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Each incident's documented alert fired within two windows of its start.
+fn assert_fires(incident: &Value, fired: &[Fired]) {
+    let start = incident["start_ms"].as_i64().unwrap();
+    let model = incident["model"].as_str().unwrap();
+    // "gradient_nonfinite / gradient_explosion (gradients...)" → names.
+    let documented = incident["alert"].as_str().unwrap();
+    let names: Vec<&str> = documented
+        .split(" (")
+        .next()
+        .unwrap()
+        .split(" / ")
+        .collect();
+    let first_window_end = start - start.rem_euclid(WINDOW_MS) + WINDOW_MS;
+    let hit = fired.iter().any(|f| {
+        names.contains(&f.alertname.as_str())
+            && f.model == model
+            && f.at_ms >= start
+            && f.at_ms <= first_window_end + WINDOW_MS
+    });
+    assert!(
+        hit,
+        "incident {:?}: none of {names:?} fired for {model} within two windows of {start}",
+        incident["name"]
+    );
+}
+
+/// Nothing else: each firing belongs to an incident of its model.
+fn assert_nothing_else(incidents: &[Value], fired: &[Fired]) {
+    for f in fired {
+        assert_ne!(
+            f.model, "query-encoder",
+            "the quiet model alerted: {}",
+            f.alertname
+        );
+        let explained = incidents.iter().any(|i| {
+            i["model"] == f.model.as_str()
+                && f.at_ms >= i["start_ms"].as_i64().unwrap()
+                && f.at_ms <= i["end_ms"].as_i64().unwrap() + 2 * WINDOW_MS
+        });
+        assert!(
+            explained,
+            "{} fired for {} at {} outside every incident",
+            f.alertname, f.model, f.at_ms
+        );
+    }
+}
+
+#[test]
+fn each_bundled_file_on_defaults_fires_its_documented_alert_and_nothing_else() {
+    let all = incidents();
+    for incident in &all {
+        let file = repo()
+            .join("replay-data/recordings")
+            .join(incident["file"].as_str().unwrap());
+        let (_, fired) = replay_defaults(&[file]);
+        assert_fires(incident, &fired);
+        assert_nothing_else(&all, &fired);
+    }
+}
+
+#[test]
+fn all_bundled_files_together_and_the_alert_log_format() {
+    let all = incidents();
+    let (log, fired) = replay_defaults(&recordings());
+    for incident in &all {
+        assert_fires(incident, &fired);
+    }
+    assert_nothing_else(&all, &fired);
+    // The alerts log: Alertmanager alert objects plus the receiver, one per
+    // notification, each firing one also an `alerts` point.
     assert!(!log.is_empty());
     for a in &log {
         for key in [
@@ -65,72 +152,8 @@ fn default_rules_fire_on_every_bundled_incident_and_nowhere_else() {
             "{a}"
         );
     }
-    // Every firing alert of the log is resolved later or still open at the
-    // end, and each firing has exactly one `alerts` point.
-    let lines = parse_lines(&std::fs::read_to_string(&metrics).unwrap());
-    let fired: Vec<Fired> = lines
-        .iter()
-        .filter(|l| l.measurement == "alerts")
-        .filter(|l| {
-            l.fields
-                .iter()
-                .any(|(k, v)| k == "state" && v == "\"firing\"")
-        })
-        .map(|l| Fired {
-            alertname: l.tag("alertname").unwrap().to_string(),
-            model: l.tag("model").unwrap().to_string(),
-            at_ms: l.ts_ns / 1_000_000,
-        })
-        .collect();
     let firing_in_log = log.iter().filter(|a| a["status"] == "firing").count();
     assert_eq!(fired.len(), firing_in_log);
-
-    let text =
-        std::fs::read_to_string(repo().join("replay-data/recordings/incidents.json")).unwrap();
-    let incidents: Vec<Value> = serde_json::from_str(&text).unwrap();
-    for i in &incidents {
-        let start = i["start_ms"].as_i64().unwrap();
-        let model = i["model"].as_str().unwrap();
-        // "gradient_nonfinite / gradient_explosion (gradients...)" → names.
-        let documented = i["alert"].as_str().unwrap();
-        let names: Vec<&str> = documented
-            .split(" (")
-            .next()
-            .unwrap()
-            .split(" / ")
-            .collect();
-        let first_window_end = start - start.rem_euclid(WINDOW_MS) + WINDOW_MS;
-        let hit = fired.iter().find(|f| {
-            names.contains(&f.alertname.as_str())
-                && f.model == model
-                && f.at_ms >= start
-                && f.at_ms <= first_window_end + WINDOW_MS
-        });
-        assert!(
-            hit.is_some(),
-            "incident {:?}: none of {names:?} fired for {model} within two windows of {start}",
-            i["name"]
-        );
-    }
-
-    // Nothing else: each firing belongs to an incident of its model.
-    for f in &fired {
-        assert_ne!(
-            f.model, "query-encoder",
-            "the quiet model alerted: {}",
-            f.alertname
-        );
-        let explained = incidents.iter().any(|i| {
-            i["model"] == f.model.as_str()
-                && f.at_ms >= i["start_ms"].as_i64().unwrap()
-                && f.at_ms <= i["end_ms"].as_i64().unwrap() + 2 * WINDOW_MS
-        });
-        assert!(
-            explained,
-            "{} fired for {} at {} outside every incident",
-            f.alertname, f.model, f.at_ms
-        );
-    }
 }
 
 /// A rule in the config file joins the built-in ones and can replace one;

@@ -16,19 +16,13 @@ fn incident(name: &str) -> (i64, i64) {
     )
 }
 
-/// Every bundled file in one replay, on built-in defaults except the
-/// reference window: each file is 30 minutes with its incident 15 minutes
-/// in, so a version's first 10 minutes (not the default 30) are its
-/// reference.
+/// Every bundled file in one replay, on built-in defaults: each model
+/// version's first 30 minutes are its reference.
 fn replay_all() -> Vec<Line> {
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("m.lp");
-    let config = dir.path().join("infermon.toml");
-    std::fs::write(&config, "[drift]\nreference_window = \"10m\"\n").unwrap();
     run_ok(
         infermon()
-            .arg("--config")
-            .arg(&config)
             .arg("replay")
             .args(recordings())
             .args(["--offline", "--quiet", "--metrics-out"])

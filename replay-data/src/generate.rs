@@ -32,13 +32,15 @@ pub struct GenerateOptions {
     pub rate_scale: f64,
 }
 
-/// 2026-11-20T00:00:00Z, the day the bundled recordings are set on.
+/// 2025-11-20T00:00:00Z, the day the bundled recordings are set on.
 pub const BUNDLED_DAY_MS: i64 = 1_763_596_800_000;
 
 impl GenerateOptions {
-    /// The settings of the committed recording of `scenario`: 30 minutes
-    /// each, placed one hour apart through the afternoon so all files can be
-    /// replayed together.
+    /// The settings of the committed recording of `scenario`: one hour
+    /// each, back to back through the afternoon so all files can be replayed
+    /// together. Each incident starts 36 minutes in, after the default
+    /// 30-minute drift reference (rounded up to whole windows) and a few
+    /// clean compared windows.
     pub fn bundled(scenario: Scenario) -> Self {
         let hour = match scenario {
             Scenario::LatencyRegression => 13,
@@ -55,7 +57,7 @@ impl GenerateOptions {
             duration_s: if scenario == Scenario::Day {
                 86_400
             } else {
-                1_800
+                3_600
             },
             rate_scale: 1.0,
         }

@@ -52,10 +52,10 @@ impl Scenario {
     pub(crate) fn windows(self) -> Vec<(IncidentKind, f64, f64)> {
         use IncidentKind::*;
         match self {
-            Scenario::LatencyRegression => vec![(SlowDeploy, 0.5, 1.0)],
-            Scenario::ErrorBurst => vec![(Errors, 0.4, 0.65)],
-            Scenario::InputShift => vec![(Shift, 0.5, 1.0)],
-            Scenario::FeatureNull => vec![(Nulls, 0.5, 0.8)],
+            Scenario::LatencyRegression => vec![(SlowDeploy, 0.6, 1.0)],
+            Scenario::ErrorBurst => vec![(Errors, 0.6, 0.75)],
+            Scenario::InputShift => vec![(Shift, 0.6, 1.0)],
+            Scenario::FeatureNull => vec![(Nulls, 0.6, 0.75)],
             Scenario::GradientExplosion => vec![(Explosion, 0.6, 0.6)],
             Scenario::Day => vec![
                 (SlowDeploy, 0.2, 1.0),

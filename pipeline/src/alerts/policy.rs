@@ -144,26 +144,30 @@ impl Policy {
 
     /// The notifications that go out.
     pub fn apply(&mut self, notifications: Vec<Notification>) -> Vec<Notification> {
-        let mut out = Vec::with_capacity(notifications.len());
-        for n in notifications {
-            let model = n.labels.get("model").cloned().unwrap_or_default();
-            let severity = n.labels.get("severity").map_or("", String::as_str);
-            let fingerprint = n.fingerprint();
-            // Track critical alerts whether or not they are silenced: a
-            // silenced outage still explains its warnings.
-            if severity == "critical" {
-                let set = self.critical.entry(model.clone()).or_default();
+        // Critical alerts first, silenced or not (a silenced outage still
+        // explains its warnings), so a warning and its critical made in the
+        // same evaluation are judged together, whatever their order.
+        for n in &notifications {
+            if n.labels.get("severity").map(String::as_str) == Some("critical") {
+                let model = n.labels.get("model").cloned().unwrap_or_default();
+                let set = self.critical.entry(model).or_default();
                 match n.status {
-                    AlertStatus::Firing => set.insert(fingerprint.clone()),
-                    AlertStatus::Resolved => set.remove(&fingerprint),
+                    AlertStatus::Firing => set.insert(n.fingerprint()),
+                    AlertStatus::Resolved => set.remove(&n.fingerprint()),
                 };
             }
+        }
+        let mut out = Vec::with_capacity(notifications.len());
+        for n in notifications {
             if self.silences.iter().any(|s| s.mutes(&n)) {
                 self.stats.silenced += 1;
                 continue;
             }
+            let severity = n.labels.get("severity").map_or("", String::as_str);
             if self.inhibit && severity == "warning" {
-                let critical_firing = self.critical.get(&model).is_some_and(|s| !s.is_empty());
+                let model = n.labels.get("model").map_or("", String::as_str);
+                let critical_firing = self.critical.get(model).is_some_and(|s| !s.is_empty());
+                let fingerprint = n.fingerprint();
                 let was_muted = self.muted.contains(&fingerprint);
                 if (n.status == AlertStatus::Firing && critical_firing) || was_muted {
                     if n.status == AlertStatus::Firing {
@@ -268,33 +272,31 @@ mod tests {
     #[test]
     fn a_firing_critical_inhibits_warnings_of_the_same_model() {
         let mut p = Policy::new(Vec::new(), true);
-        let out = p.apply(vec![
-            n("errors", "critical", "m", AlertStatus::Firing, 1),
-            n("slow", "warning", "m", AlertStatus::Firing, 2),
-            n("slow", "warning", "other", AlertStatus::Firing, 2),
-            n("slow", "warning", "m", AlertStatus::Resolved, 3),
-            n("errors", "critical", "m", AlertStatus::Resolved, 4),
-            n("slow", "warning", "m", AlertStatus::Firing, 5),
-        ]);
-        let kept: Vec<(&str, &str, i64)> = out
-            .iter()
-            .map(|n| {
-                (
-                    n.labels["alertname"].as_str(),
-                    n.labels["model"].as_str(),
-                    n.at_ms,
-                )
-            })
-            .collect();
-        assert_eq!(
-            kept,
+        let mut kept = Vec::new();
+        // One apply per evaluation; in the first, the warning comes first.
+        for batch in [
             vec![
-                ("errors", "m", 1),
-                ("slow", "other", 2),
-                ("errors", "m", 4),
-                ("slow", "m", 5)
-            ]
-        );
+                n("slow", "warning", "m", AlertStatus::Firing, 1),
+                n("errors", "critical", "m", AlertStatus::Firing, 1),
+                n("slow", "warning", "other", AlertStatus::Firing, 1),
+            ],
+            vec![n("slow", "warning", "m", AlertStatus::Resolved, 3)],
+            vec![n("errors", "critical", "m", AlertStatus::Resolved, 4)],
+            vec![n("slow", "warning", "m", AlertStatus::Firing, 5)],
+        ] {
+            kept.extend(p.apply(batch).into_iter().map(|n| {
+                let l = |k: &str| n.labels[k].clone();
+                (l("alertname"), l("model"), n.at_ms)
+            }));
+        }
+        let want = [
+            ("errors", "m", 1),
+            ("slow", "other", 1),
+            ("errors", "m", 4),
+            ("slow", "m", 5),
+        ]
+        .map(|(a, m, t)| (a.to_string(), m.to_string(), t));
+        assert_eq!(kept, want);
         assert_eq!(
             p.stats().inhibited,
             2,

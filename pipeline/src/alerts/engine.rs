@@ -79,6 +79,8 @@ pub struct AlertEngine {
     flapping: Flapping,
     series: HashMap<(usize, Vec<(String, String)>), Series>,
     baselines: HashMap<(usize, Vec<String>), Baseline>,
+    /// Points skipped because their series had already seen that time.
+    replayed: u64,
 }
 
 impl AlertEngine {
@@ -89,12 +91,18 @@ impl AlertEngine {
             flapping,
             series: HashMap::new(),
             baselines: HashMap::new(),
+            replayed: 0,
         }
     }
 
     /// The rules, in evaluation order.
     pub fn rules(&self) -> &[RuleConfig] {
         &self.rules
+    }
+
+    /// Points ignored as re-processed (not newer than their series' last).
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// Judge points (of one closed window, or anomaly events).
@@ -126,6 +134,12 @@ impl AlertEngine {
                 }
                 let key = (idx, p.tags.iter().cloned().collect::<BTreeMap<_, _>>());
                 let key = (key.0, key.1.into_iter().collect::<Vec<_>>());
+                // A window (or event) at or before the last one this series
+                // saw is a re-processed one: it never notifies twice.
+                if self.series.get(&key).is_some_and(|s| now <= s.seen_at) {
+                    self.replayed += 1;
+                    continue;
+                }
                 let series = self.series.entry(key).or_insert_with(|| Series {
                     labels: labels_of(rule, p),
                     state: State::Inactive,

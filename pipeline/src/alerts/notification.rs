@@ -76,10 +76,23 @@ impl Notification {
         })
     }
 
-    /// The line written to `--alerts-out`: the alert object plus `receiver`.
+    /// `fingerprint:status:time`: the same for a notification made again
+    /// from a re-processed window, so receivers and the log can dedup.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.fingerprint(),
+            self.status.as_str(),
+            self.at_ms
+        )
+    }
+
+    /// The line written to `--alerts-out`: the alert object plus `receiver`
+    /// and `idempotencyKey`.
     pub fn alerts_log_line(&self, receiver: &str) -> Value {
         let mut v = self.alertmanager_alert();
         v["receiver"] = json!(receiver);
+        v["idempotencyKey"] = json!(self.idempotency_key());
         v
     }
 

@@ -293,3 +293,22 @@ fn flapping_notice_is_annotated() {
     assert!(notes[4].annotations.contains_key("flapping"));
     assert!(!notes[3].annotations.contains_key("flapping"));
 }
+
+#[test]
+fn a_reprocessed_window_never_notifies_twice() {
+    let mut e = engine(vec![rule("")]);
+    let first = e.observe(&[point(1, 0.05)]);
+    assert_eq!(first.len(), 1);
+    // The same window again (a restart re-reading it), then an older one.
+    assert!(e.observe(&[point(1, 0.05)]).is_empty());
+    assert!(
+        e.observe(&[point(1, 0.0)]).is_empty(),
+        "nor resolves from it"
+    );
+    assert_eq!(e.replayed(), 2);
+    // The next window is judged as usual.
+    let next = e.observe(&[point(2, 0.0)]);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].status, AlertStatus::Resolved);
+    assert_ne!(first[0].idempotency_key(), next[0].idempotency_key());
+}

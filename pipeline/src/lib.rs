@@ -8,5 +8,6 @@ pub mod config;
 pub mod generate;
 pub mod references;
 pub mod replay;
+pub mod replay_to_kafka;
 pub mod sinks;
 pub mod sources;

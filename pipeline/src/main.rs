@@ -13,6 +13,7 @@ use infermon::config::Config;
 use infermon::generate::{write_bundled, write_recording};
 use infermon::references::profile_recordings;
 use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
+use infermon::replay_to_kafka::{ToKafkaOptions, replay_to_kafka};
 use infermon::sinks::alerts_file::AlertsFile;
 use infermon::sinks::line_protocol_file::LineProtocolFile;
 use infermon::sinks::rejects_file::RejectsFile;
@@ -38,8 +39,16 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Run through the operators here instead of producing to Kafka.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to_kafka")]
         offline: bool,
+        /// Produce the recorded events to Kafka at these brokers instead
+        /// (each to its topic, keyed as the contract says).
+        #[arg(long, value_name = "BROKERS")]
+        to_kafka: Option<String>,
+        /// With --to-kafka: pace like the recording, this many times faster
+        /// (0 = as fast as possible).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
         /// Line protocol output.
         #[arg(long, default_value = "infermon-metrics.lp")]
         metrics_out: PathBuf,
@@ -177,6 +186,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay {
             files,
             offline,
+            to_kafka,
+            speed,
             metrics_out,
             rejects_out,
             alerts_out,
@@ -184,8 +195,28 @@ async fn main() -> anyhow::Result<()> {
             send_timeout,
             quiet,
         } => {
+            if let Some(brokers) = to_kafka {
+                let opts = ToKafkaOptions {
+                    files,
+                    brokers,
+                    speed,
+                };
+                let report = replay_to_kafka(&config, &opts)?;
+                for (topic, n) in &report.produced {
+                    println!("{topic}: {n} messages");
+                }
+                if report.skipped > 0 {
+                    println!(
+                        "skipped {} lines that were not events of a known topic",
+                        report.skipped
+                    );
+                }
+                return Ok(());
+            }
             if !offline {
-                bail!("replay into Kafka is not available yet; use --offline");
+                bail!(
+                    "say where to replay: --offline (through the operators) or --to-kafka BROKERS"
+                );
             }
             let mut sink = LineProtocolFile::create(&metrics_out)?;
             let mut rejects = RejectsFile::new(&rejects_out);

@@ -1,0 +1,178 @@
+//! `infermon replay FILES... --to-kafka BROKERS [--speed X]`: recorded
+//! traffic back into Kafka, each event to its topic with the contract's key
+//! (requests and feedback by `request_id`, predictions by `model`, training
+//! by `run_id`), paced like the recording (× speed; 0 = as fast as the
+//! broker takes it). Files are sent one after another, lines in file order.
+//!
+//! The producer is idempotent, zstd-compressed and lingers a few ms to
+//! batch; a message the broker does not acknowledge is counted and makes
+//! the command fail, never silently lost.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// What to send where.
+#[derive(Debug, Clone)]
+pub struct ToKafkaOptions {
+    /// Recorded traffic files (JSON Lines, optionally .zst).
+    pub files: Vec<PathBuf>,
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Pacing factor: 1 = recorded pace, 10 = ten times faster, 0 = no pacing.
+    pub speed: f64,
+}
+
+/// What was sent.
+#[derive(Debug, Clone, Default)]
+pub struct ToKafkaReport {
+    /// Messages acknowledged by the broker, per topic.
+    pub produced: BTreeMap<String, u64>,
+    /// Lines that were not an event of a known topic (skipped, counted).
+    pub skipped: u64,
+    /// Messages the broker never acknowledged.
+    pub failed: u64,
+}
+
+/// Counts deliveries as the broker acknowledges them.
+#[derive(Default)]
+struct Acks {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Context_(Arc<Acks>);
+
+impl ClientContext for Context_ {}
+
+impl ProducerContext for Context_ {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::error!(error = %e, "message not delivered to Kafka");
+                self.0.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+fn lines(path: &Path) -> io::Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(if path.extension().is_some_and(|e| e == "zst") {
+        Box::new(BufReader::with_capacity(1 << 20, zstd::Decoder::new(file)?))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 20, file))
+    })
+}
+
+/// Send the files; fails if any message was not acknowledged.
+pub fn replay_to_kafka(config: &Config, opts: &ToKafkaOptions) -> anyhow::Result<ToKafkaReport> {
+    let acks = Arc::new(Acks::default());
+    let producer: ThreadedProducer<Context_> = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Context_(acks.clone()))
+        .context("creating the Kafka producer")?;
+    let t = &config.topics;
+    // Recorded `topic` values → (topic to produce to, key field).
+    let routes: BTreeMap<&str, (&str, &str)> = [
+        (t.requests.as_str(), "request_id"),
+        (t.predictions.as_str(), "model"),
+        (t.feedback.as_str(), "request_id"),
+        (t.training.as_str(), "run_id"),
+    ]
+    .into_iter()
+    .map(|(topic, key)| (topic, (topic, key)))
+    .collect();
+
+    let mut report = ToKafkaReport::default();
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    for path in &opts.files {
+        let started = Instant::now();
+        let mut first_ts: Option<i64> = None;
+        for (n, line) in lines(path)?.lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut event: Value = match serde_json::from_str(&line) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    report.skipped += 1;
+                    tracing::warn!(file = %path.display(), line = n + 1, "not a JSON object; skipped");
+                    continue;
+                }
+            };
+            let recorded = event.get("topic").and_then(Value::as_str).unwrap_or("");
+            let Some(&(topic, key_field)) = routes.get(recorded) else {
+                report.skipped += 1;
+                tracing::warn!(file = %path.display(), line = n + 1, topic = recorded, "unknown topic; skipped");
+                continue;
+            };
+            let topic = topic.to_string();
+            event.as_object_mut().expect("checked").remove("topic");
+            let key = event
+                .get(key_field)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if opts.speed > 0.0
+                && let Some(ts) = event.get("ts").and_then(Value::as_i64)
+            {
+                let first = *first_ts.get_or_insert(ts);
+                let due =
+                    Duration::from_secs_f64(((ts - first).max(0) as f64 / 1000.0) / opts.speed);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let payload = serde_json::to_vec(&event)?;
+            let mut record = BaseRecord::to(&topic).key(&key).payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => bail!("producing to {topic}: {e}"),
+                }
+            }
+            *sent.entry(topic).or_default() += 1;
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("waiting for Kafka to acknowledge")?;
+    report.failed = acks.failed.load(Ordering::Relaxed);
+    let total: u64 = sent.values().sum();
+    let ok = acks.ok.load(Ordering::Relaxed);
+    if report.failed > 0 || ok != total {
+        bail!(
+            "{} of {total} messages were not acknowledged by Kafka ({} failed)",
+            total - ok.min(total),
+            report.failed
+        );
+    }
+    report.produced = sent;
+    Ok(report)
+}

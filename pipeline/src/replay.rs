@@ -20,7 +20,8 @@ use infermon_schemas::{FieldValue, Point, TopicKind};
 
 use crate::alerts::grouping::Grouper;
 use crate::alerts::{
-    AlertStatus, DeliveryStats, EmailSender, Notification, Policy, PolicyStats, WebhookSender,
+    AlertEngine, AlertStatus, DeliveryStats, EmailSender, Notification, Policy, PolicyStats,
+    WebhookSender,
 };
 use crate::config::Config;
 use crate::references::load_references;
@@ -128,27 +129,7 @@ pub async fn replay(
     alerts_out: &mut AlertsFile,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
-    let mut alerts = config.alerts.engine();
-    let mut policy = config.alerts.policy().map_err(anyhow::Error::msg)?;
-    let mut senders = Senders {
-        grouper: Grouper::new(config.alerts.grouping.clone()),
-        ..Senders::default()
-    };
-    if opts.send.is_some() {
-        for w in &config.alerts.webhooks {
-            let s = WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?;
-            senders.webhooks.push((w.name.clone(), s));
-        }
-        for e in &config.alerts.emails {
-            let s = EmailSender::start(e.clone()).map_err(anyhow::Error::msg)?;
-            senders.emails.push((e.name.clone(), s));
-        }
-    }
-    let tick_ms = config
-        .window
-        .slide
-        .unwrap_or(config.window.size)
-        .as_millis() as i64;
+    let mut alerting = Alerting::new(config, opts.send.is_some(), alerts_out)?;
     let window = &config.window;
     let sql = SqlMetrics::new(
         &config.sql_metrics,
@@ -230,15 +211,7 @@ pub async fn replay(
                 *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
             }
             sink.write(&points)?;
-            let fired = alerts.observe(&points);
-            notify(
-                fired,
-                &mut policy,
-                sink,
-                alerts_out,
-                &mut senders,
-                &mut report,
-            )?;
+            alerting.points(&points, None, sink, &mut report)?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -255,17 +228,7 @@ pub async fn replay(
         for closed in engine.fire(now) {
             let end = closed.end;
             let points = emit(closed, &sql, sink, &mut report).await?;
-            let mut fired = alerts.observe(&points);
-            fired.extend(alerts.tick(end, tick_ms));
-            notify(
-                fired,
-                &mut policy,
-                sink,
-                alerts_out,
-                &mut senders,
-                &mut report,
-            )?;
-            senders.dispatch(end, false);
+            alerting.points(&points, Some(end), sink, &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
@@ -273,33 +236,12 @@ pub async fn replay(
     for closed in engine.flush() {
         let end = closed.end;
         let points = emit(closed, &sql, sink, &mut report).await?;
-        let mut fired = alerts.observe(&points);
-        fired.extend(alerts.tick(end, tick_ms));
-        notify(
-            fired,
-            &mut policy,
-            sink,
-            alerts_out,
-            &mut senders,
-            &mut report,
-        )?;
+        alerting.points(&points, Some(end), sink, &mut report)?;
     }
     let pending = engine.take_pending_points();
     sink.write(&pending)?;
-    let fired = alerts.observe(&pending);
-    notify(
-        fired,
-        &mut policy,
-        sink,
-        alerts_out,
-        &mut senders,
-        &mut report,
-    )?;
-    // End of input: whatever waits in a group goes out now.
-    senders.dispatch(i64::MAX, true);
-    alerts_out.flush()?;
-    report.receivers = senders.close(opts.send.unwrap_or_default());
-    report.muted = policy.stats();
+    alerting.points(&pending, None, sink, &mut report)?;
+    alerting.finish(opts.send.unwrap_or_default(), &mut report)?;
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -348,7 +290,8 @@ impl Senders {
     /// Send the groups due at `now` (all of them when `flush`).
     fn dispatch(&mut self, now: i64, flush: bool) {
         for group in self.grouper.due(now, flush) {
-            self.webhooks.iter().for_each(|(_, s)| s.send(&group));
+            let by = self.grouper.group_by();
+            self.webhooks.iter().for_each(|(_, s)| s.send(by, &group));
             self.emails.iter().for_each(|(_, s)| s.send(&group));
         }
     }
@@ -367,31 +310,85 @@ impl Senders {
     }
 }
 
-/// Notifications to the alerts log and as `alerts` points.
-fn notify(
-    fired: Vec<Notification>,
-    policy: &mut Policy,
-    sink: &mut LineProtocolFile,
-    alerts_out: &mut AlertsFile,
-    senders: &mut Senders,
-    report: &mut ReplayReport,
-) -> anyhow::Result<()> {
-    let fired = policy.apply(fired);
-    if fired.is_empty() {
-        return Ok(());
+/// The alert stage of a replay: rules → silences/inhibition → alerts log,
+/// `alerts` points and (with `--send`) the grouped receivers.
+struct Alerting<'a> {
+    engine: AlertEngine,
+    policy: Policy,
+    senders: Senders,
+    log: &'a mut AlertsFile,
+    /// Windows close this often (the slide of hopping windows).
+    tick_ms: i64,
+}
+
+impl<'a> Alerting<'a> {
+    fn new(config: &Config, send: bool, log: &'a mut AlertsFile) -> anyhow::Result<Self> {
+        let mut senders = Senders {
+            grouper: Grouper::new(config.alerts.grouping.clone()),
+            ..Senders::default()
+        };
+        if send {
+            for w in &config.alerts.webhooks {
+                let s = WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?;
+                senders.webhooks.push((w.name.clone(), s));
+            }
+            for e in &config.alerts.emails {
+                let s = EmailSender::start(e.clone()).map_err(anyhow::Error::msg)?;
+                senders.emails.push((e.name.clone(), s));
+            }
+        }
+        let window = &config.window;
+        Ok(Self {
+            engine: config.alerts.engine(),
+            policy: config.alerts.policy().map_err(anyhow::Error::msg)?,
+            senders,
+            log,
+            tick_ms: window.slide.unwrap_or(window.size).as_millis() as i64,
+        })
     }
-    alerts_out.write(OFFLINE_RECEIVER, &fired)?;
-    let now = fired.iter().map(|n| n.at_ms).max().unwrap_or_default();
-    senders.add(&fired, now);
-    let points: Vec<Point> = fired.iter().map(Notification::point).collect();
-    sink.write(&points)?;
-    for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
-        *report
-            .alerts_fired
-            .entry(n.labels["alertname"].clone())
-            .or_default() += 1;
+
+    /// Judge points; `window_end` when they are a closed window's (then
+    /// series without a point get their missing-data treatment and due
+    /// groups go out).
+    fn points(
+        &mut self,
+        points: &[Point],
+        window_end: Option<i64>,
+        sink: &mut LineProtocolFile,
+        report: &mut ReplayReport,
+    ) -> anyhow::Result<()> {
+        let mut fired = self.engine.observe(points);
+        if let Some(end) = window_end {
+            fired.extend(self.engine.tick(end, self.tick_ms));
+        }
+        let fired = self.policy.apply(fired);
+        if !fired.is_empty() {
+            self.log.write(OFFLINE_RECEIVER, &fired)?;
+            let now = fired.iter().map(|n| n.at_ms).max().unwrap_or_default();
+            self.senders.add(&fired, now);
+            let alert_points: Vec<Point> = fired.iter().map(Notification::point).collect();
+            sink.write(&alert_points)?;
+            for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
+                *report
+                    .alerts_fired
+                    .entry(n.labels["alertname"].clone())
+                    .or_default() += 1;
+            }
+        }
+        if let Some(end) = window_end {
+            self.senders.dispatch(end, false);
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// End of input: send whatever waits in a group, drain the receivers.
+    fn finish(mut self, deadline: Duration, report: &mut ReplayReport) -> anyhow::Result<()> {
+        self.senders.dispatch(i64::MAX, true);
+        self.log.flush()?;
+        report.receivers = self.senders.close(deadline);
+        report.muted = self.policy.stats();
+        Ok(())
+    }
 }
 
 /// Write a closed window's points; returns them for the alert rules.

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport};
 use super::notification::{AlertStatus, Notification, rfc3339};
-use super::webhook::group;
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,9 +79,6 @@ pub struct EmailConfig {
     /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
     #[serde(default)]
     pub max_per_minute: u32,
-    /// Labels that group notifications into one mail.
-    #[serde(default = "default_group_by")]
-    pub group_by: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -99,9 +95,6 @@ fn default_max_backoff() -> Duration {
 }
 fn default_queue() -> usize {
     1000
-}
-fn default_group_by() -> Vec<String> {
-    vec!["alertname".into(), "model".into()]
 }
 
 /// An email receiver with its delivery thread.
@@ -167,19 +160,20 @@ impl EmailSender {
         })
     }
 
-    /// Queue one mail per group of notifications.
-    pub fn send(&self, notifications: &[Notification]) {
-        let wanted: Vec<Notification> = notifications
+    /// Queue one group (made by [`super::grouping::Grouper`]) as one mail.
+    pub fn send(&self, alerts: &[Notification]) {
+        let wanted: Vec<Notification> = alerts
             .iter()
             .filter(|n| self.config.send_resolved || n.status == AlertStatus::Firing)
             .cloned()
             .collect();
-        for alerts in group(&self.config.group_by, &wanted) {
-            match self.message(&alerts) {
-                Ok(m) => self.queue.push(m),
-                Err(e) => {
-                    tracing::error!(receiver = %self.config.name, error = %e, "could not build the alert mail")
-                }
+        if wanted.is_empty() {
+            return;
+        }
+        match self.message(&wanted) {
+            Ok(m) => self.queue.push(m),
+            Err(e) => {
+                tracing::error!(receiver = %self.config.name, error = %e, "could not build the alert mail")
             }
         }
     }

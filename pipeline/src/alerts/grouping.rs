@@ -66,6 +66,11 @@ impl Grouper {
         }
     }
 
+    /// The labels groups are made of.
+    pub fn group_by(&self) -> &[String] {
+        &self.config.group_by
+    }
+
     /// Take notifications (made at event time `now`).
     pub fn add(&mut self, notifications: &[Notification], now: i64) {
         for n in notifications {

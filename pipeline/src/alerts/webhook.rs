@@ -45,9 +45,6 @@ pub struct WebhookConfig {
     /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
     #[serde(default)]
     pub max_per_minute: u32,
-    /// Labels that group notifications into one request.
-    #[serde(default = "default_group_by")]
-    pub group_by: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -61,9 +58,6 @@ fn default_max_backoff() -> Duration {
 }
 fn default_queue() -> usize {
     1000
-}
-fn default_group_by() -> Vec<String> {
-    vec!["alertname".into(), "model".into()]
 }
 
 /// The Alertmanager v4 webhook body for one group.
@@ -153,32 +147,17 @@ impl WebhookSender {
         Ok(Self { config, queue })
     }
 
-    /// Queue notifications, one request per group; never blocks on the
-    /// receiver.
-    pub fn send(&self, notifications: &[Notification]) {
-        for alerts in group(&self.config.group_by, notifications) {
-            let bytes = body(&self.config.name, &self.config.group_by, &alerts).to_string();
-            self.queue.push(bytes.into_bytes());
-        }
+    /// Queue one group (made by [`super::grouping::Grouper`] over
+    /// `group_by`) as one request; never blocks on the receiver.
+    pub fn send(&self, group_by: &[String], alerts: &[Notification]) {
+        let bytes = body(&self.config.name, group_by, alerts).to_string();
+        self.queue.push(bytes.into_bytes());
     }
 
     /// Deliver what is queued, waiting at most `deadline`; then stop.
     pub fn close(self, deadline: Duration) -> DeliveryStats {
         self.queue.close(deadline)
     }
-}
-
-/// Notifications split by the values of `group_by` labels, in label order.
-pub fn group(group_by: &[String], notifications: &[Notification]) -> Vec<Vec<Notification>> {
-    let mut groups: BTreeMap<Vec<&str>, Vec<Notification>> = BTreeMap::new();
-    for n in notifications {
-        let key = group_by
-            .iter()
-            .map(|k| n.labels.get(k).map_or("", String::as_str))
-            .collect();
-        groups.entry(key).or_default().push(n.clone());
-    }
-    groups.into_values().collect()
 }
 
 /// One POST of a body, signed when there is a secret.

@@ -235,6 +235,9 @@ pub struct WindowEngine {
     late_other: u64,
     /// Points waiting for the next closed window (quality results).
     extra_pending: Vec<Point>,
+    /// Per input: windows ending at or before this were emitted by an earlier
+    /// run (restart from a committed offset), so its rows skip them.
+    floors: Vec<i64>,
 }
 
 impl WindowEngine {
@@ -263,6 +266,7 @@ impl WindowEngine {
             labels: None,
             late_other: 0,
             extra_pending: Vec::new(),
+            floors: Vec::new(),
         })
     }
 
@@ -298,6 +302,7 @@ impl WindowEngine {
         events: &[TrainingEvent],
         now_ms: i64,
     ) -> Vec<GradientAnomaly> {
+        let floor = self.floor(input);
         let Some(monitor) = self.gradients.as_mut() else {
             return Vec::new();
         };
@@ -313,6 +318,9 @@ impl WindowEngine {
             let verdict = monitor.observe(e);
             let mut late = false;
             for start in self.spec.starts(e.ts) {
+                if self.spec.end(start) <= floor {
+                    continue;
+                }
                 if watermark.is_some_and(|w| self.spec.end(start) <= w) {
                     late = true;
                     continue;
@@ -326,7 +334,11 @@ impl WindowEngine {
                     .record(e, &verdict);
             }
             self.late_other += u64::from(late);
-            anomalies.extend(verdict.anomalies);
+            // Steps an earlier run judged (their windows are emitted) had
+            // their anomalies written then.
+            if e.ts >= floor {
+                anomalies.extend(verdict.anomalies);
+            }
         }
         self.watermarks.observe(input, max_ts, now_ms);
         anomalies
@@ -348,7 +360,22 @@ impl WindowEngine {
 
     /// Register an input (file or partition) with the watermark tracker.
     pub fn add_input(&mut self, now_ms: i64) -> InputId {
-        self.watermarks.add_input(now_ms)
+        let id = self.watermarks.add_input(now_ms);
+        self.floors.resize(id + 1, i64::MIN);
+        id
+    }
+
+    /// Rows of `input` skip windows ending at or before `floor_ms`: an
+    /// earlier run emitted those (a consumer resuming from a committed
+    /// offset re-reads rows of them, which must not overwrite the complete
+    /// results with partial ones). Label quality of such a window is still
+    /// computed while its label wait lasts past the floor.
+    pub fn set_floor(&mut self, input: InputId, floor_ms: i64) {
+        self.floors[input] = floor_ms;
+    }
+
+    fn floor(&self, input: InputId) -> i64 {
+        self.floors.get(input).copied().unwrap_or(i64::MIN)
     }
 
     /// Event time progressed on `input` without predictions (other topics).
@@ -424,6 +451,8 @@ impl WindowEngine {
 
         // Rows are judged one by one, as if the watermark advanced after each
         // (the result does not depend on how rows were cut into batches).
+        let floor = self.floor(input);
+        let label_floor = floor.saturating_sub(self.labels.as_ref().map_or(0, |l| l.wait_ms()));
         let others = self.watermarks.others_bound(input, now_ms);
         let mut max_ts = self.watermarks.input_max(input).unwrap_or(i64::MIN);
         let mut watermark = self.watermarks.current();
@@ -444,7 +473,14 @@ impl WindowEngine {
             let mut late = false;
             ends.clear();
             for start in self.spec.starts(t) {
-                if watermark.is_some_and(|w| self.spec.end(start) <= w) {
+                let end = self.spec.end(start);
+                if end <= floor {
+                    if end > label_floor {
+                        ends.push(end);
+                    }
+                    continue;
+                }
+                if watermark.is_some_and(|w| end <= w) {
                     late = true;
                 } else {
                     self.groups.entry((start, id)).or_default().push(row as u32);
@@ -486,7 +522,7 @@ impl WindowEngine {
             let state = window.series.entry(id).or_insert_with(|| SeriesState {
                 stages: Default::default(),
                 throughput: ThroughputAccumulator::new(window_secs),
-                drift: drift.map(|d| d.new_window(key)),
+                drift: drift.map(|d| d.new_window(key, start)),
             });
             if let (Some(d), Some(w)) = (drift, state.drift.as_mut()) {
                 d.update(w, batch, rows);

@@ -169,6 +169,11 @@ impl LabelJoin {
         }
     }
 
+    /// How long after a window's end its labels are awaited, ms.
+    pub fn wait_ms(&self) -> i64 {
+        self.config.label_wait.as_millis() as i64
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> JoinStats {
         self.stats

@@ -125,7 +125,7 @@ pub fn run_drift_bench(opts: &DriftBenchOptions) -> anyhow::Result<serde_json::V
 
         let operator = DriftOperator::new(&config, 60_000, profiles)?;
         let t = Instant::now();
-        let mut window = operator.new_window(&key);
+        let mut window = operator.new_window(&key, 0);
         for b in &current {
             let rows: Vec<u32> = (0..b.num_rows() as u32).collect();
             operator.update(&mut window, b, &rows);

@@ -11,6 +11,9 @@ use infermon_schemas::TopicNames;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
+use crate::monitor::MonitorConfig;
+use crate::sinks::influxdb::InfluxDbConfig;
+use crate::sources::kafka::KafkaConfig;
 
 /// The built-in defaults, documented.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -34,6 +37,12 @@ pub struct Config {
     pub quality: QualityConfig,
     /// Alert rules.
     pub alerts: AlertsConfig,
+    /// `infermon monitor`: brokers, group and batching of the Kafka source.
+    pub kafka: KafkaConfig,
+    /// `infermon monitor`: InfluxDB servers to write to (none: a file).
+    pub influxdb: Vec<InfluxDbConfig>,
+    /// `infermon monitor`: health endpoints, state directory, output files.
+    pub monitor: MonitorConfig,
 }
 
 impl Config {

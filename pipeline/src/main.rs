@@ -1,6 +1,8 @@
 //! `infermon`: monitor ML models in production. See README.md.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -32,6 +34,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The streaming monitor: Kafka in, InfluxDB (or a file) and alerts out,
+    /// until SIGTERM/SIGINT. Configured by --config ([kafka], [[influxdb]],
+    /// [monitor], ...).
+    Monitor,
     /// Replay recorded traffic. With --offline: straight through the
     /// operators (a backtest), writing line protocol to a file.
     Replay {
@@ -183,6 +189,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Monitor => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())?;
+            }
+            infermon::monitor::run(&config, stop).await?;
+        }
         Command::Replay {
             files,
             offline,

@@ -18,11 +18,7 @@ use infermon_operators::{
 };
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::grouping::Grouper;
-use crate::alerts::{
-    AlertEngine, AlertStatus, DeliveryStats, EmailSender, Notification, Policy, PolicyStats,
-    WebhookSender,
-};
+use crate::alerts::{AlertStage, AlertStatus, DeliveryStats, Notification, PolicyStats};
 use crate::config::Config;
 use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
@@ -129,7 +125,7 @@ pub async fn replay(
     alerts_out: &mut AlertsFile,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
-    let mut alerting = Alerting::new(config, opts.send.is_some(), alerts_out)?;
+    let mut alerting = AlertStage::new(config, opts.send.is_some(), OFFLINE_RECEIVER, alerts_out)?;
     let window = &config.window;
     let sql = SqlMetrics::new(
         &config.sql_metrics,
@@ -211,7 +207,7 @@ pub async fn replay(
                 *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
             }
             sink.write(&points)?;
-            alerting.points(&points, None, sink, &mut report)?;
+            record_alerts(&alerting.points(&points, None)?, sink, &mut report)?;
         }
         if let Some((_, hi)) = batch.ts_range {
             engine.observe(input.id, hi, now);
@@ -228,7 +224,7 @@ pub async fn replay(
         for closed in engine.fire(now) {
             let end = closed.end;
             let points = emit(closed, &sql, sink, &mut report).await?;
-            alerting.points(&points, Some(end), sink, &mut report)?;
+            record_alerts(&alerting.points(&points, Some(end))?, sink, &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
@@ -236,12 +232,12 @@ pub async fn replay(
     for closed in engine.flush() {
         let end = closed.end;
         let points = emit(closed, &sql, sink, &mut report).await?;
-        alerting.points(&points, Some(end), sink, &mut report)?;
+        record_alerts(&alerting.points(&points, Some(end))?, sink, &mut report)?;
     }
     let pending = engine.take_pending_points();
     sink.write(&pending)?;
-    alerting.points(&pending, None, sink, &mut report)?;
-    alerting.finish(opts.send.unwrap_or_default(), &mut report)?;
+    record_alerts(&alerting.points(&pending, None)?, sink, &mut report)?;
+    (report.receivers, report.muted) = alerting.finish(opts.send.unwrap_or_default())?;
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
@@ -263,132 +259,21 @@ pub async fn replay(
     Ok(report)
 }
 
-/// The receivers notifications are delivered to (`--send`), behind the
-/// grouping timers.
-#[derive(Default)]
-struct Senders {
-    grouper: Grouper,
-    webhooks: Vec<(String, WebhookSender)>,
-    emails: Vec<(String, EmailSender)>,
-}
-
-impl Senders {
-    fn is_empty(&self) -> bool {
-        self.webhooks.is_empty() && self.emails.is_empty()
+/// Write fired notifications as `alerts` points and count them.
+fn record_alerts(
+    fired: &[Notification],
+    sink: &mut LineProtocolFile,
+    report: &mut ReplayReport,
+) -> anyhow::Result<()> {
+    let alert_points: Vec<Point> = fired.iter().map(Notification::point).collect();
+    sink.write(&alert_points)?;
+    for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
+        *report
+            .alerts_fired
+            .entry(n.labels["alertname"].clone())
+            .or_default() += 1;
     }
-
-    /// Hand notifications made at event time `now` to the grouper, and send
-    /// what is due.
-    fn add(&mut self, fired: &[Notification], now: i64) {
-        if self.is_empty() {
-            return;
-        }
-        self.grouper.add(fired, now);
-        self.dispatch(now, false);
-    }
-
-    /// Send the groups due at `now` (all of them when `flush`).
-    fn dispatch(&mut self, now: i64, flush: bool) {
-        for group in self.grouper.due(now, flush) {
-            let by = self.grouper.group_by();
-            self.webhooks.iter().for_each(|(_, s)| s.send(by, &group));
-            self.emails.iter().for_each(|(_, s)| s.send(&group));
-        }
-    }
-
-    /// Wait for each queue to drain (at most `deadline` each), then stop;
-    /// delivery counts per receiver.
-    fn close(self, deadline: Duration) -> Vec<(String, DeliveryStats)> {
-        let mut out = Vec::new();
-        for (name, s) in self.webhooks {
-            out.push((format!("webhook {name}"), s.close(deadline)));
-        }
-        for (name, s) in self.emails {
-            out.push((format!("email {name}"), s.close(deadline)));
-        }
-        out
-    }
-}
-
-/// The alert stage of a replay: rules → silences/inhibition → alerts log,
-/// `alerts` points and (with `--send`) the grouped receivers.
-struct Alerting<'a> {
-    engine: AlertEngine,
-    policy: Policy,
-    senders: Senders,
-    log: &'a mut AlertsFile,
-    /// Windows close this often (the slide of hopping windows).
-    tick_ms: i64,
-}
-
-impl<'a> Alerting<'a> {
-    fn new(config: &Config, send: bool, log: &'a mut AlertsFile) -> anyhow::Result<Self> {
-        let mut senders = Senders {
-            grouper: Grouper::new(config.alerts.grouping.clone()),
-            ..Senders::default()
-        };
-        if send {
-            for w in &config.alerts.webhooks {
-                let s = WebhookSender::start(w.clone()).map_err(anyhow::Error::msg)?;
-                senders.webhooks.push((w.name.clone(), s));
-            }
-            for e in &config.alerts.emails {
-                let s = EmailSender::start(e.clone()).map_err(anyhow::Error::msg)?;
-                senders.emails.push((e.name.clone(), s));
-            }
-        }
-        let window = &config.window;
-        Ok(Self {
-            engine: config.alerts.engine(),
-            policy: config.alerts.policy().map_err(anyhow::Error::msg)?,
-            senders,
-            log,
-            tick_ms: window.slide.unwrap_or(window.size).as_millis() as i64,
-        })
-    }
-
-    /// Judge points; `window_end` when they are a closed window's (then
-    /// series without a point get their missing-data treatment and due
-    /// groups go out).
-    fn points(
-        &mut self,
-        points: &[Point],
-        window_end: Option<i64>,
-        sink: &mut LineProtocolFile,
-        report: &mut ReplayReport,
-    ) -> anyhow::Result<()> {
-        let mut fired = self.engine.observe(points);
-        if let Some(end) = window_end {
-            fired.extend(self.engine.tick(end, self.tick_ms));
-        }
-        let fired = self.policy.apply(fired);
-        if !fired.is_empty() {
-            self.log.write(OFFLINE_RECEIVER, &fired)?;
-            let now = fired.iter().map(|n| n.at_ms).max().unwrap_or_default();
-            self.senders.add(&fired, now);
-            let alert_points: Vec<Point> = fired.iter().map(Notification::point).collect();
-            sink.write(&alert_points)?;
-            for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
-                *report
-                    .alerts_fired
-                    .entry(n.labels["alertname"].clone())
-                    .or_default() += 1;
-            }
-        }
-        if let Some(end) = window_end {
-            self.senders.dispatch(end, false);
-        }
-        Ok(())
-    }
-
-    /// End of input: send whatever waits in a group, drain the receivers.
-    fn finish(mut self, deadline: Duration, report: &mut ReplayReport) -> anyhow::Result<()> {
-        self.senders.dispatch(i64::MAX, true);
-        self.log.flush()?;
-        report.receivers = self.senders.close(deadline);
-        report.muted = self.policy.stats();
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Write a closed window's points; returns them for the alert rules.

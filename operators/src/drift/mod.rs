@@ -568,14 +568,19 @@ impl DriftOperator {
         }
     }
 
-    /// The reference a new window of this version is compared with.
-    fn reference_for(&self, model: &str, version: &str) -> Option<Arc<Profile>> {
+    /// The reference a window of this version starting at `start` is
+    /// compared with: its own once frozen, for windows after the reference
+    /// period; else the model's latest other version's. Decided by the
+    /// window's place in event time, not by when its first row came, so the
+    /// result does not depend on how input was batched.
+    fn reference_for(&self, model: &str, version: &str, start: i64) -> Option<Arc<Profile>> {
         if let Some(p) = self.files.get(model) {
             return Some(p.clone());
         }
         let own = self
             .versions
             .get(&(model.to_string(), version.to_string()))
+            .filter(|v| start >= v.ends_at)
             .and_then(|v| v.frozen.clone());
         own.or_else(|| {
             self.latest
@@ -585,10 +590,10 @@ impl DriftOperator {
         })
     }
 
-    /// A fresh window state for `series`.
-    pub fn new_window(&self, series: &SeriesKey) -> DriftWindow {
+    /// A fresh state for the window of `series` starting at `start`.
+    pub fn new_window(&self, series: &SeriesKey, start: i64) -> DriftWindow {
         DriftWindow {
-            reference: self.reference_for(&series.model, &series.model_version),
+            reference: self.reference_for(&series.model, &series.model_version, start),
             ..DriftWindow::default()
         }
     }

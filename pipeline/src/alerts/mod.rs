@@ -12,6 +12,7 @@ pub mod grouping;
 pub mod notification;
 pub mod policy;
 pub mod rule;
+pub mod stage;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use engine::{AlertEngine, Flapping};
 pub use notification::{AlertStatus, Notification};
 pub use policy::{Policy, PolicyStats, Silence};
 pub use rule::RuleConfig;
+pub use stage::AlertStage;
 pub use webhook::{WebhookConfig, WebhookSender};
 
 /// The built-in rules, documented.

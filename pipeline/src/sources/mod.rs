@@ -1,3 +1,5 @@
-//! Where events come from. Offline: recorded traffic files.
+//! Where events come from: recorded traffic files (replays) and Kafka (the
+//! monitor).
 
+pub mod kafka;
 pub mod recording;

@@ -1,0 +1,618 @@
+//! `infermon monitor`: the production path.
+//!
+//! Kafka (consumer group) → decode (bad messages → DLQ) → window engine →
+//! closed windows → points → sinks (InfluxDB behind on-disk spools, or a
+//! line-protocol file) and the alert stage. Offsets are committed only up
+//! to what every sink has acknowledged ([`offsets`]), with the acknowledged
+//! watermark in the commit metadata so a restarted or new owner skips the
+//! windows already written instead of overwriting them with partial ones.
+//!
+//! A rebalance rebuilds the window state from the committed offsets: the
+//! safe offsets are committed on revoke, and on assign the engine starts
+//! fresh from them. That re-reads at most a window plus the label wait per
+//! rebalance, and no window is ever written from half its data.
+
+pub mod http;
+pub mod offsets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use infermon_operators::{
+    DriftOperator, GradientMonitor, LabelJoin, SqlMetrics, WindowEngine, engine::engine_schema,
+};
+use infermon_schemas::{
+    Decoded, FeedbackEvent, Point, PredictionBatchBuilder, TopicKind, TrainingEvent, decode_event,
+};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::AlertStage;
+use crate::config::Config;
+use crate::references::load_references;
+use crate::sinks::alerts_file::AlertsFile;
+use crate::sinks::influxdb;
+use crate::sinks::line_protocol_file::LineProtocolFile;
+use crate::sinks::spool::Spool;
+use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer};
+use http::{Health, Labels, MonitorMetrics, now_ms};
+use offsets::{OffsetTracker, TopicPartition};
+
+/// Receiver name on the monitor's alerts-log lines.
+pub const MONITOR_RECEIVER: &str = "monitor";
+
+/// The monitor process: where it listens, keeps state and writes files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// `/metrics`, `/healthz`, `/readyz` (port 0 picks one; it is logged).
+    pub listen: String,
+    /// Spools live here (and anything else the monitor must keep).
+    pub state_dir: PathBuf,
+    /// Line protocol goes to this file when no `[[influxdb]]` is configured.
+    pub metrics_out: PathBuf,
+    /// Every alert notification, one JSON line each.
+    pub alerts_out: PathBuf,
+    /// Points an InfluxDB server refused, with its message.
+    pub rejects_out: PathBuf,
+    /// On SIGTERM, wait at most this long for sinks and receivers.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Deliver notifications to the configured webhooks and mail.
+    pub send_alerts: bool,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9898".into(),
+            state_dir: "infermon-state".into(),
+            metrics_out: "infermon-metrics.lp".into(),
+            alerts_out: "infermon-alerts.jsonl".into(),
+            rejects_out: "infermon-influx-rejects.jsonl".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            send_alerts: true,
+        }
+    }
+}
+
+/// Where points go, each acknowledging the watermark it has written up to.
+struct Sinks {
+    file: Option<LineProtocolFile>,
+    file_acked: i64,
+    influx: Vec<(String, Spool)>,
+    buf: String,
+}
+
+impl Sinks {
+    fn start(config: &Config) -> anyhow::Result<Self> {
+        let mc = &config.monitor;
+        let mut influx = Vec::new();
+        let rejects = Arc::new(Mutex::new(None::<File>));
+        for c in &config.influxdb {
+            let path = mc.rejects_out.clone();
+            let name = c.name.clone();
+            let rejects = rejects.clone();
+            let hook = Box::new(move |reason: &str, body: &[u8]| {
+                let mut f = rejects.lock().expect("rejects lock");
+                if f.is_none() {
+                    *f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .ok();
+                }
+                if let Some(f) = f.as_mut() {
+                    let line = serde_json::json!({
+                        "sink": name,
+                        "reason": reason,
+                        "lines": String::from_utf8_lossy(body),
+                    });
+                    let _ = writeln!(f, "{line}");
+                }
+            });
+            let spool = influxdb::start(c, &mc.state_dir, hook)?;
+            tracing::info!(sink = %c.name, url = %c.url, api = ?c.api, "writing to InfluxDB");
+            influx.push((c.name.clone(), spool));
+        }
+        let file = if influx.is_empty() {
+            tracing::info!(path = %mc.metrics_out.display(), "no [[influxdb]]: writing line protocol to a file");
+            Some(
+                LineProtocolFile::create(&mc.metrics_out)
+                    .with_context(|| format!("metrics_out {}", mc.metrics_out.display()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            file,
+            file_acked: i64::MIN,
+            influx,
+            buf: String::new(),
+        })
+    }
+
+    /// Points emitted once the watermark reached `watermark`.
+    fn push(&mut self, points: &[Point], watermark: i64) -> anyhow::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.write(points)?;
+            f.flush()?;
+            self.file_acked = self.file_acked.max(watermark);
+        }
+        if !self.influx.is_empty() {
+            self.buf.clear();
+            for p in points {
+                p.write_line_protocol(&mut self.buf);
+            }
+            for (_, s) in &self.influx {
+                s.push(self.buf.as_bytes(), watermark)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark every sink has acknowledged.
+    fn acked(&self) -> i64 {
+        let spools = self
+            .influx
+            .iter()
+            .map(|(_, s)| s.stats().acked_watermark.load(Ordering::Relaxed));
+        match &self.file {
+            Some(_) => spools.fold(self.file_acked, i64::min),
+            None => spools.min().unwrap_or(i64::MIN),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.influx.iter().any(|(_, s)| s.is_full())
+    }
+
+    fn export(&self, m: &MonitorMetrics) {
+        for (name, s) in &self.influx {
+            let l: Labels = vec![("sink".into(), name.clone())];
+            let st = s.stats();
+            m.spool_bytes
+                .get_or_create(&l)
+                .set(st.bytes.load(Ordering::Relaxed) as i64);
+            m.sink_requests
+                .get_or_create(&l)
+                .set(st.requests.load(Ordering::Relaxed) as i64);
+            m.sink_write_micros
+                .get_or_create(&l)
+                .set(st.write_micros.load(Ordering::Relaxed) as i64);
+            m.sink_retries
+                .get_or_create(&l)
+                .set(st.retries.load(Ordering::Relaxed) as i64);
+            m.sink_rejected_lines
+                .get_or_create(&l)
+                .set(st.rejected_lines.load(Ordering::Relaxed) as i64);
+        }
+    }
+
+    /// Wait up to `deadline` for the spools to drain; what is left stays on
+    /// disk for the next run.
+    fn close(self, deadline: Duration) {
+        for (name, s) in self.influx {
+            let left = s.close(deadline);
+            if left > 0 {
+                tracing::warn!(sink = %name, bytes = left, "points left in the spool for the next run");
+            }
+        }
+    }
+}
+
+/// Window state for the partitions currently assigned.
+struct Assigned {
+    engine: WindowEngine,
+    inputs: HashMap<TopicPartition, usize>,
+    /// Per partition: windows ending at or before this were written by an
+    /// earlier owner.
+    floors: HashMap<TopicPartition, i64>,
+    tracker: OffsetTracker,
+    late_seen: u64,
+}
+
+/// Decoded events of one poll batch, per input.
+#[derive(Default)]
+struct Batch {
+    predictions: BTreeMap<usize, PredictionBatchBuilder>,
+    feedback: Vec<FeedbackEvent>,
+    training: BTreeMap<usize, Vec<TrainingEvent>>,
+    max_ts: BTreeMap<usize, i64>,
+}
+
+/// Run until `stop` is set (SIGTERM/SIGINT in the binary).
+pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mc = &config.monitor;
+    let metrics = Arc::new(MonitorMetrics::default());
+    let health = Arc::new(Health::default());
+    health.beat();
+    let addr = http::serve(
+        &mc.listen,
+        metrics.registry(),
+        health.clone(),
+        Duration::from_secs(30),
+    )?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+
+    let window = &config.window;
+    let sql = SqlMetrics::new(
+        &config.sql_metrics,
+        engine_schema(window),
+        window.size.as_millis() as i64,
+    )
+    .await?;
+    let references = if config.drift.enabled {
+        Some(load_references(config)?)
+    } else {
+        None
+    };
+    let new_engine = || -> anyhow::Result<WindowEngine> {
+        let drift = match &references {
+            Some(r) => Some(DriftOperator::new(
+                &config.drift,
+                window.size.as_millis() as i64,
+                r.clone(),
+            )?),
+            None => None,
+        };
+        Ok(WindowEngine::new(window, !sql.is_empty())?.with_operators(
+            drift,
+            Some(GradientMonitor::new(config.gradients)),
+            Some(LabelJoin::new(config.quality)),
+        ))
+    };
+
+    let mut sinks = Sinks::start(config)?;
+    let mut alerts_log = AlertsFile::create(&mc.alerts_out)
+        .with_context(|| format!("alerts_out {}", mc.alerts_out.display()))?;
+    let mut alerting = AlertStage::new(config, mc.send_alerts, MONITOR_RECEIVER, &mut alerts_log)?;
+
+    let topics = &config.topics;
+    let names = [
+        topics.predictions.as_str(),
+        topics.feedback.as_str(),
+        topics.training.as_str(),
+    ];
+    let consumer = kafka::consumer(&config.kafka, &names, metrics.clone())?;
+    let dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?names, "consuming");
+
+    let spec = infermon_operators::window::WindowSpec::new(window)?;
+    let wait_ms = config.quality.label_wait.as_millis() as i64;
+    // The watermark at which a message's last contribution is emitted.
+    let release_at = |kind: TopicKind, ts: i64| -> i64 {
+        let last_end = spec.starts(ts).last().map_or(ts, |s| spec.end(s));
+        match kind {
+            TopicKind::Training => last_end,
+            _ => last_end + wait_ms,
+        }
+    };
+
+    let kc = &config.kafka;
+    let mut assigned: Option<Assigned> = None;
+    let mut paused = false;
+    let mut last_commit = Instant::now();
+    let mut anomaly_points: Vec<Point> = Vec::new();
+    let mut anomalies_since = Instant::now();
+    // Watermark of the last points handed to the sinks.
+    let mut pushed = i64::MIN;
+    while !stop.load(Ordering::Relaxed) {
+        health.beat();
+        let mut batch = Batch::default();
+        let linger_until = Instant::now() + kc.batch_linger;
+        let mut n = 0;
+        while n < kc.batch_size {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            let polled = consumer.poll(left.max(Duration::from_millis(1)));
+            if rebalanced(
+                &consumer,
+                &mut assigned,
+                &mut batch,
+                &new_engine,
+                &mut paused,
+            )? {
+                health.ready.store(true, Ordering::Relaxed);
+            }
+            match polled {
+                None => {
+                    if left.is_zero() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Ok(msg)) => {
+                    n += 1;
+                    if let Some(a) = assigned.as_mut() {
+                        take_message(&msg, a, &mut batch, config, &dlq, &metrics, &release_at)?;
+                    }
+                }
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+
+        let now = now_ms();
+        let Some(a) = assigned.as_mut() else {
+            continue;
+        };
+        for (input, mut builder) in std::mem::take(&mut batch.predictions) {
+            a.engine.push_predictions(input, &builder.finish(), now)?;
+        }
+        a.engine.push_feedback(&batch.feedback);
+        for (input, steps) in &batch.training {
+            for anomaly in a.engine.push_training(*input, steps, now) {
+                anomaly_points.push(anomaly.point());
+            }
+        }
+        for (input, ts) in &batch.max_ts {
+            a.engine.observe(*input, *ts, now);
+        }
+
+        // Windows the watermark has passed, in order, then their alerts.
+        let closed = a.engine.fire(now);
+        let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        if !closed.is_empty()
+            || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= linger(config))
+        {
+            let mut points = std::mem::take(&mut anomaly_points);
+            anomalies_since = Instant::now();
+            let mut fired = alerting.points(&points, None)?;
+            for mut w in closed {
+                metrics.windows.inc();
+                let mut p = w.points()?;
+                if !sql.is_empty() {
+                    p.extend(sql.evaluate(w.end, std::mem::take(&mut w.batches)).await?);
+                }
+                fired.extend(alerting.points(&p, Some(w.end))?);
+                points.extend(p);
+            }
+            for n in &fired {
+                let l: Labels = vec![
+                    ("alertname".into(), n.labels["alertname"].clone()),
+                    ("status".into(), format!("{:?}", n.status).to_lowercase()),
+                ];
+                metrics.alerts.get_or_create(&l).inc();
+            }
+            points.extend(fired.iter().map(|n| n.point()));
+            alerting.flush_log()?;
+            metrics.points.inc_by(points.len() as u64);
+            sinks.push(&points, watermark)?;
+            pushed = watermark;
+        }
+        metrics.watermark_ms.set(watermark);
+
+        // Backpressure: a full spool pauses consumption until it drains.
+        let full = sinks.full();
+        if full != paused {
+            let assignment = consumer.assignment()?;
+            if full {
+                consumer.pause(&assignment)?;
+                tracing::warn!("a sink spool is full: consumption paused until it drains");
+            } else {
+                consumer.resume(&assignment)?;
+                tracing::info!("spool drained below its limit: consumption resumed");
+            }
+            paused = full;
+            metrics.backpressure.set(i64::from(full));
+            health.ready.store(!full, Ordering::Relaxed);
+        }
+
+        if last_commit.elapsed() >= kc.commit_interval {
+            last_commit = Instant::now();
+            commit(&consumer, a, &sinks, &dlq, &metrics, CommitMode::Async)?;
+            sinks.export(&metrics);
+            let late: u64 = a.engine.series_stats().iter().map(|(_, s)| s.late).sum();
+            if late > a.late_seen {
+                let l: Labels = vec![("topic".into(), topics.predictions.clone())];
+                metrics.late.get_or_create(&l).inc_by(late - a.late_seen);
+                a.late_seen = late;
+            }
+        }
+    }
+
+    // SIGTERM: complete windows are already out; send what waits, commit.
+    tracing::info!("stopping: draining sinks and committing");
+    health.ready.store(false, Ordering::Relaxed);
+    if let Some(a) = assigned.as_mut() {
+        let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        if !anomaly_points.is_empty() {
+            sinks.push(&anomaly_points, watermark)?;
+            pushed = watermark;
+        }
+    }
+    let (receivers, _) = alerting.finish(mc.shutdown_timeout)?;
+    for (name, s) in receivers {
+        tracing::info!(receiver = %name, delivered = s.delivered, undelivered = s.undelivered, "alert receiver closed");
+    }
+    let deadline = Instant::now() + mc.shutdown_timeout;
+    while sinks.acked() < pushed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(a) = assigned.as_mut() {
+        commit(&consumer, a, &sinks, &dlq, &metrics, CommitMode::Sync)?;
+    }
+    sinks.close(deadline.saturating_duration_since(Instant::now()));
+    consumer.unsubscribe();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn linger(config: &Config) -> Duration {
+    config
+        .influxdb
+        .iter()
+        .map(|c| c.linger)
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+}
+
+/// Apply rebalances the consumer queued during the last poll. Returns true
+/// when partitions were assigned.
+fn rebalanced(
+    consumer: &MonitorConsumer,
+    assigned: &mut Option<Assigned>,
+    batch: &mut Batch,
+    new_engine: &dyn Fn() -> anyhow::Result<WindowEngine>,
+    paused: &mut bool,
+) -> anyhow::Result<bool> {
+    let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
+    let mut got = false;
+    for e in events {
+        match e {
+            Assignment::Revoked(_) => {
+                // Their safe offsets were committed in the callback; what
+                // was read since is re-read by the next owner.
+                *assigned = None;
+                *batch = Batch::default();
+            }
+            Assignment::Assigned(parts) => {
+                let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
+                let mut engine = new_engine()?;
+                let now = now_ms();
+                let mut inputs = HashMap::new();
+                let mut kept = HashMap::new();
+                for tp in parts {
+                    let input = engine.add_input(now);
+                    if let Some(Some(floor)) = floors.get(&tp) {
+                        engine.set_floor(input, *floor);
+                        kept.insert(tp.clone(), *floor);
+                    }
+                    inputs.insert(tp, input);
+                }
+                tracing::info!(floors = ?kept, "window state rebuilt for the new assignment");
+                *assigned = Some(Assigned {
+                    engine,
+                    inputs,
+                    floors: kept,
+                    tracker: OffsetTracker::new(),
+                    late_seen: 0,
+                });
+                *batch = Batch::default();
+                *paused = false;
+                got = true;
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Decode one message into the batch, or send it to the DLQ.
+fn take_message(
+    msg: &BorrowedMessage<'_>,
+    a: &mut Assigned,
+    batch: &mut Batch,
+    config: &Config,
+    dlq: &Dlq,
+    metrics: &MonitorMetrics,
+    release_at: &dyn Fn(TopicKind, i64) -> i64,
+) -> anyhow::Result<()> {
+    let tp = (msg.topic().to_string(), msg.partition());
+    let Some(&input) = a.inputs.get(&tp) else {
+        return Ok(()); // not (or no longer) ours
+    };
+    let topic_label: Labels = vec![("topic".into(), tp.0.clone())];
+    metrics.consumed.get_or_create(&topic_label).inc();
+    let kind = config
+        .topics
+        .kind_of(&tp.0)
+        .unwrap_or(TopicKind::Predictions);
+    let payload = msg.payload().unwrap_or_default();
+    let decoded = if payload.is_empty() {
+        Err((
+            "empty_value",
+            "empty message value: expected a JSON event".to_string(),
+        ))
+    } else if payload.len() > config.kafka.max_event_bytes {
+        Err((
+            "too_large",
+            format!(
+                "value of {} bytes exceeds max_event_bytes = {}",
+                payload.len(),
+                config.kafka.max_event_bytes
+            ),
+        ))
+    } else {
+        decode_event(kind, payload).map_err(|e| (e.reason(), e.to_string()))
+    };
+    let event = match decoded {
+        Ok(e) => e,
+        Err((code, reason)) => {
+            dlq.send(msg, &reason)?;
+            let l: Labels = vec![
+                ("topic".into(), tp.0.clone()),
+                ("reason".into(), code.to_string()),
+            ];
+            metrics.dlq.get_or_create(&l).inc();
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset = msg.offset(), %reason, "to the DLQ");
+            a.tracker.read(&tp, msg.offset(), None);
+            return Ok(());
+        }
+    };
+    let ts = event.ts();
+    let release = release_at(kind, ts);
+    let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
+    // Wholly written by an earlier owner: nothing to keep it for.
+    let pin = (release > floor).then_some(release);
+    a.tracker.read(&tp, msg.offset(), pin);
+    let max = batch.max_ts.entry(input).or_insert(ts);
+    *max = (*max).max(ts);
+    match event {
+        Decoded::Prediction(p) => batch
+            .predictions
+            .entry(input)
+            .or_insert_with(|| PredictionBatchBuilder::new(&config.window.segment_keys))
+            .push(&p),
+        Decoded::Feedback(f) => batch.feedback.push(f),
+        Decoded::Training(t) => batch.training.entry(input).or_default().push(t),
+        Decoded::Request(_) => {}
+    }
+    Ok(())
+}
+
+/// Commit, per partition, the lowest offset still needed by a result no
+/// sink has acknowledged; the metadata carries the acknowledged watermark.
+fn commit(
+    consumer: &MonitorConsumer,
+    a: &mut Assigned,
+    sinks: &Sinks,
+    dlq: &Dlq,
+    metrics: &MonitorMetrics,
+    mode: CommitMode,
+) -> anyhow::Result<()> {
+    let acked = sinks.acked();
+    metrics.acked_watermark_ms.set(acked);
+    a.tracker.release(acked);
+    // DLQ'd messages must be in the DLQ before we commit past them.
+    if let Err(e) = dlq.flush(Duration::from_secs(10)) {
+        tracing::warn!(error = %e, "DLQ not flushed; commit postponed");
+        return Ok(());
+    }
+    let offsets = a.tracker.committable();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let with_floor: Vec<_> = offsets
+        .into_iter()
+        .map(|(tp, o)| {
+            let wm = acked.max(a.floors.get(&tp).copied().unwrap_or(i64::MIN));
+            (tp, o, wm)
+        })
+        .collect();
+    let tpl: TopicPartitionList = kafka::commit_list(&with_floor)?;
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        tracing::warn!(error = %e, "offset commit failed; will retry");
+        return Ok(());
+    }
+    *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Kafka as a source: a consumer group over the predictions, feedback and
+//! training topics, with offsets stored by hand (at-least-once), rebalance
+//! events handed to the monitor loop, and a DLQ producer for messages that
+//! do not decode.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::monitor::http::{Labels, MonitorMetrics};
+use crate::monitor::offsets::TopicPartition;
+
+/// How to reach the brokers and read from them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group; monitors sharing it split the partitions.
+    pub group_id: String,
+    /// Extra librdkafka properties, passed through as they are (security,
+    /// timeouts, ...), for consumer and DLQ producer alike.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables
+    /// (property → variable), for secrets such as `sasl.password`.
+    pub properties_env: BTreeMap<String, String>,
+    /// Messages decoded per batch at most.
+    pub batch_size: usize,
+    /// A batch waits at most this long to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// How often safe offsets are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Larger values are not events: they go to the DLQ.
+    pub max_event_bytes: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "infermon-monitor".into(),
+            properties: BTreeMap::new(),
+            properties_env: BTreeMap::new(),
+            batch_size: 1024,
+            batch_linger: Duration::from_millis(50),
+            commit_interval: Duration::from_secs(5),
+            max_event_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The librdkafka settings shared by the consumer and the DLQ producer.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        for (k, var) in &self.properties_env {
+            let v = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("kafka property {k} comes from ${var}, which is not set")
+            })?;
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+}
+
+/// A rebalance, as the loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// These partitions are ours now.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are no longer ours.
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Consumer callbacks: commit what is safe before partitions leave, queue
+/// rebalances for the loop, export lag from librdkafka statistics.
+pub struct MonitorContext {
+    /// Rebalances since the loop last looked.
+    pub events: Mutex<Vec<Assignment>>,
+    /// The offsets (with watermark metadata) safe to commit right now.
+    pub safe: Mutex<Option<TopicPartitionList>>,
+    metrics: Arc<MonitorMetrics>,
+}
+
+impl ClientContext for MonitorContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels: Labels = vec![
+                    ("topic".into(), topic.clone()),
+                    ("partition".into(), partition.to_string()),
+                ];
+                self.metrics.lag.get_or_create(&labels).set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for MonitorContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Hand over cleanly: the next owner resumes from what is safe.
+            if let Some(safe) = self.safe.lock().expect("safe lock").take()
+                && safe.count() > 0
+                && let Err(e) = consumer.commit(&safe, CommitMode::Sync)
+            {
+                tracing::warn!(error = %e, "commit on revoke failed; the next owner re-reads more");
+            }
+            tracing::info!(partitions = ?partitions(tpl), "partitions revoked");
+            self.events
+                .lock()
+                .expect("events lock")
+                .push(Assignment::Revoked(partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?partitions(tpl), "partitions assigned");
+                self.events
+                    .lock()
+                    .expect("events lock")
+                    .push(Assignment::Assigned(partitions(tpl)));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// The consumer of the monitored topics.
+pub type MonitorConsumer = BaseConsumer<MonitorContext>;
+
+/// Create the group consumer and subscribe to `topics`. Offsets are
+/// committed only by [`commit`]: auto commit and auto offset store are off.
+pub fn consumer(
+    config: &KafkaConfig,
+    topics: &[&str],
+    metrics: Arc<MonitorMetrics>,
+) -> anyhow::Result<MonitorConsumer> {
+    let mut c = config.client_config()?;
+    c.set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &config.properties {
+        c.set(k, v); // the user's word wins over our defaults
+    }
+    let context = MonitorContext {
+        events: Mutex::new(Vec::new()),
+        safe: Mutex::new(None),
+        metrics,
+    };
+    let consumer: MonitorConsumer = c.create_with_context(context)?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
+/// Metadata stored with each committed offset: the acknowledged watermark,
+/// so a later owner skips windows already written.
+pub fn offset_metadata(acked_watermark: i64) -> String {
+    format!("infermon:acked_watermark={acked_watermark}")
+}
+
+/// The acknowledged watermark in a committed offset's metadata.
+pub fn parse_offset_metadata(metadata: &str) -> Option<i64> {
+    metadata
+        .strip_prefix("infermon:acked_watermark=")?
+        .parse()
+        .ok()
+}
+
+/// The offsets to commit, each with its partition's acknowledged
+/// watermark as metadata.
+pub fn commit_list(offsets: &[(TopicPartition, i64, i64)]) -> anyhow::Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset, _) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    for (mut e, (_, _, watermark)) in tpl.elements().into_iter().zip(offsets) {
+        e.set_metadata(offset_metadata(*watermark));
+    }
+    Ok(tpl)
+}
+
+/// Where each of `assigned` was left: the acknowledged watermark from its
+/// committed offset's metadata (`None` if never committed by us).
+pub fn committed_floors(
+    consumer: &MonitorConsumer,
+    assigned: &[TopicPartition],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<TopicPartition, Option<i64>>> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in assigned {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let floor = match e.offset() {
+                Offset::Offset(_) => parse_offset_metadata(e.metadata()),
+                _ => None,
+            };
+            ((e.topic().to_string(), e.partition()), floor)
+        })
+        .collect())
+}
+
+/// Messages that are not events go here, with why and where from.
+pub struct Dlq {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl Dlq {
+    /// A producer to `topic`.
+    pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        let producer = config
+            .client_config()?
+            .set("enable.idempotence", "true")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "20")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Send the original bytes and key of `msg` with the contract's headers.
+    pub fn send(&self, msg: &BorrowedMessage<'_>, reason: &str) -> anyhow::Result<()> {
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "infermon-error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "infermon-source-topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "infermon-source-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "infermon-source-offset",
+                value: Some(&offset),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .payload(msg.payload().unwrap_or_default())
+            .headers(headers);
+        if let Some(key) = msg.key() {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| anyhow::anyhow!("DLQ produce to {}: {e}", self.topic))
+    }
+
+    /// Wait until everything sent is acknowledged (before committing past
+    /// the messages it came from).
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| anyhow::anyhow!("DLQ flush: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_metadata_round_trips() {
+        assert_eq!(
+            parse_offset_metadata(&offset_metadata(1_763_645_760_000)),
+            Some(1_763_645_760_000)
+        );
+        assert_eq!(
+            parse_offset_metadata(&offset_metadata(i64::MIN)),
+            Some(i64::MIN)
+        );
+        assert_eq!(parse_offset_metadata(""), None);
+        assert_eq!(parse_offset_metadata("someone else's"), None);
+    }
+}

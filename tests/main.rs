@@ -9,6 +9,7 @@ mod drift_reference;
 mod email_delivery;
 mod incidents_analytics;
 mod influxdb_line_protocol;
+mod kafka_monitor;
 mod kafka_replay;
 mod latency_reference;
 mod replay_offline;

@@ -284,6 +284,12 @@ impl WindowEngine {
         self
     }
 
+    /// The drift operator, when drift is computed (to keep or restore its
+    /// references).
+    pub fn drift_mut(&mut self) -> Option<&mut DriftOperator> {
+        self.drift.as_mut()
+    }
+
     /// Counters of the feedback join, when quality is computed.
     pub fn label_stats(&self) -> Option<crate::quality::JoinStats> {
         self.labels.as_ref().map(|l| l.stats())
@@ -306,6 +312,9 @@ impl WindowEngine {
         let Some(monitor) = self.gradients.as_mut() else {
             return Vec::new();
         };
+        if events.is_empty() {
+            return Vec::new();
+        }
         let others = self.watermarks.others_bound(input, now_ms);
         let mut max_ts = self.watermarks.input_max(input).unwrap_or(i64::MIN);
         let mut watermark = self.watermarks.current();

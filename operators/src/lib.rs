@@ -22,7 +22,10 @@ pub mod watermark;
 pub mod window;
 
 pub use drift::profile::Profile;
-pub use drift::{DriftConfig, DriftOperator, DriftThresholds, ProfileCollector, read_profile_file};
+pub use drift::{
+    DriftConfig, DriftOperator, DriftThresholds, FrozenReference, ProfileCollector,
+    read_profile_file,
+};
 pub use engine::{ClosedWindow, EngineError, SeriesKey, SeriesStats, WindowEngine};
 pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
 pub use quality::{LabelJoin, QualityConfig};

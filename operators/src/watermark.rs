@@ -91,7 +91,8 @@ impl WatermarkTracker {
             None => return self.current,
             Some(None) => input_max,
             Some(Some(m)) => m.min(input_max),
-        } - self.lateness_ms;
+        }
+        .saturating_sub(self.lateness_ms);
         Some(self.current.map_or(candidate, |w| w.max(candidate)))
     }
 
@@ -115,7 +116,7 @@ impl WatermarkTracker {
         } else {
             self.inputs.iter().filter_map(|i| i.max_ts).max()
         };
-        if let Some(c) = candidate.map(|c| c - self.lateness_ms)
+        if let Some(c) = candidate.map(|c| c.saturating_sub(self.lateness_ms))
             && self.current.is_none_or(|w| c > w)
         {
             self.current = Some(c);

@@ -459,6 +459,16 @@ fn tail_span(edges: &[f64], low_mean: f64, high_mean: f64, min: f64, max: f64) -
     }
 }
 
+/// A version's reference as frozen from its first traffic: what a monitor
+/// keeps on disk so a restart compares with the same reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrozenReference {
+    /// Event time at which the reference period ended.
+    pub ends_at: i64,
+    /// The reference (model and version inside).
+    pub profile: Profile,
+}
+
 #[derive(Debug)]
 struct VersionReference {
     /// Event time at which the reference period ends (a window boundary).
@@ -476,7 +486,9 @@ pub struct DriftOperator {
     files: HashMap<String, Arc<Profile>>,
     versions: HashMap<(String, String), VersionReference>,
     /// The most recently frozen reference per model, for new versions.
-    latest: HashMap<String, Arc<Profile>>,
+    latest: HashMap<String, (i64, Arc<Profile>)>,
+    /// Frozen since [`DriftOperator::take_frozen`] was last called.
+    newly_frozen: Vec<FrozenReference>,
 }
 
 impl DriftOperator {
@@ -500,6 +512,7 @@ impl DriftOperator {
             files,
             versions: HashMap::new(),
             latest: HashMap::new(),
+            newly_frozen: Vec::new(),
         })
     }
 
@@ -564,8 +577,41 @@ impl DriftOperator {
                 "drift reference frozen"
             );
             entry.frozen = Some(profile.clone());
-            self.latest.insert(model.to_string(), profile);
+            self.newly_frozen.push(FrozenReference {
+                ends_at: entry.ends_at,
+                profile: profile.as_ref().clone(),
+            });
+            self.latest
+                .insert(model.to_string(), (entry.ends_at, profile));
         }
+    }
+
+    /// References frozen since the last call, to keep.
+    pub fn take_frozen(&mut self) -> Vec<FrozenReference> {
+        std::mem::take(&mut self.newly_frozen)
+    }
+
+    /// Use a reference frozen by an earlier run (its version's first traffic
+    /// is not read again).
+    pub fn restore(&mut self, r: FrozenReference) {
+        let model = r.profile.model.clone();
+        let key = (model.clone(), r.profile.model_version.clone());
+        let profile = Arc::new(r.profile);
+        if self
+            .latest
+            .get(&model)
+            .is_none_or(|(at, _)| *at <= r.ends_at)
+        {
+            self.latest.insert(model, (r.ends_at, profile.clone()));
+        }
+        self.versions.insert(
+            key,
+            VersionReference {
+                ends_at: r.ends_at,
+                builder: None,
+                frozen: Some(profile),
+            },
+        );
     }
 
     /// The reference a window of this version starting at `start` is
@@ -585,6 +631,7 @@ impl DriftOperator {
         own.or_else(|| {
             self.latest
                 .get(model)
+                .map(|(_, p)| p)
                 .filter(|p| p.model_version != version)
                 .cloned()
         })

@@ -14,6 +14,7 @@
 
 pub mod http;
 pub mod offsets;
+pub mod references_store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -264,11 +265,17 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             )?),
             None => None,
         };
-        Ok(WindowEngine::new(window, !sql.is_empty())?.with_operators(
+        let mut engine = WindowEngine::new(window, !sql.is_empty())?.with_operators(
             drift,
             Some(GradientMonitor::new(config.gradients)),
             Some(LabelJoin::new(config.quality)),
-        ))
+        );
+        if let Some(d) = engine.drift_mut() {
+            for r in references_store::load(&mc.state_dir)? {
+                d.restore(r);
+            }
+        }
+        Ok(engine)
     };
 
     let mut sinks = Sinks::start(config)?;
@@ -357,14 +364,21 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         for (input, ts) in &batch.max_ts {
             a.engine.observe(*input, *ts, now);
         }
+        if let Some(d) = a.engine.drift_mut() {
+            references_store::save(&mc.state_dir, &d.take_frozen())?;
+        }
 
         // Windows the watermark has passed, in order, then their alerts.
         let closed = a.engine.fire(now);
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        // Quality of windows whose label wait ended with no window closing.
+        let waiting = a.engine.take_pending_points();
         if !closed.is_empty()
+            || !waiting.is_empty()
             || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= linger(config))
         {
             let mut points = std::mem::take(&mut anomaly_points);
+            points.extend(waiting);
             anomalies_since = Instant::now();
             let mut fired = alerting.points(&points, None)?;
             for mut w in closed {
@@ -529,7 +543,7 @@ fn take_message(
     let payload = msg.payload().unwrap_or_default();
     let decoded = if payload.is_empty() {
         Err((
-            "empty_value",
+            "empty",
             "empty message value: expected a JSON event".to_string(),
         ))
     } else if payload.len() > config.kafka.max_event_bytes {

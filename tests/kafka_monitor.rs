@@ -1,0 +1,766 @@
+//! `infermon monitor` against the real servers `.ci/run` starts: the Tansu
+//! broker, VictoriaMetrics (InfluxDB v2 write API) and InfluxDB 1.6 (v1).
+//!
+//! Every test works on topics, a consumer group and an InfluxDB database of
+//! its own, and compares what the monitor wrote with the offline replay of
+//! the same recording (`replay --offline`): same windows, same values.
+//! Windows are complete only once the watermark passes them, so the monitor
+//! is expected to have written every offline point up to the final
+//! watermark (newest event time − allowed lateness), quality points once
+//! their label wait has passed it too.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+use crate::support::{Line, infermon, parse_lines, recordings, required_env, run_ok};
+
+/// Lateness that covers the recordings' 20–90 s late events, so the offline
+/// and the Kafka runs agree on every row's window (late-data handling has
+/// its own tests).
+const LATENESS_MS: i64 = 120_000;
+/// The default label wait.
+const LABEL_WAIT_MS: i64 = 600_000;
+
+/// Topics, group, database and files of one test.
+struct Setup {
+    brokers: String,
+    id: String,
+    dir: tempfile::TempDir,
+    topics: BTreeMap<&'static str, String>,
+}
+
+impl Setup {
+    fn new(name: &str) -> Self {
+        let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
+        let id = format!(
+            "{name}{}x{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+                % 1_000_000_000
+        );
+        let topics: BTreeMap<&'static str, String> =
+            ["requests", "predictions", "feedback", "training", "dlq"]
+                .into_iter()
+                .map(|base| (base, format!("t{id}.{base}")))
+                .collect();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(base, t)| {
+                NewTopic::new(
+                    t,
+                    if *base == "dlq" { 1 } else { 4 },
+                    TopicReplication::Fixed(1),
+                )
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for r in rt
+            .block_on(admin.create_topics(&new, &AdminOptions::new()))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+        Self {
+            brokers,
+            id,
+            dir: tempfile::tempdir().unwrap(),
+            topics,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A config file: our topics, lateness, short idle timeout, the group,
+    /// plus `extra` TOML.
+    fn config(&self, name: &str, extra: &str) -> PathBuf {
+        let mut toml = format!(
+            "[window]\nallowed_lateness = \"{}ms\"\nidle_timeout = \"2s\"\n\n[topics]\n",
+            LATENESS_MS
+        );
+        for (base, t) in &self.topics {
+            toml.push_str(&format!("{base} = {t:?}\n"));
+        }
+        toml.push_str(&format!(
+            "\n[kafka]\nbrokers = {:?}\ngroup_id = \"g{}\"\ncommit_interval = \"500ms\"\n\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n",
+            self.brokers, self.id
+        ));
+        toml.push_str(extra);
+        let path = self.path(name);
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// A fresh InfluxDB 1.x database for this test.
+    fn influx_v1_db(&self) -> (String, String) {
+        let url = required_env("INFERMON_TEST_INFLUXDB_V1_URL");
+        let db = format!("t{}", self.id);
+        ureq::post(&format!("{url}/query"))
+            .send_form(&[("q", &format!("CREATE DATABASE \"{db}\""))])
+            .unwrap();
+        (url, db)
+    }
+
+    /// `[monitor]` settings: own state dir, free port, files in the test dir.
+    fn monitor_toml(&self, instance: &str) -> String {
+        format!(
+            "[monitor]\nlisten = \"127.0.0.1:{}\"\nstate_dir = {:?}\nmetrics_out = {:?}\nalerts_out = {:?}\nrejects_out = {:?}\nshutdown_timeout = \"5s\"\n",
+            free_port(),
+            self.path(&format!("state-{instance}")),
+            self.path(&format!("metrics-{instance}.lp")),
+            self.path(&format!("alerts-{instance}.jsonl")),
+            self.path(&format!("rejects-{instance}.jsonl")),
+        )
+    }
+
+    /// Produce recorded lines to our topics with `replay --to-kafka`.
+    fn produce(&self, config: &Path, lines: &[String]) {
+        let file = self.path(&format!("part-{}.jsonl", lines.len()));
+        std::fs::write(&file, self.relabel(lines)).unwrap();
+        run_ok(
+            infermon()
+                .arg("--config")
+                .arg(config)
+                .arg("replay")
+                .arg(&file)
+                .args(["--to-kafka", &self.brokers, "--speed", "0"]),
+        );
+    }
+
+    /// Recorded lines with our topic names.
+    fn relabel(&self, lines: &[String]) -> String {
+        let mut text = String::new();
+        for l in lines {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let base = match v["topic"].as_str().unwrap() {
+                "inference.requests" => "requests",
+                "inference.predictions" => "predictions",
+                "inference.feedback" => "feedback",
+                "training.telemetry" => "training",
+                other => panic!("unexpected topic {other}"),
+            };
+            v["topic"] = Value::String(self.topics[base].clone());
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A bundled recording's lines (topics as recorded).
+fn recording_lines(name: &str) -> Vec<String> {
+    let rec = recordings()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(name))
+        .unwrap();
+    let decoder = zstd::Decoder::new(std::fs::File::open(&rec).unwrap()).unwrap();
+    std::io::BufReader::new(decoder)
+        .lines()
+        .map(Result::unwrap)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// What the offline replay of `lines` writes, restricted to what a live
+/// monitor can have completed after reading them all: windows ending at or
+/// before the final watermark, quality whose wait also ended. `alerts`
+/// points are left out (alert state is checked on its own).
+fn expected_points(setup: &Setup, config: &Path, lines: &[String]) -> (Vec<Line>, i64) {
+    let file = setup.path("all.jsonl");
+    std::fs::write(&file, setup.relabel(lines)).unwrap();
+    let out = setup.path("offline.lp");
+    run_ok(
+        infermon()
+            .arg("--config")
+            .arg(config)
+            .args(["replay", "--offline", "--quiet"])
+            .arg(&file)
+            .arg("--metrics-out")
+            .arg(&out)
+            .arg("--alerts-out")
+            .arg(setup.path("offline-alerts.jsonl"))
+            .arg("--rejects-out")
+            .arg(setup.path("offline-rejects.jsonl")),
+    );
+    let max_ts = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let watermark = max_ts - LATENESS_MS;
+    let points: Vec<Line> = parse_lines(&std::fs::read_to_string(out).unwrap())
+        .into_iter()
+        .filter(|l| l.measurement != "alerts")
+        .filter(|l| {
+            let ts = l.ts_ns / 1_000_000;
+            if l.measurement == "quality" {
+                ts + LABEL_WAIT_MS <= watermark
+            } else {
+                ts <= watermark
+            }
+        })
+        .collect();
+    // The watermark the monitor must have acknowledged once all are written.
+    let last = points
+        .iter()
+        .map(|l| {
+            let ts = l.ts_ns / 1_000_000;
+            if l.measurement == "quality" {
+                ts + LABEL_WAIT_MS
+            } else {
+                ts
+            }
+        })
+        .max()
+        .unwrap();
+    (points, last)
+}
+
+/// A running `infermon monitor`.
+struct Monitor {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Monitor {
+    fn start(config: &Path, log: PathBuf) -> Self {
+        let text = std::fs::read_to_string(config).unwrap();
+        let addr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let child = infermon()
+            .arg("--config")
+            .arg(config)
+            .arg("monitor")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Self { child, addr, log };
+        m.wait_for(Duration::from_secs(30), "its HTTP endpoint", |m| {
+            m.get("/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        m
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        match ureq::get(&format!("http://{}{path}", self.addr))
+            .timeout(Duration::from_secs(2))
+            .call()
+        {
+            Ok(r) => Some((r.status(), r.into_string().unwrap())),
+            Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap())),
+            Err(_) => None,
+        }
+    }
+
+    /// Sum of a metric's samples whose line contains every `labels` part.
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let Some((200, text)) = self.get("/metrics") else {
+            return f64::NAN;
+        };
+        text.lines()
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some(name) && labels.iter().all(|p| l.contains(p))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Self) -> bool) {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if ok(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "monitor: timed out after {timeout:?} waiting for {what}; log:\n{}",
+            tail(&self.log_text(), 40)
+        );
+    }
+
+    /// Wait until every sink has acknowledged `watermark`.
+    fn wait_acked(&self, watermark: i64, timeout: Duration) {
+        self.wait_for(timeout, &format!("acked watermark {watermark}"), |m| {
+            m.metric("infermon_acked_watermark_ms", &[]) >= watermark as f64
+        });
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn terminate(mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "monitor did not stop within 20 s of SIGTERM; log:\n{}",
+                tail(&self.log_text(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no flush, no commit.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Field values of line protocol, typed as InfluxDB's JSON gives them.
+fn typed(v: &str) -> Value {
+    if let Some(i) = v.strip_suffix('i') {
+        return Value::from(i.parse::<i64>().unwrap());
+    }
+    match v {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::from(v.parse::<f64>().unwrap()),
+    }
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
+}
+
+/// (measurement, tags, ts_ns) of a point.
+type PointKey = (String, Vec<(String, String)>, i64);
+
+fn key(l: &Line) -> PointKey {
+    let mut tags: Vec<_> = l
+        .tags
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .cloned()
+        .collect();
+    tags.sort();
+    (l.measurement.clone(), tags, l.ts_ns)
+}
+
+/// Every point of `measurements` in an InfluxDB 1.x database, with fields
+/// told from tags by `tag_keys`.
+fn influx_v1_points(
+    url: &str,
+    db: &str,
+    expected: &[Line],
+) -> BTreeMap<PointKey, BTreeMap<String, Value>> {
+    let mut tag_keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for l in expected {
+        let e = tag_keys.entry(&l.measurement).or_default();
+        for (k, _) in &l.tags {
+            if !e.contains(&k.as_str()) {
+                e.push(k);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (m, tags) in &tag_keys {
+        let resp: Value = serde_json::from_str(
+            &ureq::get(&format!("{url}/query"))
+                .query("db", db)
+                .query("epoch", "ns")
+                .query("q", &format!("SELECT * FROM \"{m}\""))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let Some(series) = resp["results"][0]["series"].as_array() else {
+            continue;
+        };
+        for s in series {
+            let cols: Vec<&str> = s["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            for row in s["values"].as_array().unwrap() {
+                let row = row.as_array().unwrap();
+                let mut t = Vec::new();
+                let mut fields = BTreeMap::new();
+                let mut ts = 0;
+                for (c, v) in cols.iter().zip(row) {
+                    if *c == "time" {
+                        ts = v.as_i64().unwrap();
+                    } else if v.is_null() {
+                    } else if tags.contains(c) {
+                        t.push((c.to_string(), v.as_str().unwrap().to_string()));
+                    } else {
+                        fields.insert(c.to_string(), v.clone());
+                    }
+                }
+                t.sort();
+                out.insert((m.to_string(), t, ts), fields);
+            }
+        }
+    }
+    out
+}
+
+/// Every expected point is in the database with the same fields, and the
+/// database has no window the offline replay does not.
+fn assert_influx_v1_matches(url: &str, db: &str, expected: &[Line], what: &str) {
+    let got = influx_v1_points(url, db, expected);
+    let mut missing = Vec::new();
+    let mut differ = Vec::new();
+    for l in expected {
+        let k = key(l);
+        match got.get(&k) {
+            None => missing.push(k),
+            Some(fields) => {
+                for (f, v) in &l.fields {
+                    let want = typed(v);
+                    if !fields.get(f).is_some_and(|g| same_value(g, &want)) {
+                        differ.push(format!(
+                            "{k:?} {f}: offline {want}, influx {:?}",
+                            fields.get(f)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{what}: {} of {} offline points missing in InfluxDB, e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        differ.is_empty(),
+        "{what}: {} field values differ, e.g. {:#?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+    let newest = expected.iter().map(|l| l.ts_ns).max().unwrap();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| k.2 <= newest && !expected.iter().any(|l| key(l) == **k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "{what}: points the offline replay does not have: {extra:?}"
+    );
+}
+
+#[test]
+fn monitor_writes_what_the_offline_replay_writes_to_influxdb_v1_and_v2() {
+    let setup = Setup::new("same");
+    let (v1_url, db) = setup.influx_v1_db();
+    let vm = required_env("INFERMON_TEST_VM_URL");
+    let sinks = format!(
+        "[[influxdb]]\nname = \"victoria\"\nurl = {vm:?}\napi = \"v2\"\norg = \"infermon\"\nbucket = \"b{}\"\n\n\
+         [[influxdb]]\nname = \"influx1\"\nurl = {v1_url:?}\napi = \"v1\"\ndb = {db:?}\n\n",
+        setup.id
+    );
+    let config = setup.config("monitor.toml", &(sinks + &setup.monitor_toml("a")));
+    let lines = recording_lines("latency-regression");
+    let (expected, last) = expected_points(&setup, &config, &lines);
+    assert!(expected.len() > 1000, "{} points", expected.len());
+
+    setup.produce(&config, &lines);
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    monitor.wait_acked(last, Duration::from_secs(120));
+    let consumed = monitor.metric("infermon_consumed_messages_total", &[]);
+    let windows = monitor.metric("infermon_windows_emitted_total", &[]);
+    let alerts_fired = monitor.metric(
+        "infermon_alert_notifications_total",
+        &["alertname=\"latency_p99_regression\"", "status=\"firing\""],
+    );
+    let status = monitor.terminate();
+    assert!(status.success(), "monitor exited with {status}");
+
+    // Predictions and feedback were consumed (requests are not monitored).
+    let events = lines
+        .iter()
+        .filter(|l| !l.contains("\"inference.requests\""))
+        .count();
+    assert_eq!(consumed as usize, events);
+    assert!(windows >= 59.0, "{windows} windows");
+    assert_eq!(alerts_fired, 1.0, "the documented incident fires once");
+
+    assert_influx_v1_matches(&v1_url, &db, &expected, "InfluxDB 1.6 (v1 API)");
+
+    // VictoriaMetrics stores `<measurement>_<field>{tags}`, booleans as 1/0,
+    // and keeps 12 significant decimal digits of a float.
+    let from = expected.iter().map(|l| l.ts_ns).min().unwrap() / 1_000_000;
+    let to = expected.iter().map(|l| l.ts_ns).max().unwrap() / 1_000_000;
+    let mut got: BTreeMap<(String, Vec<(String, String)>, i64), f64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let numeric_fields: usize = expected.iter().map(|l| l.fields.len()).sum();
+    while got.len() < numeric_fields && Instant::now() < deadline {
+        got.clear();
+        let body = ureq::post(&format!("{vm}/api/v1/export"))
+            .send_form(&[
+                (
+                    "match[]",
+                    "{__name__=~\"(latency|throughput|drift|quality)_.*\"}",
+                ),
+                ("start", &(from / 1000).to_string()),
+                ("end", &(to / 1000 + 1).to_string()),
+            ])
+            .unwrap()
+            .into_string()
+            .unwrap();
+        for l in body.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let mut labels: Vec<(String, String)> = v["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            labels.sort();
+            let name = labels
+                .iter()
+                .find(|(k, _)| k == "__name__")
+                .unwrap()
+                .1
+                .clone();
+            labels.retain(|(k, _)| k != "__name__");
+            for (ts, value) in v["timestamps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(v["values"].as_array().unwrap())
+            {
+                got.insert(
+                    (name.clone(), labels.clone(), ts.as_i64().unwrap()),
+                    value.as_f64().unwrap(),
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut differ = Vec::new();
+    for l in &expected {
+        let (m, tags, ts) = key(l);
+        for (f, v) in &l.fields {
+            let want = match typed(v) {
+                Value::Bool(b) => f64::from(u8::from(b)),
+                other => other.as_f64().unwrap(),
+            };
+            let k = (format!("{m}_{f}"), tags.clone(), ts / 1_000_000);
+            match got.get(&k) {
+                Some(g) if *g == want || (g - want).abs() <= 1e-11 * want.abs() => {}
+                g => differ.push(format!("{k:?}: offline {want}, victoria {g:?}")),
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "VictoriaMetrics (v2 API): {} of {numeric_fields} values missing or different, e.g. {:#?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+}
+
+#[test]
+fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
+    let setup = Setup::new("dlq");
+    let config = setup.config("monitor.toml", &setup.monitor_toml("a"));
+    let predictions = &setup.topics["predictions"];
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let good = |ts: i64, id: &str| {
+        serde_json::json!({
+            "request_id": id, "ts": ts, "model": "m", "model_version": "1",
+            "worker": "w", "device": "cpu", "status": "ok", "batch_size": 1,
+            "score": 0.5,
+            "timings_ms": {"queue": 1.0, "preprocess": 1.0, "inference": 1.0, "postprocess": 1.0, "total": 4.0}
+        })
+        .to_string()
+    };
+    let big = format!(
+        "{{\"request_id\": \"r-big\", \"pad\": \"{}\"}}",
+        "x".repeat(900 * 1024)
+    );
+    let training_event = serde_json::json!({
+        "run_id": "run-1", "model": "m", "step": 1, "ts": 1_763_643_600_000i64,
+        "loss": 0.5, "grad_norm": 1.0, "lr": 0.001
+    })
+    .to_string();
+    let poison: Vec<(&str, String)> = vec![
+        ("invalid JSON", "{\"request_id\": \"r-1\", ".to_string()),
+        (
+            "wrong types",
+            good(1_763_643_600_000, "r-2").replace("\"ts\":1763643600000", "\"ts\":\"yesterday\""),
+        ),
+        ("900 KB value", big),
+        ("empty value", String::new()),
+        ("wrong topic schema", training_event),
+    ];
+    assert!(poison[1].1.contains("yesterday"), "{}", poison[1].1);
+    let base = 1_763_643_600_000i64;
+    let mut sent_good = 0;
+    for i in 0..50 {
+        let body = good(base + i * 1000, &format!("r-ok-{i}"));
+        producer
+            .send(BaseRecord::to(predictions).key("m").payload(&body))
+            .unwrap();
+        sent_good += 1;
+        if i % 10 == 5 {
+            let (_, bad) = &poison[(i / 10) as usize];
+            producer
+                .send(BaseRecord::to(predictions).key("m").payload(bad.as_bytes()))
+                .unwrap();
+        }
+    }
+    // One more good event two minutes later closes the first window.
+    let body = good(base + 200_000, "r-ok-late");
+    producer
+        .send(BaseRecord::to(predictions).key("m").payload(&body))
+        .unwrap();
+    sent_good += 1;
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    monitor.wait_for(Duration::from_secs(90), "5 DLQ'd and 51 consumed", |m| {
+        m.metric("infermon_dlq_messages_total", &[]) >= 5.0
+            && m.metric("infermon_consumed_messages_total", &[]) >= (sent_good + 5) as f64
+    });
+    let by_reason =
+        |r: &str| monitor.metric("infermon_dlq_messages_total", &[&format!("reason=\"{r}\"")]);
+    let metrics = monitor.get("/metrics").unwrap().1;
+    assert_eq!(by_reason("empty"), 1.0, "{metrics}");
+    assert_eq!(by_reason("too_large"), 1.0, "{metrics}");
+    assert_eq!(by_reason("invalid_json"), 1.0, "{metrics}");
+    // Windows still close: the first minute's 50 good events are counted.
+    monitor.wait_acked(base + 60_000, Duration::from_secs(30));
+    let status = monitor.terminate();
+    assert!(status.success());
+    let lp = std::fs::read_to_string(setup.path("metrics-a.lp")).unwrap();
+    let throughput: Vec<Line> = parse_lines(&lp)
+        .into_iter()
+        .filter(|l| l.measurement == "throughput" && l.ts_ns == (base + 60_000) * 1_000_000)
+        .collect();
+    assert_eq!(throughput.len(), 1, "{lp}");
+    assert_eq!(throughput[0].float("requests"), Some(50.0), "{lp}");
+
+    // The DLQ holds the original bytes with the contract's headers.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", format!("dlq-reader-{}", setup.id))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&setup.topics["dlq"]]).unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while got.len() < 5 && Instant::now() < until {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            let m = m.unwrap();
+            let mut headers = BTreeMap::new();
+            for h in m.headers().unwrap().iter() {
+                headers.insert(
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                );
+            }
+            got.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    assert_eq!(got.len(), 5, "DLQ messages");
+    for (what, bad) in &poison {
+        let (_, headers) = got
+            .iter()
+            .find(|(payload, _)| payload == bad.as_bytes())
+            .unwrap_or_else(|| panic!("{what}: not in the DLQ byte for byte"));
+        assert_eq!(headers["infermon-source-topic"], *predictions, "{what}");
+        assert!(
+            headers["infermon-source-partition"].parse::<i32>().is_ok(),
+            "{what}"
+        );
+        assert!(
+            headers["infermon-source-offset"].parse::<i64>().is_ok(),
+            "{what}"
+        );
+        let reason = &headers["infermon-error"];
+        let names = match *what {
+            "invalid JSON" => "JSON",
+            "wrong types" => "ts",
+            "900 KB value" => "max_event_bytes",
+            "empty value" => "empty",
+            _ => "missing field",
+        };
+        assert!(
+            reason.contains(names),
+            "{what}: reason {reason:?} should name {names}"
+        );
+    }
+}

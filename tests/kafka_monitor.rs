@@ -84,7 +84,12 @@ impl Setup {
         Self {
             brokers,
             id,
-            dir: tempfile::tempdir().unwrap(),
+            // INFERMON_TEST_KEEP=1 keeps logs and configs for a look.
+            dir: tempfile::Builder::new()
+                .prefix(&format!("infermon-{name}-"))
+                .disable_cleanup(std::env::var_os("INFERMON_TEST_KEEP").is_some())
+                .tempdir()
+                .unwrap(),
             topics,
         }
     }
@@ -319,9 +324,12 @@ impl Monitor {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        let metrics = self.get("/metrics").map(|(_, t)| t).unwrap_or_default();
+        let metrics: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
         panic!(
-            "monitor: timed out after {timeout:?} waiting for {what}; log:\n{}",
-            tail(&self.log_text(), 40)
+            "monitor: timed out after {timeout:?} waiting for {what}; metrics:\n{}\nlog:\n{}",
+            metrics.join("\n"),
+            tail(&self.log_text(), 20)
         );
     }
 
@@ -763,4 +771,294 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
             "{what}: reason {reason:?} should name {names}"
         );
     }
+}
+
+/// The first recorded event's time.
+fn first_ts(lines: &[String]) -> i64 {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .min()
+        .unwrap()
+}
+
+fn v1_sink(url: &str, db: &str) -> String {
+    format!(
+        "[[influxdb]]\nname = \"influx1\"\nurl = {url:?}\napi = \"v1\"\ndb = {db:?}\ninitial_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\n"
+    )
+}
+
+#[test]
+fn kill_9_mid_stream_and_restart_lose_and_change_no_window() {
+    let setup = Setup::new("kill");
+    let (url, db) = setup.influx_v1_db();
+    let config = setup.config(
+        "monitor.toml",
+        &(v1_sink(&url, &db) + &setup.monitor_toml("a")),
+    );
+    let lines = recording_lines("error-burst");
+    let (expected, last) = expected_points(&setup, &config, &lines);
+
+    // The first half of the stream, and a monitor killed while it has
+    // windows open and offsets pinned.
+    let half = lines.len() / 2;
+    setup.produce(&config, &lines[..half]);
+    let monitor = Monitor::start(&config, setup.path("monitor-1.log"));
+    let some = first_ts(&lines) + 15 * 60_000;
+    monitor.wait_acked(some, Duration::from_secs(90));
+    monitor.kill9();
+
+    // The rest arrives while it is down; the restart resumes from the
+    // committed offsets and skips the windows already written.
+    setup.produce(&config, &lines[half..]);
+    let monitor = Monitor::start(&config, setup.path("monitor-2.log"));
+    monitor.wait_acked(last, Duration::from_secs(120));
+    let consumed = monitor.metric("infermon_consumed_messages_total", &[]);
+    let log = monitor.log_text();
+    assert!(monitor.terminate().success());
+    let events = lines
+        .iter()
+        .filter(|l| !l.contains("\"inference.requests\""))
+        .count();
+    assert!(
+        (consumed as usize) < events,
+        "the restart re-read everything ({consumed} of {events}): offsets were not committed"
+    );
+    assert!(
+        log.contains("floors={(\""),
+        "the restart found no committed watermark:\n{}",
+        tail(&log, 20)
+    );
+    assert_influx_v1_matches(&url, &db, &expected, "after kill -9 and restart");
+}
+
+/// A private VictoriaMetrics the test can stop and start.
+struct Victoria {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Victoria {
+    fn start(port: u16, dir: PathBuf) -> Self {
+        let mut v = Self {
+            child: None,
+            port,
+            dir,
+        };
+        v.up();
+        v
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("/usr/bin/victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!("-storageDataPath={}", self.dir.display()))
+            .args([
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/bin/victoria-metrics (installed by .ci/run)");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/health", self.url())).call().is_err() {
+            assert!(
+                Instant::now() < until,
+                "private VictoriaMetrics did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop it the way an operator would (SIGTERM: it flushes what it
+    /// acknowledged; SIGKILL would lose its last second of writes).
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Samples per metric name.
+    fn counts(&self, from_ms: i64, to_ms: i64) -> BTreeMap<String, usize> {
+        ureq::post(&format!("{}/internal/force_flush", self.url()))
+            .call()
+            .ok();
+        let body = ureq::post(&format!("{}/api/v1/export", self.url()))
+            .send_form(&[
+                ("match[]", "{__name__=~\".+\"}"),
+                ("start", &(from_ms / 1000).to_string()),
+                ("end", &(to_ms / 1000 + 1).to_string()),
+            ])
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for l in body.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let name = v["metric"]["__name__"].as_str().unwrap().to_string();
+            *out.entry(name).or_default() += v["values"].as_array().unwrap().len();
+        }
+        out
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[test]
+fn influxdb_outage_spools_pauses_and_then_delivers_every_point() {
+    let setup = Setup::new("outage");
+    let mut victoria = Victoria::start(free_port(), setup.path("victoria"));
+    // A small spool, so the outage fills it and consumption pauses.
+    let sink = format!(
+        "[[influxdb]]\nname = \"victoria\"\nurl = {:?}\napi = \"v2\"\ninitial_backoff = \"100ms\"\nmax_backoff = \"500ms\"\nspool_max_bytes = 100000\n\n",
+        victoria.url()
+    );
+    let config = setup.config("monitor.toml", &(sink + &setup.monitor_toml("a")));
+    let lines = recording_lines("input-shift");
+    let (expected, last) = expected_points(&setup, &config, &lines);
+
+    let half = lines.len() / 3;
+    setup.produce(&config, &lines[..half]);
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    monitor.wait_acked(first_ts(&lines) + 10 * 60_000, Duration::from_secs(90));
+
+    victoria.down();
+    setup.produce(&config, &lines[half..]);
+    monitor.wait_for(
+        Duration::from_secs(90),
+        "retries, a non-empty spool and backpressure",
+        |m| {
+            m.metric("infermon_sink_retries", &[]) > 0.0
+                && m.metric("infermon_spool_bytes", &[]) > 0.0
+                && m.metric("infermon_backpressure", &[]) == 1.0
+        },
+    );
+    let (code, _) = monitor.get("/readyz").unwrap();
+    assert_eq!(code, 503, "not ready while paused on a full spool");
+    assert!(
+        monitor.metric("infermon_acked_watermark_ms", &[]) < last as f64,
+        "nothing can be acknowledged while the server is down"
+    );
+
+    victoria.up();
+    monitor.wait_acked(last, Duration::from_secs(120));
+    monitor.wait_for(Duration::from_secs(10), "an empty spool", |m| {
+        m.metric("infermon_spool_bytes", &[]) == 0.0
+    });
+    assert_eq!(monitor.get("/readyz").unwrap().0, 200);
+    assert!(monitor.terminate().success());
+
+    // Every point arrived: samples per `<measurement>_<field>` as offline.
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &expected {
+        for (f, _) in &l.fields {
+            *want.entry(format!("{}_{f}", l.measurement)).or_default() += 1;
+        }
+    }
+    let from = expected.iter().map(|l| l.ts_ns).min().unwrap() / 1_000_000;
+    let to = expected.iter().map(|l| l.ts_ns).max().unwrap() / 1_000_000;
+    let mut got = BTreeMap::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        got = victoria.counts(from, to);
+        got.retain(|k, _| !k.starts_with("alerts_"));
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(got, want, "samples per measurement_field");
+}
+
+#[test]
+fn two_monitors_share_the_partitions_and_one_killed_loses_nothing() {
+    let setup = Setup::new("pair");
+    let (url, db) = setup.influx_v1_db();
+    // One references directory (same host), a spool each.
+    let state = setup.path("shared-state");
+    let instance = |name: &str| {
+        let sink = v1_sink(&url, &db).replace(
+            "\n\n",
+            &format!(
+                "\nspool_dir = {:?}\n\n",
+                setup.path(&format!("spool-{name}"))
+            ),
+        );
+        let mut toml = sink + &setup.monitor_toml(name);
+        toml = toml.replace(
+            &format!("state_dir = {:?}", setup.path(&format!("state-{name}"))),
+            &format!("state_dir = {state:?}"),
+        );
+        setup.config(&format!("monitor-{name}.toml"), &toml)
+    };
+    let (config_a, config_b) = (instance("a"), instance("b"));
+    let lines = recording_lines("feature-null");
+    let (expected, last) = expected_points(&setup, &config_a, &lines);
+    // Feedback is keyed by request_id, so labels and their predictions can
+    // be read by different monitors: quality needs one monitor (README).
+    let expected: Vec<Line> = expected
+        .into_iter()
+        .filter(|l| l.measurement != "quality")
+        .collect();
+    let last = last.min(expected.iter().map(|l| l.ts_ns / 1_000_000).max().unwrap());
+
+    let a = Monitor::start(&config_a, setup.path("a.log"));
+    let b = Monitor::start(&config_b, setup.path("b.log"));
+    for m in [&a, &b] {
+        m.wait_for(Duration::from_secs(60), "partitions", |m| {
+            m.get("/readyz").is_some_and(|(c, _)| c == 200)
+        });
+    }
+    let half = lines.len() / 2;
+    setup.produce(&config_a, &lines[..half]);
+    a.wait_for(Duration::from_secs(90), "a consuming", |m| {
+        m.metric("infermon_consumed_messages_total", &[]) > 0.0
+    });
+    b.wait_for(Duration::from_secs(90), "b consuming", |m| {
+        m.metric("infermon_consumed_messages_total", &[]) > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let full_before = full_assignments(&b);
+    a.kill9();
+
+    setup.produce(&config_a, &lines[half..]);
+    b.wait_for(
+        Duration::from_secs(120),
+        "b to take over all 12 partitions",
+        |m| full_assignments(m) > full_before,
+    );
+    b.wait_for(Duration::from_secs(60), "b consuming again", |m| {
+        m.get("/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    b.wait_acked(last, Duration::from_secs(120));
+    assert!(b.terminate().success());
+    assert_influx_v1_matches(&url, &db, &expected, "two monitors, one killed");
+}
+
+/// How often the monitor logged an assignment of all 12 test partitions.
+fn full_assignments(m: &Monitor) -> usize {
+    m.log_text()
+        .lines()
+        .filter(|l| l.contains("partitions assigned") && l.matches("(\"t").count() == 12)
+        .count()
 }

@@ -357,7 +357,7 @@ impl WindowEngine {
     pub fn push_feedback(&mut self, events: &[FeedbackEvent]) {
         if let Some(labels) = self.labels.as_mut() {
             for e in events {
-                labels.add_label(&e.request_id, e.label);
+                labels.add_label(&e.request_id, e.label, e.ts);
             }
         }
     }
@@ -390,6 +390,12 @@ impl WindowEngine {
     /// Event time progressed on `input` without predictions (other topics).
     pub fn observe(&mut self, input: InputId, max_ts: i64, now_ms: i64) {
         self.watermarks.observe(input, max_ts, now_ms);
+    }
+
+    /// `input` has data waiting to be read (a lagging or paused
+    /// partition): it must hold the watermark, however long it was silent.
+    pub fn touch_input(&mut self, input: InputId, now_ms: i64) {
+        self.watermarks.touch(input, now_ms);
     }
 
     /// The input is exhausted.

@@ -153,6 +153,11 @@ pub struct LabelJoin {
     by_request: HashMap<Box<str>, u64>,
     /// Sequence numbers per window end.
     windows: BTreeMap<i64, Vec<u64>>,
+    /// Labels that came before their prediction (a consumer catching up
+    /// reads topics in any interleaving): label and event time.
+    early: HashMap<Box<str>, (u8, i64)>,
+    /// `early` in arrival order, for expiry and eviction.
+    early_order: VecDeque<(i64, Box<str>)>,
     stats: JoinStats,
 }
 
@@ -165,6 +170,8 @@ impl LabelJoin {
             base: 0,
             by_request: HashMap::new(),
             windows: BTreeMap::new(),
+            early: HashMap::new(),
+            early_order: VecDeque::new(),
             stats: JoinStats::default(),
         }
     }
@@ -210,6 +217,10 @@ impl LabelJoin {
         });
         // A retried request replaces the older prediction.
         self.by_request.insert(request_id.into(), seq);
+        if let Some((label, _)) = self.early.remove(request_id) {
+            self.pending.back_mut().expect("pushed above").label = Some(label);
+            self.stats.matched += 1;
+        }
         for &end in ends {
             self.windows.entry(end).or_default().push(seq);
         }
@@ -227,15 +238,31 @@ impl LabelJoin {
         true
     }
 
-    /// A label for `request_id`; the highest label seen wins.
-    pub fn add_label(&mut self, request_id: &str, label: u8) {
-        let Some(&seq) = self.by_request.get(request_id) else {
-            self.stats.unmatched += 1;
+    /// A label for `request_id` at event time `ts`; the highest label seen
+    /// wins. A label whose prediction has not arrived yet waits for it (up
+    /// to the label wait past `ts`), so the result does not depend on the
+    /// order the two topics are read in.
+    pub fn add_label(&mut self, request_id: &str, label: u8, ts: i64) {
+        if let Some(&seq) = self.by_request.get(request_id) {
+            let p = &mut self.pending[(seq - self.base) as usize];
+            p.label = Some(p.label.map_or(label, |l| l.max(label)));
+            self.stats.matched += 1;
             return;
-        };
-        let p = &mut self.pending[(seq - self.base) as usize];
-        p.label = Some(p.label.map_or(label, |l| l.max(label)));
-        self.stats.matched += 1;
+        }
+        if let Some((l, _)) = self.early.get_mut(request_id) {
+            *l = (*l).max(label);
+            return;
+        }
+        while self.early.len() >= self.config.max_pending.max(1) {
+            let Some((_, id)) = self.early_order.pop_front() else {
+                break;
+            };
+            if self.early.remove(&id).is_some() {
+                self.stats.unmatched += 1;
+            }
+        }
+        self.early.insert(request_id.into(), (label, ts));
+        self.early_order.push_back((ts, request_id.into()));
     }
 
     /// Quality of every window whose label wait ended by `watermark` (all
@@ -268,6 +295,15 @@ impl LabelJoin {
                 if let Some(q) = Quality::of(&mut pairs) {
                     out.push((end, series, q));
                 }
+            }
+        }
+        // Labels that waited in vain for their prediction.
+        while let Some((ts, _)) = self.early_order.front()
+            && watermark.is_none_or(|w| ts + wait <= w)
+        {
+            let (_, id) = self.early_order.pop_front().expect("checked");
+            if self.early.remove(&id).is_some() {
+                self.stats.unmatched += 1;
             }
         }
         // Predictions whose every window has been emitted leave the store.
@@ -303,10 +339,10 @@ mod tests {
         j.add_prediction("a", 0, 0.9, &[60_000]);
         j.add_prediction("b", 0, 0.2, &[60_000]);
         j.add_prediction("c", 0, 0.5, &[120_000]);
-        j.add_label("a", 0);
-        j.add_label("a", 1); // a click after the impression
-        j.add_label("b", 0);
-        j.add_label("zzz", 1);
+        j.add_label("a", 0, 1_000);
+        j.add_label("a", 1, 2_000); // a click after the impression
+        j.add_label("b", 0, 1_000);
+        j.add_label("zzz", 1, 1_000);
         assert!(j.emit(Some(69_999)).is_empty(), "wait not over");
         let out = j.emit(Some(70_000));
         assert_eq!(out.len(), 1);
@@ -322,6 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn a_label_before_its_prediction_still_joins() {
+        let mut j = LabelJoin::new(QualityConfig {
+            label_wait: Duration::from_secs(10),
+            max_pending: 100,
+        });
+        j.add_label("a", 1, 30_000);
+        j.add_label("late", 1, 30_000);
+        j.add_prediction("a", 0, 0.9, &[60_000]);
+        j.add_prediction("b", 0, 0.1, &[60_000]);
+        j.add_label("b", 0, 40_000);
+        assert_eq!(j.stats().matched, 2);
+        let out = j.emit(Some(70_000));
+        assert_eq!(out[0].2.n_labeled, 2);
+        assert_eq!(j.stats().unmatched, 1, "late's prediction never came");
+    }
+
+    #[test]
     fn a_full_store_evicts_the_oldest_and_counts_it() {
         let mut j = LabelJoin::new(QualityConfig {
             label_wait: Duration::from_secs(10),
@@ -331,9 +384,14 @@ mod tests {
             j.add_prediction(id, 0, 0.5, &[60_000 * (i as i64 + 1)]);
         }
         assert_eq!(j.stats().evicted, 1);
-        j.add_label("a", 1);
-        assert_eq!(j.stats().unmatched, 1, "a was evicted");
-        j.add_label("b", 1);
+        j.add_label("a", 1, 1_000);
+        j.add_label("b", 1, 1_000);
         assert_eq!(j.stats().matched, 1);
+        j.emit(Some(11_000));
+        assert_eq!(
+            j.stats().unmatched,
+            1,
+            "a was evicted: its label waited in vain"
+        );
     }
 }

@@ -57,6 +57,13 @@ impl WatermarkTracker {
         i.finished = false;
     }
 
+    /// `input` is known to have data still to deliver (e.g. a partition
+    /// with consumer lag): silence does not make it idle.
+    pub fn touch(&mut self, input: InputId, now_ms: i64) {
+        let i = &mut self.inputs[input];
+        i.last_active_ms = i.last_active_ms.max(now_ms);
+    }
+
     /// The input has no more data (end of file, partition revoked).
     pub fn finish(&mut self, input: InputId) {
         self.inputs[input].finished = true;

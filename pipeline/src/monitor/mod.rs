@@ -15,6 +15,7 @@
 pub mod http;
 pub mod offsets;
 pub mod references_store;
+pub mod watermark_store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -46,6 +47,7 @@ use crate::sinks::spool::Spool;
 use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer};
 use http::{Health, Labels, MonitorMetrics, now_ms};
 use offsets::{OffsetTracker, TopicPartition};
+use watermark_store::WatermarkStore;
 
 /// Receiver name on the monitor's alerts-log lines.
 pub const MONITOR_RECEIVER: &str = "monitor";
@@ -90,6 +92,8 @@ struct Sinks {
     file: Option<LineProtocolFile>,
     file_acked: i64,
     influx: Vec<(String, Spool)>,
+    /// Per spool: the first segment of the current window state.
+    generation_start: Vec<u64>,
     buf: String,
 }
 
@@ -136,6 +140,7 @@ impl Sinks {
         Ok(Self {
             file,
             file_acked: i64::MIN,
+            generation_start: vec![0; influx.len()],
             influx,
             buf: String::new(),
         })
@@ -160,16 +165,24 @@ impl Sinks {
         Ok(())
     }
 
-    /// The watermark every sink has acknowledged.
+    /// The window state was rebuilt (rebalance): acknowledgements of
+    /// points pushed before now say nothing about the new state.
+    fn new_generation(&mut self) {
+        self.file_acked = i64::MIN;
+        self.generation_start = self.influx.iter().map(|(_, s)| s.next_seq()).collect();
+    }
+
+    /// The watermark every sink has acknowledged for the current window
+    /// state (`i64::MIN`: none yet).
     fn acked(&self) -> i64 {
-        let spools = self
-            .influx
-            .iter()
-            .map(|(_, s)| s.stats().acked_watermark.load(Ordering::Relaxed));
-        match &self.file {
-            Some(_) => spools.fold(self.file_acked, i64::min),
-            None => spools.min().unwrap_or(i64::MIN),
+        let mut acked = match &self.file {
+            Some(_) => self.file_acked,
+            None => i64::MAX,
+        };
+        for ((_, s), since) in self.influx.iter().zip(&self.generation_start) {
+            acked = acked.min(s.stats().acked_since(*since).unwrap_or(i64::MIN));
         }
+        if acked == i64::MAX { i64::MIN } else { acked }
     }
 
     fn full(&self) -> bool {
@@ -305,6 +318,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     };
 
     let kc = &config.kafka;
+    let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
     let mut assigned: Option<Assigned> = None;
     let mut paused = false;
     let mut last_commit = Instant::now();
@@ -326,8 +340,11 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 &mut batch,
                 &new_engine,
                 &mut paused,
+                &store,
             )? {
                 health.ready.store(true, Ordering::Relaxed);
+                sinks.new_generation();
+                metrics.acked_watermark_ms.set(i64::MIN);
             }
             match polled {
                 None => {
@@ -368,6 +385,11 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             references_store::save(&mc.state_dir, &d.take_frozen())?;
         }
 
+        // A partition is idle only when it is caught up: one with lag (or
+        // paused on backpressure) still holds the watermark.
+        for input in lagging(&consumer, &a.inputs) {
+            a.engine.touch_input(input, now);
+        }
         // Windows the watermark has passed, in order, then their alerts.
         let closed = a.engine.fire(now);
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
@@ -423,7 +445,15 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
         if last_commit.elapsed() >= kc.commit_interval {
             last_commit = Instant::now();
-            commit(&consumer, a, &sinks, &dlq, &metrics, CommitMode::Async)?;
+            commit(
+                &consumer,
+                a,
+                &sinks,
+                &dlq,
+                &metrics,
+                &store,
+                CommitMode::Async,
+            )?;
             sinks.export(&metrics);
             let late: u64 = a.engine.series_stats().iter().map(|(_, s)| s.late).sum();
             if late > a.late_seen {
@@ -453,7 +483,15 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(a) = assigned.as_mut() {
-        commit(&consumer, a, &sinks, &dlq, &metrics, CommitMode::Sync)?;
+        commit(
+            &consumer,
+            a,
+            &sinks,
+            &dlq,
+            &metrics,
+            &store,
+            CommitMode::Sync,
+        )?;
     }
     sinks.close(deadline.saturating_duration_since(Instant::now()));
     consumer.unsubscribe();
@@ -478,6 +516,7 @@ fn rebalanced(
     batch: &mut Batch,
     new_engine: &dyn Fn() -> anyhow::Result<WindowEngine>,
     paused: &mut bool,
+    store: &WatermarkStore,
 ) -> anyhow::Result<bool> {
     let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
     let mut got = false;
@@ -497,9 +536,10 @@ fn rebalanced(
                 let mut kept = HashMap::new();
                 for tp in parts {
                     let input = engine.add_input(now);
-                    if let Some(Some(floor)) = floors.get(&tp) {
-                        engine.set_floor(input, *floor);
-                        kept.insert(tp.clone(), *floor);
+                    let committed = floors.get(&tp).copied().flatten();
+                    if let Some(floor) = committed.max(store.load(&tp)) {
+                        engine.set_floor(input, floor);
+                        kept.insert(tp.clone(), floor);
                     }
                     inputs.insert(tp, input);
                 }
@@ -518,6 +558,17 @@ fn rebalanced(
         }
     }
     Ok(got)
+}
+
+/// Assigned partitions with messages not yet read, by the consumer lag in
+/// librdkafka's latest statistics (at most a second old).
+fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) -> Vec<usize> {
+    let lag = consumer.context().lag.lock().expect("lag lock");
+    inputs
+        .iter()
+        .filter(|(tp, _)| lag.get(*tp).is_some_and(|&l| l > 0))
+        .map(|(_, &input)| input)
+        .collect()
 }
 
 /// Decode one message into the batch, or send it to the DLQ.
@@ -601,6 +652,7 @@ fn commit(
     sinks: &Sinks,
     dlq: &Dlq,
     metrics: &MonitorMetrics,
+    store: &WatermarkStore,
     mode: CommitMode,
 ) -> anyhow::Result<()> {
     let acked = sinks.acked();
@@ -627,6 +679,8 @@ fn commit(
         tracing::warn!(error = %e, "offset commit failed; will retry");
         return Ok(());
     }
+    let watermarks: Vec<_> = with_floor.into_iter().map(|(tp, _, wm)| (tp, wm)).collect();
+    store.save(&watermarks)?;
     *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
     Ok(())
 }

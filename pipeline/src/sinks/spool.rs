@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ pub trait LineWriter: Send + 'static {
 }
 
 /// Counters of a spool, shared with /metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpoolStats {
     /// Bytes waiting on disk.
     pub bytes: AtomicU64,
@@ -59,12 +59,38 @@ pub struct SpoolStats {
     pub rejected_lines: AtomicU64,
     /// Sum of successful request latencies, microseconds.
     pub write_micros: AtomicU64,
-    /// Highest watermark whose points are all delivered.
-    pub acked_watermark: AtomicI64,
+    /// The last segment delivered: (its sequence number + 1, the watermark
+    /// it was pushed at); (0, `i64::MIN`) before any.
+    pub delivered: Mutex<(u64, i64)>,
+}
+
+impl SpoolStats {
+    /// The watermark of the last delivered segment, if it is segment `since`
+    /// or later (segments before that belong to an earlier window state,
+    /// e.g. before a rebalance, and acknowledge nothing of the current one).
+    pub fn acked_since(&self, since: u64) -> Option<i64> {
+        let (next, watermark) = *self.delivered.lock().expect("delivered lock");
+        (next > since).then_some(watermark)
+    }
+}
+
+impl Default for SpoolStats {
+    fn default() -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rejected_lines: AtomicU64::new(0),
+            write_micros: AtomicU64::new(0),
+            delivered: Mutex::new((0, i64::MIN)),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Segment {
+    seq: u64,
     path: PathBuf,
     bytes: u64,
     watermark: i64,
@@ -128,6 +154,7 @@ impl Spool {
             found.push((
                 seq,
                 Segment {
+                    seq,
                     path,
                     bytes,
                     watermark,
@@ -136,7 +163,6 @@ impl Spool {
         }
         found.sort_by_key(|(seq, _)| *seq);
         let stats = Arc::new(SpoolStats::default());
-        stats.acked_watermark.store(i64::MIN, Ordering::Relaxed);
         let mut queue = Queue {
             next_seq: found.last().map_or(0, |(s, _)| s + 1),
             ..Queue::default()
@@ -180,6 +206,11 @@ impl Spool {
         self.shared.stats.bytes.load(Ordering::Relaxed) >= self.max_bytes
     }
 
+    /// The sequence number the next pushed segment gets.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.queue.lock().expect("spool lock").next_seq
+    }
+
     /// Queue `body` (complete lines) emitted at `watermark`. An empty body
     /// still acknowledges the watermark once everything before it is sent.
     pub fn push(&self, body: &[u8], watermark: i64) -> io::Result<()> {
@@ -193,6 +224,7 @@ impl Spool {
         let bytes = body.len() as u64;
         self.shared.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         q.segments.push_back(Segment {
+            seq,
             path,
             bytes,
             watermark,
@@ -242,14 +274,14 @@ fn drain(
 ) {
     let stats = &shared.stats;
     loop {
-        let (path, bytes, watermark) = {
+        let (seq, path, bytes, watermark) = {
             let mut q = shared.queue.lock().expect("spool lock");
             loop {
                 if shared.stop_now.load(Ordering::Relaxed) {
                     return;
                 }
                 if let Some(s) = q.segments.front() {
-                    break (s.path.clone(), s.bytes, s.watermark);
+                    break (s.seq, s.path.clone(), s.bytes, s.watermark);
                 }
                 if q.closing {
                     return;
@@ -303,9 +335,7 @@ fn drain(
         let mut q = shared.queue.lock().expect("spool lock");
         q.segments.pop_front();
         stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        stats
-            .acked_watermark
-            .fetch_max(watermark, Ordering::Relaxed);
+        *stats.delivered.lock().expect("delivered lock") = (seq + 1, watermark);
     }
 }
 
@@ -445,10 +475,7 @@ mod tests {
         assert!(!spool.is_full());
         spool.push(b"z 3\n", 120).unwrap();
         assert!(spool.is_full(), "12 bytes >= max 10");
-        assert_eq!(
-            spool.stats().acked_watermark.load(Ordering::Relaxed),
-            i64::MIN
-        );
+        assert_eq!(spool.stats().acked_since(0), None);
         assert_eq!(spool.close(Duration::from_millis(50)), 12);
 
         let (tx, rx) = mpsc::channel();
@@ -467,7 +494,9 @@ mod tests {
         let stats = spool.stats();
         assert_eq!(spool.close(Duration::from_secs(5)), 0);
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["x 1\ny 2\n", "z 3\n"]);
-        assert_eq!(stats.acked_watermark.load(Ordering::Relaxed), 120);
+        assert_eq!(stats.acked_since(0), Some(120));
+        // Segments of an earlier generation acknowledge nothing after it.
+        assert_eq!(stats.acked_since(2), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! events handed to the monitor loop, and a DLQ producer for messages that
 //! do not decode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +94,9 @@ pub struct MonitorContext {
     pub events: Mutex<Vec<Assignment>>,
     /// The offsets (with watermark metadata) safe to commit right now.
     pub safe: Mutex<Option<TopicPartitionList>>,
+    /// Messages not yet read per partition, from the latest librdkafka
+    /// statistics.
+    pub lag: Mutex<HashMap<TopicPartition, i64>>,
     metrics: Arc<MonitorMetrics>,
 }
 
@@ -101,14 +104,24 @@ impl ClientContext for MonitorContext {
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in statistics.topics {
             for (partition, p) in t.partitions {
-                if partition < 0 || p.consumer_lag < 0 {
+                // Messages not yet handed to us: from our read position
+                // (the committed offset lags on purpose, see offsets.rs).
+                let position = [p.app_offset, p.committed_offset, p.lo_offset]
+                    .into_iter()
+                    .find(|&o| o >= 0);
+                let (Some(position), true) = (position, partition >= 0 && p.hi_offset >= 0) else {
                     continue;
-                }
+                };
+                let lag = (p.hi_offset - position).max(0);
+                self.lag
+                    .lock()
+                    .expect("lag lock")
+                    .insert((topic.clone(), partition), lag);
                 let labels: Labels = vec![
                     ("topic".into(), topic.clone()),
                     ("partition".into(), partition.to_string()),
                 ];
-                self.metrics.lag.get_or_create(&labels).set(p.consumer_lag);
+                self.metrics.lag.get_or_create(&labels).set(lag);
             }
         }
     }
@@ -170,13 +183,15 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
+        // Lag (for /metrics and for telling idle partitions from lagging ones).
+        .set("statistics.interval.ms", "1000");
     for (k, v) in &config.properties {
         c.set(k, v); // the user's word wins over our defaults
     }
     let context = MonitorContext {
         events: Mutex::new(Vec::new()),
         safe: Mutex::new(None),
+        lag: Mutex::new(HashMap::new()),
         metrics,
     };
     let consumer: MonitorConsumer = c.create_with_context(context)?;

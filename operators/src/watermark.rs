@@ -50,7 +50,16 @@ impl WatermarkTracker {
     }
 
     /// Record that `input` delivered events up to `max_ts`.
+    ///
+    /// An idle input that delivers again wakes every input: after a quiet
+    /// spell the others get `idle_timeout` to show their data too, rather
+    /// than having the first partition to speak run the watermark past them.
     pub fn observe(&mut self, input: InputId, max_ts: i64, now_ms: i64) {
+        if now_ms - self.inputs[input].last_active_ms >= self.idle_timeout_ms {
+            for other in self.inputs.iter_mut().filter(|i| !i.finished) {
+                other.last_active_ms = other.last_active_ms.max(now_ms);
+            }
+        }
         let i = &mut self.inputs[input];
         i.max_ts = Some(i.max_ts.map_or(max_ts, |m| m.max(max_ts)));
         i.last_active_ms = now_ms;
@@ -172,6 +181,7 @@ mod tests {
         w.observe(a, 100, 0);
         w.observe(b, 5_000, 0);
         assert_eq!(w.advance(0), Some(100));
+        w.observe(b, 5_500, 900);
         w.observe(b, 6_000, 1_500); // a silent since t=0
         assert_eq!(w.advance(1_500), Some(6_000), "idle a no longer holds back");
         w.observe(a, 200, 1_600); // a wakes up: it counts again, but no regress
@@ -179,6 +189,24 @@ mod tests {
         w.finish(a);
         w.finish(b);
         assert_eq!(w.advance(1_600), Some(6_000));
+    }
+
+    #[test]
+    fn an_input_waking_from_idleness_wakes_the_others() {
+        let mut w = WatermarkTracker::new(0, 1_000);
+        let a = w.add_input(0);
+        let b = w.add_input(0);
+        w.observe(a, 100, 0);
+        w.observe(b, 100, 0);
+        // Both quiet for 5 s, then a burst reaches b first: a (whose part of
+        // the burst is on its way) holds the watermark for another second.
+        w.observe(b, 9_000, 5_000);
+        assert_eq!(w.advance(5_000), Some(100));
+        w.observe(a, 8_000, 5_100);
+        assert_eq!(w.advance(5_100), Some(8_000));
+        // a says nothing more: after the idle timeout b alone decides.
+        w.observe(b, 9_500, 5_900);
+        assert_eq!(w.advance(6_200), Some(9_500));
     }
 
     #[test]

@@ -385,14 +385,29 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             references_store::save(&mc.state_dir, &d.take_frozen())?;
         }
 
-        // A partition is idle only when it is caught up: one with lag (or
-        // paused on backpressure) still holds the watermark.
-        for input in lagging(&consumer, &a.inputs) {
+        // A partition is idle only when it is caught up: one with lag still
+        // holds the watermark.
+        // While paused the cached lag goes stale: every partition holds.
+        let holding: Vec<usize> = if paused {
+            a.inputs.values().copied().collect()
+        } else {
+            lagging(&consumer, &a.inputs)
+        };
+        for &input in &holding {
             a.engine.touch_input(input, now);
         }
         // Windows the watermark has passed, in order, then their alerts.
         let closed = a.engine.fire(now);
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        if !closed.is_empty() {
+            tracing::debug!(
+                watermark,
+                windows = closed.len(),
+                first_end = closed[0].end,
+                holding = holding.len(),
+                "windows closed"
+            );
+        }
         // Quality of windows whose label wait ended with no window closing.
         let waiting = a.engine.take_pending_points();
         if !closed.is_empty()
@@ -561,12 +576,13 @@ fn rebalanced(
 }
 
 /// Assigned partitions with messages not yet read, by the consumer lag in
-/// librdkafka's latest statistics (at most a second old).
+/// librdkafka's latest statistics (at most a second old); a partition
+/// whose lag is not known yet (just assigned) counts as lagging.
 fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) -> Vec<usize> {
     let lag = consumer.context().lag.lock().expect("lag lock");
     inputs
         .iter()
-        .filter(|(tp, _)| lag.get(*tp).is_some_and(|&l| l > 0))
+        .filter(|(tp, _)| lag.get(*tp).is_none_or(|&l| l > 0))
         .map(|(_, &input)| input)
         .collect()
 }

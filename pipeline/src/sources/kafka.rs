@@ -156,6 +156,8 @@ impl ConsumerContext for MonitorContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = ?partitions(tpl), "partitions assigned");
+                // Lag seen before the rebalance says nothing about now.
+                self.lag.lock().expect("lag lock").clear();
                 self.events
                     .lock()
                     .expect("events lock")

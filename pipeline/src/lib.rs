@@ -7,6 +7,7 @@ pub mod bench_drift;
 pub mod config;
 pub mod generate;
 pub mod monitor;
+pub mod record;
 pub mod references;
 pub mod replay;
 pub mod replay_to_kafka;

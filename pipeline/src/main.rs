@@ -13,6 +13,7 @@ use infermon::bench::{BenchOptions, run_bench};
 use infermon::bench_drift::{DriftBenchOptions, run_drift_bench};
 use infermon::config::Config;
 use infermon::generate::{write_bundled, write_recording};
+use infermon::record::{RecordOptions, record};
 use infermon::references::profile_recordings;
 use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
 use infermon::replay_to_kafka::{ToKafkaOptions, replay_to_kafka};
@@ -75,6 +76,29 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Record Kafka traffic to a replayable file (JSON Lines + zstd, with a
+    /// "topic" field per event), until SIGTERM/SIGINT, --duration or --idle.
+    Record {
+        /// Topics (default: the configured requests, predictions, feedback
+        /// and training topics).
+        #[arg(long, num_args = 1..)]
+        topics: Vec<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Brokers (default: [kafka] brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Also what the topics already hold (default: only new traffic).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Stop once nothing arrived for this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle: Option<Duration>,
     },
     /// Generate recorded traffic with documented incidents.
     Generate {
@@ -190,6 +214,46 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Record {
+            topics,
+            out,
+            brokers,
+            from_beginning,
+            duration,
+            idle,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())?;
+            }
+            let t = &config.topics;
+            let topics = if topics.is_empty() {
+                vec![
+                    t.requests.clone(),
+                    t.predictions.clone(),
+                    t.feedback.clone(),
+                    t.training.clone(),
+                ]
+            } else {
+                topics
+            };
+            let opts = RecordOptions {
+                brokers: brokers.unwrap_or_else(|| config.kafka.brokers.clone()),
+                topics,
+                out,
+                from_beginning,
+                duration,
+                idle,
+            };
+            let report = record(&opts, stop)?;
+            for (topic, n) in &report.events {
+                println!("{topic}: {n} events");
+            }
+            for (topic, n) in &report.skipped {
+                println!("{topic}: {n} messages skipped (not a JSON object)");
+            }
+            println!("recording: {}", report.path.display());
+        }
         Command::Monitor => {
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

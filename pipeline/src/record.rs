@@ -1,0 +1,132 @@
+//! `infermon record --topics T... --out DIR`: Kafka traffic to a replayable
+//! file (JSON Lines, zstd), each event with a `"topic"` field naming where
+//! it came from — the format `replay` reads.
+//!
+//! The recorder reads every partition by assignment, not in a consumer
+//! group, so it never takes partitions away from the monitors. It starts
+//! at the end of each partition (only new traffic) or, with
+//! `--from-beginning`, at its start; it stops on SIGTERM/SIGINT, after
+//! `--duration`, or once nothing arrived for `--idle`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{Map, Value};
+
+/// What to record and when to stop.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topics to record.
+    pub topics: Vec<String>,
+    /// Output directory; the file is `recording-<unix seconds>.jsonl.zst`.
+    pub out: PathBuf,
+    /// Read what the topics already hold, not only new traffic.
+    pub from_beginning: bool,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Stop once nothing arrived for this long.
+    pub idle: Option<Duration>,
+}
+
+/// What was recorded.
+#[derive(Debug, Clone, Default)]
+pub struct RecordReport {
+    /// The file written.
+    pub path: PathBuf,
+    /// Events written per topic.
+    pub events: BTreeMap<String, u64>,
+    /// Messages that were not a JSON object (not written), per topic.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// Record until a stop condition; `stop` is set by SIGTERM/SIGINT.
+pub fn record(opts: &RecordOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RecordReport> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        // Assignment only: the group id is never joined or committed.
+        .set("group.id", "infermon-record")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let start = if opts.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
+    let mut tpl = TopicPartitionList::new();
+    for topic in &opts.topics {
+        let meta = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("metadata of topic {topic}"))?;
+        let t = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .with_context(|| format!("topic {topic} does not exist"))?;
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), start)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let path = opts.out.join(format!("recording-{secs}.jsonl.zst"));
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(zstd::Encoder::new(file, 3)?.auto_finish());
+    tracing::info!(topics = ?opts.topics, path = %path.display(), "recording");
+
+    let mut report = RecordReport {
+        path: path.clone(),
+        ..RecordReport::default()
+    };
+    let started = Instant::now();
+    let mut last_event = Instant::now();
+    while !stop.load(Ordering::Relaxed)
+        && opts.duration.is_none_or(|d| started.elapsed() < d)
+        && opts.idle.is_none_or(|d| last_event.elapsed() < d)
+    {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        last_event = Instant::now();
+        let topic = msg.topic().to_string();
+        let parsed = msg
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Map<String, Value>>(p).ok());
+        let Some(event) = parsed else {
+            *report.skipped.entry(topic).or_default() += 1;
+            continue;
+        };
+        let mut line = Map::with_capacity(event.len() + 1);
+        line.insert("topic".into(), Value::String(topic.clone()));
+        line.extend(event);
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        *report.events.entry(topic).or_default() += 1;
+    }
+    out.flush()?;
+    drop(out);
+    Ok(report)
+}

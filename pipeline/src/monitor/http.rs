@@ -23,6 +23,8 @@ pub struct MonitorMetrics {
     pub consumed: Family<Labels, Counter>,
     /// Messages sent to the DLQ, by topic and reason.
     pub dlq: Family<Labels, Counter>,
+    /// DLQ messages the broker refused (each logged as an error).
+    pub dlq_failed: Gauge,
     /// Events that arrived after their window closed, by topic.
     pub late: Family<Labels, Counter>,
     /// Windows closed and emitted.

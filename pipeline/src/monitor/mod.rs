@@ -303,7 +303,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         topics.training.as_str(),
     ];
     let consumer = kafka::consumer(&config.kafka, &names, metrics.clone())?;
-    let dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?names, "consuming");
 
     let spec = infermon_operators::window::WindowSpec::new(window)?;
@@ -464,7 +464,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 &consumer,
                 a,
                 &sinks,
-                &dlq,
+                &mut dlq,
                 &metrics,
                 &store,
                 CommitMode::Async,
@@ -502,7 +502,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             &consumer,
             a,
             &sinks,
-            &dlq,
+            &mut dlq,
             &metrics,
             &store,
             CommitMode::Sync,
@@ -666,7 +666,7 @@ fn commit(
     consumer: &MonitorConsumer,
     a: &mut Assigned,
     sinks: &Sinks,
-    dlq: &Dlq,
+    dlq: &mut Dlq,
     metrics: &MonitorMetrics,
     store: &WatermarkStore,
     mode: CommitMode,
@@ -675,8 +675,10 @@ fn commit(
     metrics.acked_watermark_ms.set(acked);
     a.tracker.release(acked);
     // DLQ'd messages must be in the DLQ before we commit past them.
-    if let Err(e) = dlq.flush(Duration::from_secs(10)) {
-        tracing::warn!(error = %e, "DLQ not flushed; commit postponed");
+    let flushed = dlq.flush(Duration::from_secs(10));
+    metrics.dlq_failed.set(dlq.failed() as i64);
+    if let Err(e) = flushed {
+        tracing::error!(error = %e, "DLQ not acknowledged; commit postponed");
         return Ok(());
     }
     let offsets = a.tracker.committable();

@@ -4,6 +4,7 @@
 //! do not decode.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -253,10 +254,30 @@ pub fn committed_floors(
         .collect())
 }
 
+/// Counts DLQ deliveries the broker refused (after librdkafka's retries).
+struct DlqAcks {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DlqAcks {}
+
+impl ProducerContext for DlqAcks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            tracing::error!(error = %e, topic = m.topic(), "DLQ message not delivered");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Messages that are not events go here, with why and where from.
 pub struct Dlq {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<DlqAcks>,
     topic: String,
+    /// Failures already reported by [`Dlq::flush`].
+    reported: u64,
 }
 
 impl Dlq {
@@ -267,10 +288,13 @@ impl Dlq {
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "20")
-            .create()?;
+            .create_with_context(DlqAcks {
+                failed: AtomicU64::new(0),
+            })?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
+            reported: 0,
         })
     }
 
@@ -307,12 +331,23 @@ impl Dlq {
     }
 
     /// Wait until everything sent is acknowledged (before committing past
-    /// the messages it came from).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// the messages it came from). An error when a message was refused: the
+    /// caller must not commit past it.
+    pub fn flush(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.producer
             .flush(timeout)
             .map_err(|e| anyhow::anyhow!("DLQ flush: {e}"))?;
+        let failed = self.producer.context().failed.load(Ordering::Relaxed);
+        if failed > self.reported {
+            self.reported = failed;
+            anyhow::bail!("{failed} DLQ messages refused by the broker so far");
+        }
         Ok(())
+    }
+
+    /// DLQ messages the broker refused so far.
+    pub fn failed(&self) -> u64 {
+        self.producer.context().failed.load(Ordering::Relaxed)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod bench;
 pub mod bench_drift;
+pub mod bench_ingest;
 pub mod config;
 pub mod generate;
 pub mod monitor;

@@ -11,6 +11,7 @@ use infermon::alerts::Silence;
 use infermon::alerts::policy::{append_silence, read_silences_file, silences_table};
 use infermon::bench::{BenchOptions, run_bench};
 use infermon::bench_drift::{DriftBenchOptions, run_drift_bench};
+use infermon::bench_ingest::{IngestBenchOptions, bare_consumer, bundled_files, run_ingest_bench};
 use infermon::config::Config;
 use infermon::generate::{write_bundled, write_recording};
 use infermon::record::{RecordOptions, record};
@@ -148,6 +149,28 @@ enum Command {
         /// Rounds per variant (interleaved; the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Time `infermon monitor` ingesting a pre-filled predictions topic
+    /// against a bare rdkafka consumer reading the same topic, in one run.
+    BenchIngest {
+        /// Files whose predictions fill the topic (default: the bundled
+        /// recordings), cycled and shifted in time.
+        files: Vec<PathBuf>,
+        /// Brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Predictions in the topic.
+        #[arg(long, default_value_t = 2_000_000)]
+        messages: u64,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Scratch directory (configs, monitor logs).
+        #[arg(long, default_value = "bench-ingest")]
+        dir: PathBuf,
+        /// Internal: be the bare consumer of this topic, print JSON.
+        #[arg(long, hide = true)]
+        bare_topic: Option<String>,
     },
     /// Time the drift operator on raw feature matrices (f64 LE, row-major);
     /// driven by tests/reference/drift_bench.py, which times scipy alongside.
@@ -419,6 +442,33 @@ async fn main() -> anyhow::Result<()> {
                 rounds,
             })?;
             println!("{report}");
+        }
+        Command::BenchIngest {
+            files,
+            brokers,
+            messages,
+            rounds,
+            dir,
+            bare_topic,
+        } => {
+            if let Some(topic) = bare_topic {
+                let run = bare_consumer(&brokers, &topic, messages)?;
+                println!("{}", serde_json::to_string(&run)?);
+                return Ok(());
+            }
+            let files = if files.is_empty() {
+                bundled_files(std::path::Path::new("."))
+            } else {
+                files
+            };
+            let opts = IngestBenchOptions {
+                brokers,
+                messages,
+                rounds,
+                files,
+                dir,
+            };
+            print!("{}", run_ingest_bench(&opts).await?);
         }
         Command::Bench { file, rounds } => {
             let table = run_bench(&config, &BenchOptions { file, rounds }).await?;

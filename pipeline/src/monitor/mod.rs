@@ -241,6 +241,8 @@ struct Batch {
     feedback: Vec<FeedbackEvent>,
     training: BTreeMap<usize, Vec<TrainingEvent>>,
     max_ts: BTreeMap<usize, i64>,
+    /// Messages per topic (counted into the metric once per batch).
+    consumed: BTreeMap<String, u64>,
 }
 
 /// Run until `stop` is set (SIGTERM/SIGINT in the binary).
@@ -365,6 +367,10 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
 
+        for (topic, n) in std::mem::take(&mut batch.consumed) {
+            let l: Labels = vec![("topic".into(), topic)];
+            metrics.consumed.get_or_create(&l).inc_by(n);
+        }
         let now = now_ms();
         let Some(a) = assigned.as_mut() else {
             continue;
@@ -601,8 +607,12 @@ fn take_message(
     let Some(&input) = a.inputs.get(&tp) else {
         return Ok(()); // not (or no longer) ours
     };
-    let topic_label: Labels = vec![("topic".into(), tp.0.clone())];
-    metrics.consumed.get_or_create(&topic_label).inc();
+    match batch.consumed.get_mut(&tp.0) {
+        Some(n) => *n += 1,
+        None => {
+            batch.consumed.insert(tp.0.clone(), 1);
+        }
+    }
     let kind = config
         .topics
         .kind_of(&tp.0)

@@ -72,6 +72,22 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_examples_parse() {
+        for f in ["infermon.toml", "monitor.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(f);
+            Config::load(Some(&path)).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+        }
+        let c = Config::load(Some(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitor.toml"),
+        ))
+        .unwrap();
+        assert_eq!(c.influxdb.len(), 2);
+        assert_eq!(c.influxdb[1].api, crate::sinks::influxdb::InfluxApi::V1);
+    }
+
+    #[test]
     fn typos_are_errors() {
         let err = Config::parse("[window]\nsise = \"30s\"\n").unwrap_err();
         assert!(

@@ -12,12 +12,13 @@
 //! fresh from them. That re-reads at most a window plus the label wait per
 //! rebalance, and no window is ever written from half its data.
 
+pub mod decode;
 pub mod http;
 pub mod offsets;
 pub mod references_store;
 pub mod watermark_store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,11 +30,8 @@ use anyhow::Context;
 use infermon_operators::{
     DriftOperator, GradientMonitor, LabelJoin, SqlMetrics, WindowEngine, engine::engine_schema,
 };
-use infermon_schemas::{
-    Decoded, FeedbackEvent, Point, PredictionBatchBuilder, TopicKind, TrainingEvent, decode_event,
-};
+use infermon_schemas::Point;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +42,8 @@ use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::influxdb;
 use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::spool::Spool;
-use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer};
+use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
+use decode::{DecodeSettings, DecodedBatch, Decoder};
 use http::{Health, Labels, MonitorMetrics, now_ms};
 use offsets::{OffsetTracker, TopicPartition};
 use watermark_store::WatermarkStore;
@@ -225,6 +224,8 @@ impl Sinks {
 
 /// Window state for the partitions currently assigned.
 struct Assigned {
+    /// Which rebalance this state belongs to.
+    generation: u64,
     engine: WindowEngine,
     inputs: HashMap<TopicPartition, usize>,
     /// Per partition: windows ending at or before this were written by an
@@ -232,17 +233,6 @@ struct Assigned {
     floors: HashMap<TopicPartition, i64>,
     tracker: OffsetTracker,
     late_seen: u64,
-}
-
-/// Decoded events of one poll batch, per input.
-#[derive(Default)]
-struct Batch {
-    predictions: BTreeMap<usize, PredictionBatchBuilder>,
-    feedback: Vec<FeedbackEvent>,
-    training: BTreeMap<usize, Vec<TrainingEvent>>,
-    max_ts: BTreeMap<usize, i64>,
-    /// Messages per topic (counted into the metric once per batch).
-    consumed: BTreeMap<String, u64>,
 }
 
 /// Run until `stop` is set (SIGTERM/SIGINT in the binary).
@@ -308,16 +298,16 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?names, "consuming");
 
-    let spec = infermon_operators::window::WindowSpec::new(window)?;
-    let wait_ms = config.quality.label_wait.as_millis() as i64;
-    // The watermark at which a message's last contribution is emitted.
-    let release_at = |kind: TopicKind, ts: i64| -> i64 {
-        let last_end = spec.starts(ts).last().map_or(ts, |s| spec.end(s));
-        match kind {
-            TopicKind::Training => last_end,
-            _ => last_end + wait_ms,
-        }
-    };
+    let mut decoder = Decoder::start(DecodeSettings {
+        topics: config.topics.clone(),
+        segment_keys: window.segment_keys.clone(),
+        max_event_bytes: config.kafka.max_event_bytes,
+        spec: infermon_operators::window::WindowSpec::new(window)?,
+        label_wait_ms: config.quality.label_wait.as_millis() as i64,
+    })?;
+    // Bumped on every rebalance: decoded batches of an older window state
+    // are dropped.
+    let mut generation = 0u64;
 
     let kc = &config.kafka;
     let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
@@ -330,63 +320,62 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut pushed = i64::MIN;
     while !stop.load(Ordering::Relaxed) {
         health.beat();
-        let mut batch = Batch::default();
+        let mut raw = Vec::new();
         let linger_until = Instant::now() + kc.batch_linger;
-        let mut n = 0;
-        while n < kc.batch_size {
+        while raw.len() < kc.batch_size {
             let left = linger_until.saturating_duration_since(Instant::now());
             let polled = consumer.poll(left.max(Duration::from_millis(1)));
             if rebalanced(
                 &consumer,
                 &mut assigned,
-                &mut batch,
                 &new_engine,
                 &mut paused,
                 &store,
+                &mut generation,
             )? {
-                health.ready.store(true, Ordering::Relaxed);
-                sinks.new_generation();
-                metrics.acked_watermark_ms.set(i64::MIN);
+                // What was read for the old window state is re-read.
+                raw.clear();
+                if assigned.is_some() {
+                    health.ready.store(true, Ordering::Relaxed);
+                    sinks.new_generation();
+                    metrics.acked_watermark_ms.set(i64::MIN);
+                }
             }
             match polled {
-                None => {
-                    if left.is_zero() {
-                        break;
-                    }
-                }
+                None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok(msg)) => {
-                    n += 1;
-                    if let Some(a) = assigned.as_mut() {
-                        take_message(&msg, a, &mut batch, config, &dlq, &metrics, &release_at)?;
-                    }
-                }
+                Some(Ok(msg)) if assigned.is_some() => raw.push(RawMessage::of(&msg)),
+                Some(Ok(_)) => {}
             }
             if left.is_zero() {
                 break;
             }
         }
-
-        for (topic, n) in std::mem::take(&mut batch.consumed) {
-            let l: Labels = vec![("topic".into(), topic)];
-            metrics.consumed.get_or_create(&l).inc_by(n);
+        if let Some(a) = assigned.as_ref()
+            && !raw.is_empty()
+        {
+            decoder.send(a.generation, raw)?;
         }
+
+        // Decode runs one batch ahead: take what is ready (wait when two
+        // are in flight).
         let now = now_ms();
+        while let Some(decoded) = decoder.next(1)? {
+            for (topic, n) in &decoded.consumed {
+                let l: Labels = vec![("topic".into(), topic.clone())];
+                metrics.consumed.get_or_create(&l).inc_by(*n);
+            }
+            let Some(a) = assigned
+                .as_mut()
+                .filter(|a| a.generation == decoded.generation)
+            else {
+                continue; // read before a rebalance
+            };
+            apply(decoded, a, &dlq, &metrics, now, &mut anomaly_points)?;
+        }
         let Some(a) = assigned.as_mut() else {
             continue;
         };
-        for (input, mut builder) in std::mem::take(&mut batch.predictions) {
-            a.engine.push_predictions(input, &builder.finish(), now)?;
-        }
-        a.engine.push_feedback(&batch.feedback);
-        for (input, steps) in &batch.training {
-            for anomaly in a.engine.push_training(*input, steps, now) {
-                anomaly_points.push(anomaly.point());
-            }
-        }
-        for (input, ts) in &batch.max_ts {
-            a.engine.observe(*input, *ts, now);
-        }
         if let Some(d) = a.engine.drift_mut() {
             references_store::save(&mc.state_dir, &d.take_frozen())?;
         }
@@ -530,24 +519,23 @@ fn linger(config: &Config) -> Duration {
 }
 
 /// Apply rebalances the consumer queued during the last poll. Returns true
-/// when partitions were assigned.
+/// when there were any.
 fn rebalanced(
     consumer: &MonitorConsumer,
     assigned: &mut Option<Assigned>,
-    batch: &mut Batch,
     new_engine: &dyn Fn() -> anyhow::Result<WindowEngine>,
     paused: &mut bool,
     store: &WatermarkStore,
+    generation: &mut u64,
 ) -> anyhow::Result<bool> {
     let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
-    let mut got = false;
+    let got = !events.is_empty();
     for e in events {
         match e {
             Assignment::Revoked(_) => {
                 // Their safe offsets were committed in the callback; what
                 // was read since is re-read by the next owner.
                 *assigned = None;
-                *batch = Batch::default();
             }
             Assignment::Assigned(parts) => {
                 let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
@@ -565,16 +553,16 @@ fn rebalanced(
                     inputs.insert(tp, input);
                 }
                 tracing::info!(floors = ?kept, "window state rebuilt for the new assignment");
+                *generation += 1;
                 *assigned = Some(Assigned {
+                    generation: *generation,
                     engine,
                     inputs,
                     floors: kept,
                     tracker: OffsetTracker::new(),
                     late_seen: 0,
                 });
-                *batch = Batch::default();
                 *paused = false;
-                got = true;
             }
         }
     }
@@ -593,80 +581,47 @@ fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) 
         .collect()
 }
 
-/// Decode one message into the batch, or send it to the DLQ.
-fn take_message(
-    msg: &BorrowedMessage<'_>,
+/// A decoded batch into the window state: DLQ for the rejected, offsets
+/// pinned, events to the engine (anomalies out at once).
+fn apply(
+    decoded: DecodedBatch,
     a: &mut Assigned,
-    batch: &mut Batch,
-    config: &Config,
     dlq: &Dlq,
     metrics: &MonitorMetrics,
-    release_at: &dyn Fn(TopicKind, i64) -> i64,
+    now: i64,
+    anomaly_points: &mut Vec<Point>,
 ) -> anyhow::Result<()> {
-    let tp = (msg.topic().to_string(), msg.partition());
-    let Some(&input) = a.inputs.get(&tp) else {
-        return Ok(()); // not (or no longer) ours
-    };
-    match batch.consumed.get_mut(&tp.0) {
-        Some(n) => *n += 1,
-        None => {
-            batch.consumed.insert(tp.0.clone(), 1);
+    for r in &decoded.rejected {
+        dlq.send(&r.raw, &r.reason)?;
+        let l: Labels = vec![
+            ("topic".into(), r.raw.topic.clone()),
+            ("reason".into(), r.code.to_string()),
+        ];
+        metrics.dlq.get_or_create(&l).inc();
+        tracing::debug!(topic = %r.raw.topic, partition = r.raw.partition, offset = r.raw.offset, reason = %r.reason, "to the DLQ");
+    }
+    let mut feedback = Vec::new();
+    for (tp, events) in decoded.partitions {
+        let Some(&input) = a.inputs.get(&tp) else {
+            continue; // not (or no longer) ours
+        };
+        let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
+        for (offset, release) in events.reads {
+            // Wholly written by an earlier owner: nothing to keep it for.
+            a.tracker.read(&tp, offset, release.filter(|&r| r > floor));
+        }
+        if let Some(p) = &events.predictions {
+            a.engine.push_predictions(input, p, now)?;
+        }
+        feedback.extend(events.feedback);
+        for anomaly in a.engine.push_training(input, &events.training, now) {
+            anomaly_points.push(anomaly.point());
+        }
+        if let Some(ts) = events.max_ts {
+            a.engine.observe(input, ts, now);
         }
     }
-    let kind = config
-        .topics
-        .kind_of(&tp.0)
-        .unwrap_or(TopicKind::Predictions);
-    let payload = msg.payload().unwrap_or_default();
-    let decoded = if payload.is_empty() {
-        Err((
-            "empty",
-            "empty message value: expected a JSON event".to_string(),
-        ))
-    } else if payload.len() > config.kafka.max_event_bytes {
-        Err((
-            "too_large",
-            format!(
-                "value of {} bytes exceeds max_event_bytes = {}",
-                payload.len(),
-                config.kafka.max_event_bytes
-            ),
-        ))
-    } else {
-        decode_event(kind, payload).map_err(|e| (e.reason(), e.to_string()))
-    };
-    let event = match decoded {
-        Ok(e) => e,
-        Err((code, reason)) => {
-            dlq.send(msg, &reason)?;
-            let l: Labels = vec![
-                ("topic".into(), tp.0.clone()),
-                ("reason".into(), code.to_string()),
-            ];
-            metrics.dlq.get_or_create(&l).inc();
-            tracing::debug!(topic = %tp.0, partition = tp.1, offset = msg.offset(), %reason, "to the DLQ");
-            a.tracker.read(&tp, msg.offset(), None);
-            return Ok(());
-        }
-    };
-    let ts = event.ts();
-    let release = release_at(kind, ts);
-    let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
-    // Wholly written by an earlier owner: nothing to keep it for.
-    let pin = (release > floor).then_some(release);
-    a.tracker.read(&tp, msg.offset(), pin);
-    let max = batch.max_ts.entry(input).or_insert(ts);
-    *max = (*max).max(ts);
-    match event {
-        Decoded::Prediction(p) => batch
-            .predictions
-            .entry(input)
-            .or_insert_with(|| PredictionBatchBuilder::new(&config.window.segment_keys))
-            .push(&p),
-        Decoded::Feedback(f) => batch.feedback.push(f),
-        Decoded::Training(t) => batch.training.entry(input).or_default().push(t),
-        Decoded::Request(_) => {}
-    }
+    a.engine.push_feedback(&feedback);
     Ok(())
 }
 

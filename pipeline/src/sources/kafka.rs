@@ -272,6 +272,35 @@ impl ProducerContext for DlqAcks {
     }
 }
 
+/// A message as read, detached from the consumer (handed to the decode
+/// thread, and to the DLQ as it came).
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value (empty when null).
+    pub payload: Vec<u8>,
+}
+
+impl RawMessage {
+    /// Copy a consumed message.
+    pub fn of(msg: &BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 /// Messages that are not events go here, with why and where from.
 pub struct Dlq {
     producer: ThreadedProducer<DlqAcks>,
@@ -299,9 +328,9 @@ impl Dlq {
     }
 
     /// Send the original bytes and key of `msg` with the contract's headers.
-    pub fn send(&self, msg: &BorrowedMessage<'_>, reason: &str) -> anyhow::Result<()> {
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
+    pub fn send(&self, msg: &RawMessage, reason: &str) -> anyhow::Result<()> {
+        let partition = msg.partition.to_string();
+        let offset = msg.offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "infermon-error",
@@ -309,7 +338,7 @@ impl Dlq {
             })
             .insert(Header {
                 key: "infermon-source-topic",
-                value: Some(msg.topic()),
+                value: Some(msg.topic.as_str()),
             })
             .insert(Header {
                 key: "infermon-source-partition",
@@ -320,10 +349,10 @@ impl Dlq {
                 value: Some(&offset),
             });
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .payload(msg.payload().unwrap_or_default())
+            .payload(msg.payload.as_slice())
             .headers(headers);
-        if let Some(key) = msg.key() {
-            record = record.key(key);
+        if let Some(key) = &msg.key {
+            record = record.key(key.as_slice());
         }
         self.producer
             .send(record)

@@ -1,0 +1,227 @@
+//! Decoding on a thread of its own: the monitor loop polls Kafka and runs
+//! the window engine while the previous batch of messages is decoded here
+//! (JSON → validated events → Arrow), as the offline replay decodes on a
+//! reader thread.
+//!
+//! Batches carry the generation of the window state they were read for; the
+//! loop drops results of an earlier generation (read before a rebalance).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+
+use arrow::array::RecordBatch;
+use infermon_operators::WindowSpec;
+use infermon_schemas::{
+    Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
+    decode_event,
+};
+
+use super::offsets::TopicPartition;
+use crate::sources::kafka::RawMessage;
+
+/// What the decoder needs to know of the config.
+#[derive(Debug, Clone)]
+pub struct DecodeSettings {
+    /// Topic names (the event kind of each topic).
+    pub topics: TopicNames,
+    /// Segment keys of the prediction schema.
+    pub segment_keys: Vec<String>,
+    /// Larger values are rejected.
+    pub max_event_bytes: usize,
+    /// Window geometry, for when a message is no longer needed.
+    pub spec: WindowSpec,
+    /// Label wait, ms.
+    pub label_wait_ms: i64,
+}
+
+impl DecodeSettings {
+    /// The watermark at which an event's last contribution is written: its
+    /// last window's end, plus the label wait for predictions and feedback.
+    pub fn release_at(&self, kind: TopicKind, ts: i64) -> i64 {
+        let last_end = self.spec.starts(ts).last().map_or(ts, |s| self.spec.end(s));
+        match kind {
+            TopicKind::Training => last_end,
+            _ => last_end + self.label_wait_ms,
+        }
+    }
+}
+
+/// A message that is not an event, with why (for the DLQ).
+#[derive(Debug)]
+pub struct Rejected {
+    /// The message as read.
+    pub raw: RawMessage,
+    /// Low-cardinality reason for counters.
+    pub code: &'static str,
+    /// One-line reason naming the field (the `infermon-error` header).
+    pub reason: String,
+}
+
+/// The decoded events of one partition in one batch.
+#[derive(Debug, Default)]
+pub struct PartitionEvents {
+    /// Predictions as Arrow.
+    pub predictions: Option<RecordBatch>,
+    /// Feedback labels.
+    pub feedback: Vec<FeedbackEvent>,
+    /// Training steps.
+    pub training: Vec<TrainingEvent>,
+    /// Newest event time.
+    pub max_ts: Option<i64>,
+    /// Every message read: offset and the watermark at which it is released
+    /// (`None` for rejected messages).
+    pub reads: Vec<(i64, Option<i64>)>,
+}
+
+/// One decoded batch.
+#[derive(Debug, Default)]
+pub struct DecodedBatch {
+    /// Window-state generation the messages were read for.
+    pub generation: u64,
+    /// Per partition.
+    pub partitions: BTreeMap<TopicPartition, PartitionEvents>,
+    /// Messages for the DLQ.
+    pub rejected: Vec<Rejected>,
+    /// Messages per topic.
+    pub consumed: BTreeMap<String, u64>,
+}
+
+/// The decode thread and its two channels.
+pub struct Decoder {
+    tx: SyncSender<(u64, Vec<RawMessage>)>,
+    rx: Receiver<DecodedBatch>,
+    in_flight: usize,
+}
+
+impl Decoder {
+    /// Start the thread.
+    pub fn start(settings: DecodeSettings) -> std::io::Result<Self> {
+        let (tx, jobs) = sync_channel::<(u64, Vec<RawMessage>)>(2);
+        let (done, rx) = sync_channel(2);
+        std::thread::Builder::new()
+            .name("decode".into())
+            .spawn(move || {
+                let mut builders: BTreeMap<TopicPartition, PredictionBatchBuilder> =
+                    BTreeMap::new();
+                for (generation, raw) in jobs {
+                    let batch = decode_batch(&settings, &mut builders, generation, raw);
+                    if done.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx,
+            rx,
+            in_flight: 0,
+        })
+    }
+
+    /// Hand over a batch (blocks while two are queued).
+    pub fn send(&mut self, generation: u64, raw: Vec<RawMessage>) -> anyhow::Result<()> {
+        self.tx
+            .send((generation, raw))
+            .map_err(|_| anyhow::anyhow!("the decode thread stopped"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The next decoded batch: waits when more than `keep` are in flight,
+    /// else returns one only if ready.
+    pub fn next(&mut self, keep: usize) -> anyhow::Result<Option<DecodedBatch>> {
+        if self.in_flight == 0 {
+            return Ok(None);
+        }
+        let got = if self.in_flight > keep {
+            Some(
+                self.rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the decode thread stopped"))?,
+            )
+        } else {
+            match self.rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    anyhow::bail!("the decode thread stopped")
+                }
+            }
+        };
+        if got.is_some() {
+            self.in_flight -= 1;
+        }
+        Ok(got)
+    }
+}
+
+fn decode_batch(
+    s: &DecodeSettings,
+    builders: &mut BTreeMap<TopicPartition, PredictionBatchBuilder>,
+    generation: u64,
+    raw: Vec<RawMessage>,
+) -> DecodedBatch {
+    let mut out = DecodedBatch {
+        generation,
+        ..DecodedBatch::default()
+    };
+    for m in raw {
+        match out.consumed.get_mut(m.topic.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                out.consumed.insert(m.topic.clone(), 1);
+            }
+        }
+        let kind = s.topics.kind_of(&m.topic).unwrap_or(TopicKind::Predictions);
+        let decoded = if m.payload.is_empty() {
+            Err((
+                "empty",
+                "empty message value: expected a JSON event".to_string(),
+            ))
+        } else if m.payload.len() > s.max_event_bytes {
+            Err((
+                "too_large",
+                format!(
+                    "value of {} bytes exceeds max_event_bytes = {}",
+                    m.payload.len(),
+                    s.max_event_bytes
+                ),
+            ))
+        } else {
+            decode_event(kind, &m.payload).map_err(|e| (e.reason(), e.to_string()))
+        };
+        let tp = (m.topic.clone(), m.partition);
+        let part = out.partitions.entry(tp.clone()).or_default();
+        let event = match decoded {
+            Ok(e) => e,
+            Err((code, reason)) => {
+                part.reads.push((m.offset, None));
+                out.rejected.push(Rejected {
+                    raw: m,
+                    code,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let ts = event.ts();
+        part.reads.push((m.offset, Some(s.release_at(kind, ts))));
+        part.max_ts = Some(part.max_ts.map_or(ts, |t| t.max(ts)));
+        match event {
+            Decoded::Prediction(p) => builders
+                .entry(tp)
+                .or_insert_with(|| PredictionBatchBuilder::new(&s.segment_keys))
+                .push(&p),
+            Decoded::Feedback(f) => part.feedback.push(f),
+            Decoded::Training(t) => part.training.push(t),
+            Decoded::Request(_) => {}
+        }
+    }
+    for (tp, b) in builders.iter_mut() {
+        if !b.is_empty()
+            && let Some(part) = out.partitions.get_mut(tp)
+        {
+            part.predictions = Some(b.finish());
+        }
+    }
+    out
+}

@@ -1,6 +1,10 @@
-//! Inference workers (`infermon worker`): consume `inference.requests`,
-//! batch dynamically, run ONNX models with ONNX Runtime, and publish
-//! `PredictionEvent`s with per-stage timings to `inference.predictions`.
-//!
-//! Not built yet: this crate only fixes the workspace layout. The event
-//! types it will produce live in `infermon-schemas`.
+//! Inference workers: scoring requests with ONNX Runtime. So far the model
+//! side: feature specs that turn request features into input tensors
+//! ([`spec`]) and ONNX Runtime sessions loaded from the library the
+//! `onnxruntime` wheel ships ([`runtime`]). The Kafka worker comes next.
+
+pub mod runtime;
+pub mod spec;
+
+pub use runtime::{Model, RuntimeError, ort_environment};
+pub use spec::{EncodeError, FeatureSpec};

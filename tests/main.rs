@@ -15,3 +15,4 @@ mod latency_reference;
 mod replay_offline;
 mod support;
 mod webhook_delivery;
+mod worker;

@@ -14,6 +14,7 @@ use crate::alerts::AlertsConfig;
 use crate::monitor::MonitorConfig;
 use crate::sinks::influxdb::InfluxDbConfig;
 use crate::sources::kafka::KafkaConfig;
+use crate::worker::WorkerConfig;
 
 /// The built-in defaults, documented.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -43,6 +44,8 @@ pub struct Config {
     pub influxdb: Vec<InfluxDbConfig>,
     /// `infermon monitor`: health endpoints, state directory, output files.
     pub monitor: MonitorConfig,
+    /// `infermon worker`: identity, group and the models it serves.
+    pub worker: WorkerConfig,
 }
 
 impl Config {

@@ -14,3 +14,4 @@ pub mod replay;
 pub mod replay_to_kafka;
 pub mod sinks;
 pub mod sources;
+pub mod worker;

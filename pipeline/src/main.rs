@@ -40,6 +40,10 @@ enum Command {
     /// until SIGTERM/SIGINT. Configured by --config ([kafka], [[influxdb]],
     /// [monitor], ...).
     Monitor,
+    /// An inference worker: requests from Kafka, ONNX Runtime
+    /// (ORT_DYLIB_PATH), predictions with timings to Kafka, until
+    /// SIGTERM/SIGINT. Configured by [worker] and [[worker.models]].
+    Worker,
     /// Replay recorded traffic. With --offline: straight through the
     /// operators (a backtest), writing line protocol to a file.
     Replay {
@@ -276,6 +280,13 @@ async fn main() -> anyhow::Result<()> {
                 println!("{topic}: {n} messages skipped (not a JSON object)");
             }
             println!("recording: {}", report.path.display());
+        }
+        Command::Worker => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())?;
+            }
+            infermon::worker::run(&config, stop)?;
         }
         Command::Monitor => {
             let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,417 @@
+//! `infermon worker`: scoring requests from Kafka with ONNX Runtime.
+//!
+//! requests (consumer group) → decode (undecodable → DLQ) → per-model queue
+//! → dynamic batch (`max_batch` rows or `max_delay` since the oldest
+//! queued request) → feature spec → ONNX Runtime → one PredictionEvent per
+//! request, keyed by model, with `timings_ms` measured on a monotonic clock
+//! (queue, preprocess, inference, postprocess, total). A request the model
+//! cannot score (bad features, unknown model, a failed run) becomes a
+//! `status: "error"` event naming why — never silence.
+//!
+//! First version: tabular models (a feature spec), CPU. Offsets are
+//! committed after the predictions of everything before them were
+//! acknowledged by the broker (at-least-once).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use infermon_inference::{FeatureSpec, Model, ort_environment};
+use infermon_schemas::{
+    Decoded, Feature, PredictionEvent, RequestEvent, Status, Timings, TopicKind, decode_event,
+};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::sources::kafka::{Dlq, RawMessage};
+
+/// One model a worker serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model name (the requests' `model`).
+    pub name: String,
+    /// Directory with `feature_spec.json` and one sub-directory per version
+    /// holding `model.onnx`.
+    pub dir: PathBuf,
+    /// Version to serve (default: the highest numbered one).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Rows per batch at most.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// A batch runs at the latest this long after its oldest request came.
+    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// ONNX Runtime intra-op threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_max_batch() -> usize {
+    32
+}
+fn default_max_delay() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// `[worker]`: who this worker is and what it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Name in each prediction's `worker` field.
+    pub id: String,
+    /// Consumer group of the workers (they share the requests).
+    pub group_id: String,
+    /// Models served.
+    pub models: Vec<ModelConfig>,
+    /// Offsets are committed this often.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: "worker-0".into(),
+            group_id: "infermon-workers".into(),
+            models: Vec::new(),
+            commit_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A model ready to serve.
+struct Served {
+    spec: FeatureSpec,
+    model: Model,
+    version: String,
+    cfg: ModelConfig,
+    queue: Vec<(RequestEvent, Instant)>,
+}
+
+fn highest_version(dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut versions: Vec<(u64, String)> = std::fs::read_dir(dir)
+        .with_context(|| format!("model dir {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("model.onnx").exists())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.parse::<u64>().ok().map(|n| (n, name))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, v)| v)
+        .with_context(|| format!("no <version>/model.onnx under {}", dir.display()))
+}
+
+/// Counts predictions the broker refused.
+struct Acks {
+    failed: AtomicU64,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::error!(error = %e, "prediction not delivered");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn feature_json(f: &Feature) -> Value {
+    match f {
+        Feature::Number(x) => Value::from(*x),
+        Feature::Category(s) => Value::String(s.clone()),
+        Feature::Null => Value::Null,
+    }
+}
+
+/// Run until `stop` is set.
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let wc = &config.worker;
+    anyhow::ensure!(
+        !wc.models.is_empty(),
+        "[[worker.models]]: no model to serve"
+    );
+    let env = ort_environment(None).map_err(anyhow::Error::msg)?;
+    let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    for m in &wc.models {
+        let spec = FeatureSpec::load(&m.dir.join("feature_spec.json"))?;
+        let version = match &m.version {
+            Some(v) => v.clone(),
+            None => highest_version(&m.dir)?,
+        };
+        let path = m.dir.join(&version).join("model.onnx");
+        let model = Model::load(env, &path, &spec.input, &spec.output, m.threads)?;
+        tracing::info!(model = %m.name, %version, device = %model.device, "model loaded");
+        served.insert(
+            m.name.clone(),
+            Served {
+                spec,
+                model,
+                version,
+                cfg: m.clone(),
+                queue: Vec::new(),
+            },
+        );
+    }
+
+    let topics = &config.topics;
+    let mut cc = config.kafka.client_config()?;
+    cc.set("group.id", &wc.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &config.kafka.properties {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create()?;
+    consumer.subscribe(&[&topics.requests])?;
+    let producer: ThreadedProducer<Acks> = config
+        .kafka
+        .client_config()?
+        .set("enable.idempotence", "true")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .create_with_context(Acks {
+            failed: AtomicU64::new(0),
+        })?;
+    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
+
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Wait no longer than the most urgent queued batch allows.
+        let wait = served
+            .values()
+            .filter_map(|s| {
+                s.queue
+                    .first()
+                    .map(|(_, t)| s.cfg.max_delay.saturating_sub(t.elapsed()))
+            })
+            .min()
+            .unwrap_or(Duration::from_millis(100));
+        if let Some(msg) = consumer.poll(wait.max(Duration::from_micros(100))) {
+            match msg {
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+                Ok(msg) => {
+                    let arrived = Instant::now();
+                    match decode_event(TopicKind::Requests, msg.payload().unwrap_or_default()) {
+                        Ok(Decoded::Request(req)) => match served.get_mut(&req.model) {
+                            Some(s) => s.queue.push((req, arrived)),
+                            None => {
+                                let why = format!("unknown model `{}`", req.model);
+                                send(
+                                    &producer,
+                                    &topics.predictions,
+                                    &error_event(&req, "unknown", &wc.id, &why, arrived),
+                                )?;
+                            }
+                        },
+                        Ok(_) => {}
+                        Err(e) => dlq.send(&RawMessage::of(&msg), &e.to_string())?,
+                    }
+                }
+            }
+        }
+        for s in served.values_mut() {
+            let due = s.queue.len() >= s.cfg.max_batch
+                || s.queue
+                    .first()
+                    .is_some_and(|(_, t)| t.elapsed() >= s.cfg.max_delay);
+            if due {
+                let n = s.queue.len().min(s.cfg.max_batch);
+                let batch: Vec<_> = s.queue.drain(..n).collect();
+                for event in score_batch(s, batch, &wc.id) {
+                    send(&producer, &topics.predictions, &event)?;
+                }
+            }
+        }
+        if last_commit.elapsed() >= wc.commit_interval {
+            last_commit = Instant::now();
+            commit(&consumer, &producer, &mut dlq, &served)?;
+        }
+    }
+    // Score what is queued, then commit.
+    for s in served.values_mut() {
+        while !s.queue.is_empty() {
+            let n = s.queue.len().min(s.cfg.max_batch);
+            let batch: Vec<_> = s.queue.drain(..n).collect();
+            for event in score_batch(s, batch, &wc.id) {
+                send(&producer, &topics.predictions, &event)?;
+            }
+        }
+    }
+    commit(&consumer, &producer, &mut dlq, &served)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Commit what was read, once every prediction sent so far is acknowledged
+/// (nothing queued is uncommitted-and-unscored: the caller scores queues
+/// before the final commit; a periodic commit skips while requests wait).
+fn commit(
+    consumer: &BaseConsumer,
+    producer: &ThreadedProducer<Acks>,
+    dlq: &mut Dlq,
+    served: &BTreeMap<String, Served>,
+) -> anyhow::Result<()> {
+    if served.values().any(|s| !s.queue.is_empty()) {
+        return Ok(()); // their offsets must not be committed yet
+    }
+    producer.flush(Duration::from_secs(10))?;
+    dlq.flush(Duration::from_secs(10))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} predictions refused by the broker: not committing"
+    );
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+        tracing::debug!(error = %e, "nothing to commit");
+    }
+    Ok(())
+}
+
+fn send(
+    producer: &ThreadedProducer<Acks>,
+    topic: &str,
+    event: &PredictionEvent,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(event)?;
+    let mut record = BaseRecord::to(topic)
+        .key(event.model.as_str())
+        .payload(&body);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) => {
+                tracing::debug!(error = %e, "producer queue full; waiting");
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn error_event(
+    req: &RequestEvent,
+    version: &str,
+    worker: &str,
+    why: &str,
+    arrived: Instant,
+) -> PredictionEvent {
+    PredictionEvent {
+        request_id: req.request_id.clone(),
+        ts: req.ts,
+        model: req.model.clone(),
+        model_version: version.to_string(),
+        worker: Some(worker.to_string()),
+        device: None,
+        status: Status::Error,
+        error: Some(why.to_string()),
+        batch_size: None,
+        timings_ms: Timings {
+            total: ms(arrived.elapsed()),
+            ..Timings::default()
+        },
+        score: None,
+        features: req.features.clone(),
+        segment: req.segment.clone(),
+    }
+}
+
+/// Encode, run and answer one batch; one event per request, in order.
+fn score_batch(
+    s: &mut Served,
+    batch: Vec<(RequestEvent, Instant)>,
+    worker: &str,
+) -> Vec<PredictionEvent> {
+    let started = Instant::now();
+    let width = s.spec.width();
+    let mut rows = Vec::with_capacity(batch.len() * width);
+    let mut encoded: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
+    for (req, _) in &batch {
+        let features: serde_json::Map<String, Value> = req
+            .features
+            .iter()
+            .map(|(k, v)| (k.clone(), feature_json(v)))
+            .collect();
+        encoded.push(
+            s.spec
+                .encode(&features, &mut rows)
+                .map_err(|e| e.to_string()),
+        );
+    }
+    let good = encoded.iter().filter(|r| r.is_ok()).count();
+    let preprocessed = Instant::now();
+    let scores = if good > 0 {
+        s.model.score(good, width, rows).map_err(|e| e.to_string())
+    } else {
+        Ok(Vec::new())
+    };
+    let inferred = Instant::now();
+    let mut out = Vec::with_capacity(batch.len());
+    let mut next = 0;
+    for ((req, arrived), enc) in batch.into_iter().zip(encoded) {
+        let result = enc.and_then(|()| match &scores {
+            Ok(v) => {
+                next += 1;
+                Ok(f64::from(v[next - 1]))
+            }
+            Err(e) => Err(e.clone()),
+        });
+        let mut event = match result {
+            Ok(score) => PredictionEvent {
+                request_id: req.request_id,
+                ts: req.ts,
+                model: req.model,
+                model_version: s.version.clone(),
+                worker: Some(worker.to_string()),
+                device: Some(s.model.device.clone()),
+                status: Status::Ok,
+                error: None,
+                batch_size: Some(good as u32),
+                timings_ms: Timings::default(),
+                score: Some(score),
+                features: req.features,
+                segment: req.segment,
+            },
+            Err(why) => {
+                let mut e = error_event(&req, &s.version, worker, &why, arrived);
+                e.device = Some(s.model.device.clone());
+                e
+            }
+        };
+        let done = Instant::now();
+        event.timings_ms = Timings {
+            queue: Some(ms(started.duration_since(arrived))),
+            preprocess: Some(ms(preprocessed - started)),
+            inference: Some(ms(inferred - preprocessed)),
+            postprocess: Some(ms(done - inferred)),
+            total: ms(done.duration_since(arrived)),
+        };
+        out.push(event);
+    }
+    out
+}

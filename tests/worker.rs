@@ -1,0 +1,205 @@
+//! `infermon worker` against the real broker: requests in → one prediction
+//! per request out, scores equal Python onnxruntime's on the same inputs
+//! (`inference/scripts/testdata`, made by `score_reference.py`), timings
+//! consistent, bad requests as error events or in the DLQ with a reason.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+use crate::support::{infermon, repo, required_env};
+
+fn jsonl(name: &str) -> Vec<Value> {
+    let path = repo().join("inference/scripts/testdata").join(name);
+    std::io::BufReader::new(std::fs::File::open(path).unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn requests_in_predictions_out_scored_like_python_onnxruntime() {
+    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
+    required_env("ORT_DYLIB_PATH");
+    let id = format!(
+        "w{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let topic = |b: &str| format!("t{id}.{b}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let names = [topic("requests"), topic("predictions"), topic("dlq")];
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+
+    // The reference requests (5 scorable, 3 with bad features, 1 unknown
+    // model) and one message that is not JSON.
+    let requests = jsonl("ctr_requests.jsonl");
+    let expected: BTreeMap<String, Value> = jsonl("ctr_expected_v1.jsonl")
+        .into_iter()
+        .map(|v| (v["request_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in &requests {
+        let body = r.to_string();
+        let key = r["request_id"].as_str().unwrap().to_string();
+        producer
+            .send(BaseRecord::to(&names[0]).key(&key).payload(&body))
+            .unwrap();
+    }
+    producer
+        .send(
+            BaseRecord::<str, str>::to(&names[0])
+                .key("r-bad")
+                .payload("{not json"),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\n\n\
+             [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
+             [worker]\nid = \"test-worker/0\"\ngroup_id = \"g{id}\"\n\n\
+             [[worker.models]]\nname = \"ctr-ranker\"\ndir = {:?}\nversion = \"1\"\nmax_batch = 4\nmax_delay = \"20ms\"\n",
+            names[0],
+            names[1],
+            names[2],
+            repo().join("inference/models/ctr-ranker"),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("worker.log");
+    let mut worker = infermon()
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader{id}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&names[1], &names[2]]).unwrap();
+    let mut predictions: BTreeMap<String, (Option<String>, Value)> = BTreeMap::new();
+    let mut dlq = Vec::new();
+    let until = Instant::now() + Duration::from_secs(90);
+    while (predictions.len() < requests.len() || dlq.is_empty()) && Instant::now() < until {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        if m.topic() == names[2] {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "infermon-error"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            dlq.push((m.payload().unwrap().to_vec(), reason));
+            continue;
+        }
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let rid = v["request_id"].as_str().unwrap().to_string();
+        assert!(
+            predictions.insert(rid.clone(), (key, v)).is_none(),
+            "two predictions for {rid}"
+        );
+    }
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let status = worker.wait().unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "worker exited with {status}:\n{log_text}");
+    assert_eq!(
+        predictions.len(),
+        requests.len(),
+        "one prediction per request:\n{log_text}"
+    );
+
+    let mut scored = 0;
+    for (rid, (key, p)) in &predictions {
+        let want = &expected[rid];
+        assert_eq!(key.as_deref(), p["model"].as_str(), "{rid}: keyed by model");
+        let t = &p["timings_ms"];
+        let total = t["total"].as_f64().unwrap();
+        if let Some(score) = want.get("score").and_then(Value::as_f64) {
+            assert_eq!(p["status"], "ok", "{rid}: {p}");
+            assert_eq!(p["model_version"], "1");
+            assert_eq!(p["worker"], "test-worker/0");
+            assert_eq!(p["device"], "cpu");
+            let got = p["score"].as_f64().unwrap();
+            assert!(
+                (got - score).abs() <= 1e-6,
+                "{rid}: {got} vs python {score}"
+            );
+            let stages: f64 = ["queue", "preprocess", "inference", "postprocess"]
+                .iter()
+                .map(|s| t[s].as_f64().unwrap())
+                .sum();
+            assert!(
+                total >= stages - 1e-3,
+                "{rid}: total {total} < stages {stages}"
+            );
+            assert!(t["inference"].as_f64().unwrap() > 0.0);
+            assert!((1..=4).contains(&p["batch_size"].as_u64().unwrap()));
+            scored += 1;
+        } else {
+            assert_eq!(p["status"], "error", "{rid}: {p}");
+            let field = want["error"].as_str().unwrap().split('`').nth(1).unwrap();
+            let why = p["error"].as_str().unwrap();
+            assert!(why.contains(field), "{rid}: {why:?} should name {field}");
+            assert!(total >= 0.0);
+        }
+    }
+    assert_eq!(scored, 5);
+    assert_eq!(dlq.len(), 1, "the message that is not JSON");
+    assert_eq!(dlq[0].0, b"{not json");
+    assert!(
+        dlq[0].1.as_deref().is_some_and(|r| r.contains("JSON")),
+        "{:?}",
+        dlq[0].1
+    );
+}

@@ -176,6 +176,29 @@ enum Command {
         #[arg(long, hide = true)]
         bare_topic: Option<String>,
     },
+    /// Time the worker's path (encode, ONNX Runtime, timings, events, JSON,
+    /// publish) against a bare ONNX Runtime loop on the same model and
+    /// batch sizes, in one run (needs ORT_DYLIB_PATH).
+    BenchWorker {
+        /// Model directory (feature_spec.json + <version>/model.onnx).
+        #[arg(long, default_value = "inference/models/ctr-ranker")]
+        model_dir: PathBuf,
+        /// Requests per run.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+        batch_sizes: Vec<usize>,
+        /// Publish predictions to Kafka at these brokers (topic: --topic).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic for --brokers.
+        #[arg(long, default_value = "bench.predictions")]
+        topic: String,
+        /// Interleaved rounds (median reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Time the drift operator on raw feature matrices (f64 LE, row-major);
     /// driven by tests/reference/drift_bench.py, which times scipy alongside.
     BenchDrift {
@@ -480,6 +503,23 @@ async fn main() -> anyhow::Result<()> {
                 dir,
             };
             print!("{}", run_ingest_bench(&opts).await?);
+        }
+        Command::BenchWorker {
+            model_dir,
+            requests,
+            batch_sizes,
+            brokers,
+            topic,
+            rounds,
+        } => {
+            let opts = infermon::worker::WorkerBenchOptions {
+                dir: model_dir,
+                requests,
+                batch_sizes,
+                kafka: brokers.map(|b| (b, topic)),
+                rounds,
+            };
+            print!("{}", infermon::worker::bench(&opts)?);
         }
         Command::Bench { file, rounds } => {
             let table = run_bench(&config, &BenchOptions { file, rounds }).await?;

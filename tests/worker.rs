@@ -203,3 +203,188 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
         dlq[0].1
     );
 }
+
+#[test]
+fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
+    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
+    required_env("ORT_DYLIB_PATH");
+    let id = format!(
+        "hr{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+            % 1_000_000_000
+    );
+    let names = [
+        format!("t{id}.requests"),
+        format!("t{id}.predictions"),
+        format!("t{id}.dlq"),
+    ];
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+
+    // A model directory with version 1 only; version 2 arrives mid-stream.
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("ctr-ranker");
+    let src = repo().join("inference/models/ctr-ranker");
+    std::fs::create_dir_all(models.join("1")).unwrap();
+    std::fs::copy(
+        src.join("feature_spec.json"),
+        models.join("feature_spec.json"),
+    )
+    .unwrap();
+    std::fs::copy(src.join("1/model.onnx"), models.join("1/model.onnx")).unwrap();
+
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\n\n\
+             [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
+             [worker]\ngroup_id = \"g{id}\"\nreload_interval = \"200ms\"\n\n\
+             [[worker.models]]\nname = \"ctr-ranker\"\ndir = {models:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n",
+            names[0], names[1], names[2],
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("worker.log");
+    let mut worker = infermon()
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Scorable reference requests, cycled under fresh ids, ~500/s.
+    let scorable: Vec<Value> = jsonl("ctr_requests.jsonl")
+        .into_iter()
+        .zip(jsonl("ctr_expected_v1.jsonl"))
+        .filter(|(_, e)| e.get("score").is_some())
+        .map(|(r, _)| r)
+        .collect();
+    let expected: BTreeMap<(String, String), f64> = ["1", "2"]
+        .iter()
+        .flat_map(|v| {
+            jsonl(&format!("ctr_expected_v{v}.jsonl"))
+                .into_iter()
+                .filter_map(move |e| {
+                    Some((
+                        (v.to_string(), e["request_id"].as_str()?.to_string()),
+                        e.get("score")?.as_f64()?,
+                    ))
+                })
+        })
+        .collect();
+    let total = 1500;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader{id}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&names[1]]).unwrap();
+    let mut got: BTreeMap<String, Value> = BTreeMap::new();
+    let read = |got: &mut BTreeMap<String, Value>| {
+        while let Some(m) = consumer.poll(Duration::from_millis(1)) {
+            let v: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+            let rid = v["request_id"].as_str().unwrap().to_string();
+            assert!(
+                got.insert(rid.clone(), v).is_none(),
+                "two predictions for {rid}"
+            );
+        }
+    };
+    for i in 0..total {
+        let mut r = scorable[i % scorable.len()].clone();
+        let base = r["request_id"].as_str().unwrap().to_string();
+        r["request_id"] = Value::from(format!("hr-{i}-{base}"));
+        let body = r.to_string();
+        producer
+            .send(
+                BaseRecord::<str, str>::to(&names[0])
+                    .key(&base)
+                    .payload(&body),
+            )
+            .unwrap();
+        producer.poll(Duration::ZERO);
+        if i == 299 {
+            // Let the worker join and serve the first 300 with version 1.
+            producer.flush(Duration::from_secs(10)).unwrap();
+            let until = Instant::now() + Duration::from_secs(60);
+            while got.len() < 300 && Instant::now() < until {
+                read(&mut got);
+            }
+            assert_eq!(got.len(), 300, "the worker did not start serving");
+        }
+        if i == 600 {
+            // Version 2 appears the way a deploy writes it: complete, then renamed.
+            let tmp = models.join(".2.tmp");
+            std::fs::create_dir_all(&tmp).unwrap();
+            std::fs::copy(src.join("2/model.onnx"), tmp.join("model.onnx")).unwrap();
+            std::fs::rename(&tmp, models.join("2")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        read(&mut got);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while got.len() < total && Instant::now() < until {
+        read(&mut got);
+    }
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(worker.wait().unwrap().success());
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(got.len(), total, "one prediction per request:\n{log_text}");
+    assert!(
+        log_text.contains("new model version swapped in"),
+        "{log_text}"
+    );
+    let mut per_version: BTreeMap<String, usize> = BTreeMap::new();
+    for (rid, p) in &got {
+        assert_eq!(p["status"], "ok", "{rid} failed during the swap: {p}");
+        let version = p["model_version"].as_str().unwrap().to_string();
+        let base = rid.rsplit('-').take(2).collect::<Vec<_>>();
+        let base = format!("{}-{}", base[1], base[0]);
+        let want = expected[&(version.clone(), base)];
+        let score = p["score"].as_f64().unwrap();
+        assert!(
+            (score - want).abs() <= 1e-6,
+            "{rid} v{version}: {score} vs python {want}"
+        );
+        *per_version.entry(version).or_default() += 1;
+    }
+    assert_eq!(
+        per_version.len(),
+        2,
+        "both versions served: {per_version:?}"
+    );
+}

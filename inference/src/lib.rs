@@ -6,5 +6,6 @@
 pub mod runtime;
 pub mod spec;
 
+pub use ort::environment::Environment;
 pub use runtime::{Model, RuntimeError, ort_environment};
 pub use spec::{EncodeError, FeatureSpec};

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use infermon_inference::{FeatureSpec, Model, ort_environment};
+use infermon_inference::{Environment, FeatureSpec, Model, ort_environment};
 use infermon_schemas::{
     Decoded, Feature, PredictionEvent, RequestEvent, Status, Timings, TopicKind, decode_event,
 };
@@ -79,6 +79,11 @@ pub struct WorkerConfig {
     /// Offsets are committed this often.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// How often model directories are checked for a new version (models
+    /// without a pinned `version`): a new one is loaded, warmed up and
+    /// swapped in between two batches, so no request is dropped or failed.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +93,7 @@ impl Default for WorkerConfig {
             group_id: "infermon-workers".into(),
             models: Vec::new(),
             commit_interval: Duration::from_secs(2),
+            reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -201,7 +207,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
 
     let mut last_commit = Instant::now();
+    let mut last_reload = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_reload.elapsed() >= wc.reload_interval {
+            last_reload = Instant::now();
+            for s in served.values_mut() {
+                if let Err(e) = reload(env, s) {
+                    tracing::error!(model = %s.cfg.name, error = %e, "new version not loaded; serving the old one");
+                }
+            }
+        }
         // Wait no longer than the most urgent queued batch allows.
         let wait = served
             .values()
@@ -265,6 +280,29 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     commit(&consumer, &producer, &mut dlq, &served)?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Swap in the newest version of `s` if it changed (models with a pinned
+/// version stay). The new session is loaded and warmed up with one row
+/// before the old one is dropped; a version that fails to load leaves the
+/// old one serving.
+fn reload(env: &Environment, s: &mut Served) -> anyhow::Result<()> {
+    if s.cfg.version.is_some() {
+        return Ok(());
+    }
+    let newest = highest_version(&s.cfg.dir)?;
+    if newest == s.version {
+        return Ok(());
+    }
+    let spec = FeatureSpec::load(&s.cfg.dir.join("feature_spec.json"))?;
+    let path = s.cfg.dir.join(&newest).join("model.onnx");
+    let mut model = Model::load(env, &path, &spec.input, &spec.output, s.cfg.threads)?;
+    model.score(1, spec.width(), vec![0.0; spec.width()])?;
+    tracing::info!(model = %s.cfg.name, from = %s.version, to = %newest, "new model version swapped in");
+    s.model = model;
+    s.spec = spec;
+    s.version = newest;
     Ok(())
 }
 

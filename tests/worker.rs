@@ -349,6 +349,14 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
             std::fs::copy(src.join("2/model.onnx"), tmp.join("model.onnx")).unwrap();
             std::fs::rename(&tmp, models.join("2")).unwrap();
         }
+        if i == 1100 {
+            // Roll back on command: every worker goes back to version 1.
+            let out = crate::support::run_ok(
+                infermon().args(["model", "rollback", "--dir"]).arg(&models),
+            );
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("from version 2 to 1"), "{said}");
+        }
         std::thread::sleep(Duration::from_millis(2));
         read(&mut got);
     }
@@ -387,4 +395,20 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
         2,
         "both versions served: {per_version:?}"
     );
+    // Version 2 served after the swap, version 1 again after the rollback
+    // (requests sent 400 ms and more after it).
+    let version_of = |i: usize| {
+        got.iter()
+            .find(|(rid, _)| rid.starts_with(&format!("hr-{i}-")))
+            .map(|(_, p)| p["model_version"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(
+        (700..1100).any(|i| version_of(i) == "2"),
+        "version 2 never served"
+    );
+    for i in 1300..total {
+        assert_eq!(version_of(i), "1", "request {i} after the rollback");
+    }
+    assert!(log_text.contains("from=2 to=1"), "{log_text}");
 }

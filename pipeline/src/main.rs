@@ -82,6 +82,13 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Model versions served by workers: `rollback` pins a model
+    /// directory to the version before the current one (workers swap within
+    /// their reload interval), `release` removes the pin.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Record Kafka traffic to a replayable file (JSON Lines + zstd, with a
     /// "topic" field per event), until SIGTERM/SIGINT, --duration or --idle.
     Record {
@@ -218,6 +225,22 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ModelAction {
+    /// Serve the previous version.
+    Rollback {
+        /// Model directory (feature_spec.json + <version>/model.onnx).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Serve the highest version again.
+    Release {
+        /// Model directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SilenceAction {
     /// Add a silence (appended to the silences file).
     Add {
@@ -304,6 +327,19 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("recording: {}", report.path.display());
         }
+        Command::Model { action } => match action {
+            ModelAction::Rollback { dir } => {
+                let (from, to) = infermon::worker::rollback(&dir)?;
+                println!("{}: rolled back from version {from} to {to}", dir.display());
+            }
+            ModelAction::Release { dir } => {
+                let pin = dir.join(infermon::worker::PIN_FILE);
+                if pin.exists() {
+                    std::fs::remove_file(&pin)?;
+                }
+                println!("{}: serving the highest version again", dir.display());
+            }
+        },
         Command::Worker => {
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -79,9 +79,10 @@ pub struct WorkerConfig {
     /// Offsets are committed this often.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// How often model directories are checked for a new version (models
-    /// without a pinned `version`): a new one is loaded, warmed up and
-    /// swapped in between two batches, so no request is dropped or failed.
+    /// How often model directories are checked for a new version (or a
+    /// rollback pin, `SERVE_VERSION`) of models without a `version` in the
+    /// config: it is loaded, warmed up and swapped in between two batches,
+    /// so no request is dropped or failed.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
 }
@@ -105,6 +106,49 @@ struct Served {
     version: String,
     cfg: ModelConfig,
     queue: Vec<(RequestEvent, Instant)>,
+}
+
+/// A file in a model directory naming the version every worker must serve
+/// (written by `infermon model rollback`, removed by `infermon model
+/// release`); without it the highest version is served.
+pub const PIN_FILE: &str = "SERVE_VERSION";
+
+/// The version workers should serve from `dir`: the pinned one, else the
+/// highest numbered one.
+pub fn wanted_version(dir: &std::path::Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(dir.join(PIN_FILE)) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => highest_version(dir),
+    }
+}
+
+/// Pin `dir` to the version before the one served now (rollback); returns
+/// (from, to).
+pub fn rollback(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let current = wanted_version(dir)?;
+    let mut versions: Vec<(u64, String)> = std::fs::read_dir(dir)
+        .with_context(|| format!("model dir {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("model.onnx").exists())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.parse::<u64>().ok().map(|n| (n, name))
+        })
+        .collect();
+    versions.sort();
+    let now: u64 = current
+        .parse()
+        .with_context(|| format!("version {current:?}"))?;
+    let previous = versions
+        .iter()
+        .rev()
+        .find(|(n, _)| *n < now)
+        .map(|(_, v)| v.clone())
+        .with_context(|| format!("no version before {current} in {}", dir.display()))?;
+    let tmp = dir.join(format!(".{PIN_FILE}.tmp"));
+    std::fs::write(&tmp, &previous)?;
+    std::fs::rename(&tmp, dir.join(PIN_FILE))?;
+    Ok((current, previous))
 }
 
 fn highest_version(dir: &std::path::Path) -> anyhow::Result<String> {
@@ -167,7 +211,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let spec = FeatureSpec::load(&m.dir.join("feature_spec.json"))?;
         let version = match &m.version {
             Some(v) => v.clone(),
-            None => highest_version(&m.dir)?,
+            None => wanted_version(&m.dir)?,
         };
         let path = m.dir.join(&version).join("model.onnx");
         let model = Model::load(env, &path, &spec.input, &spec.output, m.threads)?;
@@ -291,7 +335,7 @@ fn reload(env: &Environment, s: &mut Served) -> anyhow::Result<()> {
     if s.cfg.version.is_some() {
         return Ok(());
     }
-    let newest = highest_version(&s.cfg.dir)?;
+    let newest = wanted_version(&s.cfg.dir)?;
     if newest == s.version {
         return Ok(());
     }

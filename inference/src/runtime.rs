@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider as _};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::Tensor;
 
 /// Why a model cannot be loaded or run.
@@ -58,31 +59,67 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load `path` on the CPU with `threads` intra-op threads.
+    /// Load `path` with `threads` intra-op threads on `device` (`cpu` or
+    /// `cuda:N`). CUDA goes through ONNX Runtime's CUDA execution provider;
+    /// when the library has none (the CPU wheel) or it fails to start, a
+    /// warning is logged and the model runs on the CPU — `device` says
+    /// where it really runs.
     pub fn load(
         env: &Environment,
         path: &Path,
         input: &str,
         output: &str,
         threads: usize,
+        device: &str,
     ) -> Result<Self, RuntimeError> {
-        let load_err = |e: ort::Error| RuntimeError::Load {
+        let load_err = |message: String| RuntimeError::Load {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
         };
-        let session = (|| -> ort::Result<Session> {
-            Session::builder(env)?
+        let cuda = match device {
+            "cpu" => None,
+            "cuda" => Some(0),
+            d => match d.strip_prefix("cuda:").and_then(|n| n.parse::<i32>().ok()) {
+                Some(n) => Some(n),
+                None => return Err(load_err(format!("device {d:?}: expected cpu or cuda:N"))),
+            },
+        };
+        let builder = (|| -> ort::Result<SessionBuilder> {
+            Ok(Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(threads.max(1))?
-                .with_inter_threads(1)?
-                .commit_from_file(path)
+                .with_inter_threads(1)?)
         })()
-        .map_err(load_err)?;
+        .map_err(|e| load_err(e.to_string()))?;
+        let (mut builder, mut actual) = (builder, "cpu".to_string());
+        if let Some(n) = cuda {
+            if !ep::CUDA::is_available().unwrap_or(false) {
+                tracing::warn!(model = %path.display(), "cuda:{n} requested but this ONNX Runtime has no CUDA execution provider; using cpu");
+            } else {
+                let cuda_ep = ep::CUDA::default()
+                    .with_device_id(n)
+                    .build()
+                    .error_on_failure();
+                match builder.with_execution_providers([cuda_ep]) {
+                    Ok(b) => {
+                        builder = b;
+                        actual = format!("cuda:{n}");
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %path.display(), error = %e, "CUDA execution provider failed; using cpu");
+                        builder = e.recover();
+                    }
+                }
+            }
+        }
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| load_err(e.to_string()))?;
         Ok(Self {
             session,
             input: input.to_string(),
             output: output.to_string(),
-            device: "cpu".into(),
+            device: actual,
         })
     }
 

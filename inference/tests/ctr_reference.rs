@@ -36,7 +36,7 @@ fn scores_equal_python_onnxruntime_per_request_and_batched() {
             .join("models/ctr-ranker")
             .join(version)
             .join("model.onnx");
-        let mut model = Model::load(env, &path, &spec.input, &spec.output, 1).unwrap();
+        let mut model = Model::load(env, &path, &spec.input, &spec.output, 1, "cpu").unwrap();
         let mut batch = Vec::new();
         let mut batch_ids = Vec::new();
         let mut checked = 0;

@@ -54,6 +54,14 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// `cpu` or `cuda:N` (CUDA execution provider; falls back to the CPU
+    /// with a warning when the library or the GPU cannot).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "cpu".into()
 }
 
 fn default_max_batch() -> usize {
@@ -214,7 +222,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             None => wanted_version(&m.dir)?,
         };
         let path = m.dir.join(&version).join("model.onnx");
-        let model = Model::load(env, &path, &spec.input, &spec.output, m.threads)?;
+        let model = Model::load(env, &path, &spec.input, &spec.output, m.threads, &m.device)?;
         tracing::info!(model = %m.name, %version, device = %model.device, "model loaded");
         served.insert(
             m.name.clone(),
@@ -341,7 +349,14 @@ fn reload(env: &Environment, s: &mut Served) -> anyhow::Result<()> {
     }
     let spec = FeatureSpec::load(&s.cfg.dir.join("feature_spec.json"))?;
     let path = s.cfg.dir.join(&newest).join("model.onnx");
-    let mut model = Model::load(env, &path, &spec.input, &spec.output, s.cfg.threads)?;
+    let mut model = Model::load(
+        env,
+        &path,
+        &spec.input,
+        &spec.output,
+        s.cfg.threads,
+        &s.cfg.device,
+    )?;
     model.score(1, spec.width(), vec![0.0; spec.width()])?;
     tracing::info!(model = %s.cfg.name, from = %s.version, to = %newest, "new model version swapped in");
     s.model = model;
@@ -530,9 +545,10 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
         max_batch: 1,
         max_delay: Duration::ZERO,
         threads: 1,
+        device: "cpu".into(),
     };
     let mut served = Served {
-        model: Model::load(env, &path, &spec.input, &spec.output, 1)?,
+        model: Model::load(env, &path, &spec.input, &spec.output, 1, "cpu")?,
         spec,
         version,
         cfg,

@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::support::{Line, infermon, parse_lines, recordings, required_env, run_ok};
+use crate::support::{
+    Line, create_topics, infermon, parse_lines, recordings, required_env, run_ok, unique_id,
+};
 
 /// Lateness that covers the recordings' 20–90 s late events, so the offline
 /// and the Kafka runs agree on every row's window (late-data handling has
@@ -43,44 +43,17 @@ struct Setup {
 impl Setup {
     fn new(name: &str) -> Self {
         let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
-        let id = format!(
-            "{name}{}x{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros()
-                % 1_000_000_000
-        );
+        let id = unique_id(name);
         let topics: BTreeMap<&'static str, String> =
             ["requests", "predictions", "feedback", "training", "dlq"]
                 .into_iter()
                 .map(|base| (base, format!("t{id}.{base}")))
                 .collect();
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let new: Vec<NewTopic> = topics
+        let partitions: Vec<(&str, i32)> = topics
             .iter()
-            .map(|(base, t)| {
-                NewTopic::new(
-                    t,
-                    if *base == "dlq" { 1 } else { 4 },
-                    TopicReplication::Fixed(1),
-                )
-            })
+            .map(|(base, t)| (t.as_str(), if *base == "dlq" { 1 } else { 4 }))
             .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        for r in rt
-            .block_on(admin.create_topics(&new, &AdminOptions::new()))
-            .unwrap()
-        {
-            r.unwrap();
-        }
+        create_topics(&brokers, &partitions);
         Self {
             brokers,
             id,

@@ -6,24 +6,18 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde_json::Value;
 
-use crate::support::{infermon, recordings, required_env, run_ok};
+use crate::support::{create_topics, infermon, recordings, required_env, run_ok, unique_id};
 
 #[test]
 fn recorded_events_arrive_on_their_topics_with_contract_keys() {
     let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
     // Topics of our own, so parallel tests and reruns do not interfere.
-    let suffix = format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
+    let suffix = unique_id("");
     let topic = |base: &str| format!("t{suffix}.{base}");
     let names = [
         ("requests", topic("requests")),
@@ -31,24 +25,8 @@ fn recorded_events_arrive_on_their_topics_with_contract_keys() {
         ("feedback", topic("feedback")),
         ("training", topic("training")),
     ];
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|(_, t)| NewTopic::new(t, 4, TopicReplication::Fixed(1)))
-        .collect();
-    for r in rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    let partitions: Vec<(&str, i32)> = names.iter().map(|(_, t)| (t.as_str(), 4)).collect();
+    create_topics(&brokers, &partitions);
 
     // The recording, re-labelled with our topic names.
     let dir = tempfile::tempdir().unwrap();

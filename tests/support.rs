@@ -91,3 +91,39 @@ pub fn parse_lines(text: &str) -> Vec<Line> {
         })
         .collect()
 }
+
+/// A name part no other test run shares (process id and clock), for
+/// topics, groups and databases of one test.
+pub fn unique_id(prefix: &str) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    format!("{prefix}{}x{}", std::process::id(), micros % 1_000_000_000)
+}
+
+/// Create `topics` (name, partitions) on the test broker; any failure
+/// fails the test.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}

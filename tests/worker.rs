@@ -8,15 +8,13 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::support::{infermon, repo, required_env};
+use crate::support::{create_topics, infermon, repo, required_env, unique_id};
 
 fn jsonl(name: &str) -> Vec<Value> {
     let path = repo().join("inference/scripts/testdata").join(name);
@@ -30,35 +28,13 @@ fn jsonl(name: &str) -> Vec<Value> {
 fn requests_in_predictions_out_scored_like_python_onnxruntime() {
     let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
     required_env("ORT_DYLIB_PATH");
-    let id = format!(
-        "w{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
-    let topic = |b: &str| format!("t{id}.{b}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let names = [topic("requests"), topic("predictions"), topic("dlq")];
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    let id = unique_id("w");
+    let names = [
+        format!("t{id}.requests"),
+        format!("t{id}.predictions"),
+        format!("t{id}.dlq"),
+    ];
+    create_topics(&brokers, &[(&names[0], 2), (&names[1], 2), (&names[2], 2)]);
 
     // The reference requests (5 scorable, 3 with bad features, 1 unknown
     // model) and one message that is not JSON.
@@ -214,38 +190,13 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
 fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
     let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
     required_env("ORT_DYLIB_PATH");
-    let id = format!(
-        "hr{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-            % 1_000_000_000
-    );
+    let id = unique_id("hr");
     let names = [
         format!("t{id}.requests"),
         format!("t{id}.predictions"),
         format!("t{id}.dlq"),
     ];
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    create_topics(&brokers, &[(&names[0], 2), (&names[1], 2), (&names[2], 2)]);
 
     // A model directory with version 1 only; version 2 arrives mid-stream.
     let dir = tempfile::tempdir().unwrap();

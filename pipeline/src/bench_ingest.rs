@@ -96,15 +96,11 @@ fn proc_usage(pid: &str) -> anyhow::Result<(f64, u64)> {
     let rest = stat.rsplit_once(')').context("/proc stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     // USER_HZ is 100 on Linux.
-    Ok((ticks / 100.0, rss))
+    Ok((
+        ticks / 100.0,
+        crate::replay::peak_rss_kib_of(pid).unwrap_or(0),
+    ))
 }
 
 /// Create the topics and fill the predictions topic with `messages`

@@ -459,7 +459,12 @@ pub fn summary_table(report: &ReplayReport) -> String {
 
 /// Peak resident set size of this process in KiB (Linux), for reports.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_kib_of("self")
+}
+
+/// Peak resident set size of process `pid` (a number or `self`), KiB.
+pub fn peak_rss_kib_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))?

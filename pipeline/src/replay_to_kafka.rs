@@ -11,18 +11,17 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::sources::kafka::DeliveryCounter;
 
 /// What to send where.
 #[derive(Debug, Clone)]
@@ -46,31 +45,6 @@ pub struct ToKafkaReport {
     pub failed: u64,
 }
 
-/// Counts deliveries as the broker acknowledges them.
-#[derive(Default)]
-struct Acks {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-struct Context_(Arc<Acks>);
-
-impl ClientContext for Context_ {}
-
-impl ProducerContext for Context_ {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                tracing::error!(error = %e, "message not delivered to Kafka");
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
 fn lines(path: &Path) -> io::Result<Box<dyn BufRead>> {
     let file = std::fs::File::open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -83,14 +57,13 @@ fn lines(path: &Path) -> io::Result<Box<dyn BufRead>> {
 
 /// Send the files; fails if any message was not acknowledged.
 pub fn replay_to_kafka(config: &Config, opts: &ToKafkaOptions) -> anyhow::Result<ToKafkaReport> {
-    let acks = Arc::new(Acks::default());
-    let producer: ThreadedProducer<Context_> = ClientConfig::new()
+    let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
         .set("enable.idempotence", "true")
         .set("compression.type", "zstd")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "60000")
-        .create_with_context(Context_(acks.clone()))
+        .create_with_context(DeliveryCounter::default())
         .context("creating the Kafka producer")?;
     let t = &config.topics;
     // Recorded `topic` values → (topic to produce to, key field).
@@ -163,9 +136,10 @@ pub fn replay_to_kafka(config: &Config, opts: &ToKafkaOptions) -> anyhow::Result
     producer
         .flush(Duration::from_secs(60))
         .context("waiting for Kafka to acknowledge")?;
+    let acks = producer.context();
     report.failed = acks.failed.load(Ordering::Relaxed);
     let total: u64 = sent.values().sum();
-    let ok = acks.ok.load(Ordering::Relaxed);
+    let ok = acks.delivered.load(Ordering::Relaxed);
     if report.failed > 0 || ok != total {
         bail!(
             "{} of {total} messages were not acknowledged by Kafka ({} failed)",

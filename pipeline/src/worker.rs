@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,15 +23,14 @@ use infermon_inference::{Environment, FeatureSpec, Model, ort_environment};
 use infermon_schemas::{
     Decoded, Feature, PredictionEvent, RequestEvent, Status, Timings, TopicKind, decode_event,
 };
-use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::sources::kafka::{Dlq, RawMessage};
+use crate::sources::kafka::{DeliveryCounter, Dlq, RawMessage};
 
 /// One model a worker serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,16 +133,7 @@ pub fn wanted_version(dir: &std::path::Path) -> anyhow::Result<String> {
 /// (from, to).
 pub fn rollback(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     let current = wanted_version(dir)?;
-    let mut versions: Vec<(u64, String)> = std::fs::read_dir(dir)
-        .with_context(|| format!("model dir {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("model.onnx").exists())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.parse::<u64>().ok().map(|n| (n, name))
-        })
-        .collect();
-    versions.sort();
+    let versions = versions(dir)?;
     let now: u64 = current
         .parse()
         .with_context(|| format!("version {current:?}"))?;
@@ -159,7 +149,8 @@ pub fn rollback(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     Ok((current, previous))
 }
 
-fn highest_version(dir: &std::path::Path) -> anyhow::Result<String> {
+/// The numbered versions with a `model.onnx` under `dir`, oldest first.
+fn versions(dir: &std::path::Path) -> anyhow::Result<Vec<(u64, String)>> {
     let mut versions: Vec<(u64, String)> = std::fs::read_dir(dir)
         .with_context(|| format!("model dir {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -170,28 +161,14 @@ fn highest_version(dir: &std::path::Path) -> anyhow::Result<String> {
         })
         .collect();
     versions.sort();
-    versions
+    Ok(versions)
+}
+
+fn highest_version(dir: &std::path::Path) -> anyhow::Result<String> {
+    versions(dir)?
         .pop()
         .map(|(_, v)| v)
         .with_context(|| format!("no <version>/model.onnx under {}", dir.display()))
-}
-
-/// Counts predictions the broker refused.
-struct Acks {
-    failed: AtomicU64,
-}
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            tracing::error!(error = %e, "prediction not delivered");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -246,15 +223,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     let consumer: BaseConsumer = cc.create()?;
     consumer.subscribe(&[&topics.requests])?;
-    let producer: ThreadedProducer<Acks> = config
+    let producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
         .client_config()?
         .set("enable.idempotence", "true")
         .set("compression.type", "zstd")
         .set("linger.ms", "5")
-        .create_with_context(Acks {
-            failed: AtomicU64::new(0),
-        })?;
+        .create_with_context(DeliveryCounter::default())?;
     let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
 
@@ -370,7 +345,7 @@ fn reload(env: &Environment, s: &mut Served) -> anyhow::Result<()> {
 /// before the final commit; a periodic commit skips while requests wait).
 fn commit(
     consumer: &BaseConsumer,
-    producer: &ThreadedProducer<Acks>,
+    producer: &ThreadedProducer<DeliveryCounter>,
     dlq: &mut Dlq,
     served: &BTreeMap<String, Served>,
 ) -> anyhow::Result<()> {
@@ -391,7 +366,7 @@ fn commit(
 }
 
 fn send(
-    producer: &ThreadedProducer<Acks>,
+    producer: &ThreadedProducer<DeliveryCounter>,
     topic: &str,
     event: &PredictionEvent,
 ) -> anyhow::Result<()> {
@@ -618,15 +593,13 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
             .encode(&f, &mut encoded)
             .map_err(anyhow::Error::msg)?;
     }
-    let producer: Option<(ThreadedProducer<Acks>, String)> = match &opts.kafka {
+    let producer: Option<(ThreadedProducer<DeliveryCounter>, String)> = match &opts.kafka {
         Some((brokers, topic)) => Some((
             rdkafka::config::ClientConfig::new()
                 .set("bootstrap.servers", brokers)
                 .set("compression.type", "zstd")
                 .set("linger.ms", "5")
-                .create_with_context(Acks {
-                    failed: AtomicU64::new(0),
-                })?,
+                .create_with_context(DeliveryCounter::default())?,
             topic.clone(),
         )),
         None => None,

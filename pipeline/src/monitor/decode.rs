@@ -78,8 +78,8 @@ pub struct PartitionEvents {
 pub struct DecodedBatch {
     /// Window-state generation the messages were read for.
     pub generation: u64,
-    /// Per partition.
-    pub partitions: BTreeMap<TopicPartition, PartitionEvents>,
+    /// Per partition, in order of first appearance.
+    pub partitions: Vec<(TopicPartition, PartitionEvents)>,
     /// Messages for the DLQ.
     pub rejected: Vec<Rejected>,
     /// Messages per topic.
@@ -101,10 +101,8 @@ impl Decoder {
         std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || {
-                let mut builders: BTreeMap<TopicPartition, PredictionBatchBuilder> =
-                    BTreeMap::new();
                 for (generation, raw) in jobs {
-                    let batch = decode_batch(&settings, &mut builders, generation, raw);
+                    let batch = decode_batch(&settings, generation, raw);
                     if done.send(batch).is_err() {
                         return;
                     }
@@ -154,16 +152,13 @@ impl Decoder {
     }
 }
 
-fn decode_batch(
-    s: &DecodeSettings,
-    builders: &mut BTreeMap<TopicPartition, PredictionBatchBuilder>,
-    generation: u64,
-    raw: Vec<RawMessage>,
-) -> DecodedBatch {
+fn decode_batch(s: &DecodeSettings, generation: u64, raw: Vec<RawMessage>) -> DecodedBatch {
     let mut out = DecodedBatch {
         generation,
         ..DecodedBatch::default()
     };
+    // Prediction rows per partition, aligned with `out.partitions`.
+    let mut builders: Vec<Option<PredictionBatchBuilder>> = Vec::new();
     for m in raw {
         match out.consumed.get_mut(m.topic.as_str()) {
             Some(n) => *n += 1,
@@ -189,8 +184,22 @@ fn decode_batch(
         } else {
             decode_event(kind, &m.payload).map_err(|e| (e.reason(), e.to_string()))
         };
-        let tp = (m.topic.clone(), m.partition);
-        let part = out.partitions.entry(tp.clone()).or_default();
+        // A batch holds a handful of partitions: a scan, no key allocated
+        // per message.
+        let slot = match out
+            .partitions
+            .iter()
+            .position(|((t, p), _)| *p == m.partition && *t == m.topic)
+        {
+            Some(i) => i,
+            None => {
+                out.partitions
+                    .push(((m.topic.clone(), m.partition), PartitionEvents::default()));
+                builders.push(None);
+                out.partitions.len() - 1
+            }
+        };
+        let part = &mut out.partitions[slot].1;
         let event = match decoded {
             Ok(e) => e,
             Err((code, reason)) => {
@@ -207,21 +216,16 @@ fn decode_batch(
         part.reads.push((m.offset, Some(s.release_at(kind, ts))));
         part.max_ts = Some(part.max_ts.map_or(ts, |t| t.max(ts)));
         match event {
-            Decoded::Prediction(p) => builders
-                .entry(tp)
-                .or_insert_with(|| PredictionBatchBuilder::new(&s.segment_keys))
+            Decoded::Prediction(p) => builders[slot]
+                .get_or_insert_with(|| PredictionBatchBuilder::new(&s.segment_keys))
                 .push(&p),
             Decoded::Feedback(f) => part.feedback.push(f),
             Decoded::Training(t) => part.training.push(t),
             Decoded::Request(_) => {}
         }
     }
-    for (tp, b) in builders.iter_mut() {
-        if !b.is_empty()
-            && let Some(part) = out.partitions.get_mut(tp)
-        {
-            part.predictions = Some(b.finish());
-        }
+    for ((_, part), b) in out.partitions.iter_mut().zip(builders) {
+        part.predictions = b.map(|mut b| b.finish());
     }
     out
 }

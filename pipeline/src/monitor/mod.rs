@@ -316,6 +316,13 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut last_commit = Instant::now();
     let mut anomaly_points: Vec<Point> = Vec::new();
     let mut anomalies_since = Instant::now();
+    // Anomaly events wait at most the shortest sink linger to be batched.
+    let anomaly_linger = config
+        .influxdb
+        .iter()
+        .map(|c| c.linger)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
     // Watermark of the last points handed to the sinks.
     let mut pushed = i64::MIN;
     while !stop.load(Ordering::Relaxed) {
@@ -407,7 +414,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let waiting = a.engine.take_pending_points();
         if !closed.is_empty()
             || !waiting.is_empty()
-            || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= linger(config))
+            || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= anomaly_linger)
         {
             let mut points = std::mem::take(&mut anomaly_points);
             points.extend(waiting);
@@ -509,15 +516,6 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn linger(config: &Config) -> Duration {
-    config
-        .influxdb
-        .iter()
-        .map(|c| c.linger)
-        .min()
-        .unwrap_or(Duration::from_secs(1))
-}
-
 /// Apply rebalances the consumer queued during the last poll. Returns true
 /// when there were any.
 fn rebalanced(
@@ -606,10 +604,10 @@ fn apply(
             continue; // not (or no longer) ours
         };
         let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
-        for (offset, release) in events.reads {
-            // Wholly written by an earlier owner: nothing to keep it for.
-            a.tracker.read(&tp, offset, release.filter(|&r| r > floor));
-        }
+        // Wholly written by an earlier owner: nothing to keep it for.
+        let reads = events.reads.into_iter();
+        a.tracker
+            .read_all(&tp, reads.map(|(o, r)| (o, r.filter(|&r| r > floor))));
         if let Some(p) = &events.predictions {
             a.engine.push_predictions(input, p, now)?;
         }

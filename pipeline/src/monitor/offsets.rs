@@ -38,14 +38,26 @@ impl OffsetTracker {
     /// reaches `release_at` (`None`: not needed once read, e.g. a message
     /// handed to the DLQ).
     pub fn read(&mut self, tp: &TopicPartition, offset: i64, release_at: Option<i64>) {
+        self.read_all(tp, [(offset, release_at)]);
+    }
+
+    /// [`OffsetTracker::read`] for many messages of one partition (one
+    /// lookup per batch, not per message).
+    pub fn read_all(
+        &mut self,
+        tp: &TopicPartition,
+        reads: impl IntoIterator<Item = (i64, Option<i64>)>,
+    ) {
         let p = match self.partitions.get_mut(tp) {
             Some(p) => p,
             None => self.partitions.entry(tp.clone()).or_default(),
         };
-        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        if let Some(at) = release_at {
-            let min = p.pinned.entry(at).or_insert(offset);
-            *min = (*min).min(offset);
+        for (offset, release_at) in reads {
+            p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+            if let Some(at) = release_at {
+                let min = p.pinned.entry(at).or_insert(offset);
+                *min = (*min).min(offset);
+            }
         }
     }
 

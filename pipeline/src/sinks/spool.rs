@@ -297,23 +297,22 @@ fn drain(
             }
         };
         for chunk in chunks(&body, batch_lines) {
+            let lines = count_lines(chunk);
             let mut delay = backoff.initial;
             loop {
                 let started = Instant::now();
                 match writer.write(chunk) {
                     WriteOutcome::Written => {
                         stats.requests.fetch_add(1, Ordering::Relaxed);
-                        stats.lines.fetch_add(count_lines(chunk), Ordering::Relaxed);
+                        stats.lines.fetch_add(lines, Ordering::Relaxed);
                         stats
                             .write_micros
                             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         break;
                     }
                     WriteOutcome::Rejected { reason } => {
-                        stats
-                            .rejected_lines
-                            .fetch_add(count_lines(chunk), Ordering::Relaxed);
-                        tracing::warn!(%reason, lines = count_lines(chunk), "points refused by the server; written to the rejects log");
+                        stats.rejected_lines.fetch_add(lines, Ordering::Relaxed);
+                        tracing::warn!(%reason, lines, "points refused by the server; written to the rejects log");
                         on_reject(&reason, chunk);
                         break;
                     }

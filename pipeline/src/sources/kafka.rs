@@ -254,21 +254,30 @@ pub fn committed_floors(
         .collect())
 }
 
-/// Counts DLQ deliveries the broker refused (after librdkafka's retries).
-struct DlqAcks {
-    failed: AtomicU64,
+/// Producer callbacks counting what the broker acknowledged and what it
+/// refused after librdkafka's retries (each refusal logged): how every
+/// producer here (replay, DLQ, worker) learns that a message was lost.
+#[derive(Debug, Default)]
+pub struct DeliveryCounter {
+    /// Messages the broker acknowledged.
+    pub delivered: AtomicU64,
+    /// Messages it refused for good.
+    pub failed: AtomicU64,
 }
 
-impl ClientContext for DlqAcks {}
+impl ClientContext for DeliveryCounter {}
 
-impl ProducerContext for DlqAcks {
+impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
-            tracing::error!(error = %e, topic = m.topic(), "DLQ message not delivered");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, m)) => {
+                tracing::error!(error = %e, topic = m.topic(), "message not delivered to Kafka");
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
     }
 }
 
@@ -303,7 +312,7 @@ impl RawMessage {
 
 /// Messages that are not events go here, with why and where from.
 pub struct Dlq {
-    producer: ThreadedProducer<DlqAcks>,
+    producer: ThreadedProducer<DeliveryCounter>,
     topic: String,
     /// Failures already reported by [`Dlq::flush`].
     reported: u64,
@@ -317,9 +326,7 @@ impl Dlq {
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "20")
-            .create_with_context(DlqAcks {
-                failed: AtomicU64::new(0),
-            })?;
+            .create_with_context(DeliveryCounter::default())?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -1,11 +1,17 @@
-//! Inference workers: scoring requests with ONNX Runtime. So far the model
-//! side: feature specs that turn request features into input tensors
-//! ([`spec`]) and ONNX Runtime sessions loaded from the library the
-//! `onnxruntime` wheel ships ([`runtime`]). The Kafka worker comes next.
+//! Inference workers' model side: feature specs that turn request features
+//! into input tensors ([`spec`]), text encoders that tokenise and pool
+//! ([`text`]), ONNX Runtime sessions loaded from the library the
+//! `onnxruntime` wheel ships ([`runtime`]), and one scorer over both kinds
+//! split into the stages a worker times ([`scorer`]). The Kafka loop is
+//! `infermon worker` (pipeline crate).
 
 pub mod runtime;
+pub mod scorer;
 pub mod spec;
+pub mod text;
 
 pub use ort::environment::Environment;
-pub use runtime::{Model, RuntimeError, ort_environment};
-pub use spec::{EncodeError, FeatureSpec};
+pub use runtime::{Model, RuntimeError, SessionOptions, ort_environment};
+pub use scorer::{LoadError, Prepared, Raw, Scorer};
+pub use spec::{EncodeError, FeatureSpec, SpecError};
+pub use text::{TextEncoder, TextSpec};

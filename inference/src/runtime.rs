@@ -49,34 +49,51 @@ pub fn ort_environment(dylib: Option<&Path>) -> Result<&'static Environment, Run
     .map_err(|e| RuntimeError::Library(e.clone()))
 }
 
-/// One loaded model version: a session and the names of its tensors.
+/// How a session runs: threads and device. Serde-free on purpose: the
+/// worker's config maps onto it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Threads one operator may use (ONNX Runtime intra-op).
+    pub intra_threads: usize,
+    /// Threads running independent branches of the graph (inter-op; >1
+    /// switches the session to parallel execution).
+    pub inter_threads: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            intra_threads: 1,
+            inter_threads: 1,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// One loaded model version: an ONNX Runtime session and where it runs.
 pub struct Model {
     session: Session,
-    input: String,
-    output: String,
     /// Where it runs ("cpu" or "cuda:N").
     pub device: String,
 }
 
 impl Model {
-    /// Load `path` with `threads` intra-op threads on `device` (`cpu` or
-    /// `cuda:N`). CUDA goes through ONNX Runtime's CUDA execution provider;
-    /// when the library has none (the CPU wheel) or it fails to start, a
-    /// warning is logged and the model runs on the CPU — `device` says
-    /// where it really runs.
+    /// Load `path` with `opts`. CUDA goes through ONNX Runtime's CUDA
+    /// execution provider; when the library has none (the CPU wheel) or it
+    /// fails to start, a warning is logged and the model runs on the CPU —
+    /// `device` says where it really runs.
     pub fn load(
         env: &Environment,
         path: &Path,
-        input: &str,
-        output: &str,
-        threads: usize,
-        device: &str,
+        opts: &SessionOptions,
     ) -> Result<Self, RuntimeError> {
         let load_err = |message: String| RuntimeError::Load {
             path: path.display().to_string(),
             message,
         };
-        let cuda = match device {
+        let cuda = match opts.device.as_str() {
             "cpu" => None,
             "cuda" => Some(0),
             d => match d.strip_prefix("cuda:").and_then(|n| n.parse::<i32>().ok()) {
@@ -87,8 +104,9 @@ impl Model {
         let builder = (|| -> ort::Result<SessionBuilder> {
             Ok(Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .with_intra_threads(threads.max(1))?
-                .with_inter_threads(1)?)
+                .with_intra_threads(opts.intra_threads.max(1))?
+                .with_inter_threads(opts.inter_threads.max(1))?
+                .with_parallel_execution(opts.inter_threads > 1)?)
         })()
         .map_err(|e| load_err(e.to_string()))?;
         let (mut builder, mut actual) = (builder, "cpu".to_string());
@@ -117,35 +135,58 @@ impl Model {
             .map_err(|e| load_err(e.to_string()))?;
         Ok(Self {
             session,
-            input: input.to_string(),
-            output: output.to_string(),
             device: actual,
         })
     }
 
-    /// Score `rows` rows of `width` columns (row-major): one score per row.
-    pub fn score(
+    /// Run a model with one float32 input of `rows` × `width` (row-major)
+    /// and return the float32 output `output`, flattened.
+    pub fn run_f32(
         &mut self,
+        input: &str,
         rows: usize,
         width: usize,
         data: Vec<f32>,
+        output: &str,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let run = |e: ort::Error| RuntimeError::Run(e.to_string());
-        let tensor = Tensor::from_array((vec![rows as i64, width as i64], data)).map_err(run)?;
+        let tensor =
+            Tensor::from_array((vec![rows as i64, width as i64], data)).map_err(run_err)?;
         let outputs = self
             .session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(run)?;
+            .run(ort::inputs![input => tensor])
+            .map_err(run_err)?;
         let value = outputs
-            .get(&self.output)
-            .ok_or_else(|| RuntimeError::Run(format!("no output named {}", self.output)))?;
-        let (_, scores) = value.try_extract_tensor::<f32>().map_err(run)?;
-        if scores.len() != rows {
-            return Err(RuntimeError::Run(format!(
-                "{} scores for {rows} rows",
-                scores.len()
-            )));
-        }
-        Ok(scores.to_vec())
+            .get(output)
+            .ok_or_else(|| RuntimeError::Run(format!("no output named {output}")))?;
+        let (_, values) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        Ok(values.to_vec())
     }
+
+    /// Run a model whose inputs are int64 tensors of one shape (a token
+    /// model: ids, mask, types) and return the float32 output `output`
+    /// with its shape.
+    pub fn run_i64(
+        &mut self,
+        shape: [usize; 2],
+        inputs: Vec<(&str, Vec<i64>)>,
+        output: &str,
+    ) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
+        let dims = vec![shape[0] as i64, shape[1] as i64];
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, data) in inputs {
+            let t = Tensor::from_array((dims.clone(), data)).map_err(run_err)?;
+            values.push((name, ort::session::SessionInputValue::from(t)));
+        }
+        let outputs = self.session.run(values).map_err(run_err)?;
+        let value = outputs
+            .get(output)
+            .ok_or_else(|| RuntimeError::Run(format!("no output named {output}")))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+        Ok((shape, data.to_vec()))
+    }
+}
+
+fn run_err(e: ort::Error) -> RuntimeError {
+    RuntimeError::Run(e.to_string())
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use infermon_schemas::Feature;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,6 +29,60 @@ pub enum EncodeError {
     /// NaN or infinite.
     #[error("feature `{0}`: not a finite number")]
     NotFinite(String),
+    /// A text model's request has no usable text.
+    #[error("`text`: missing or empty")]
+    TextMissing,
+    /// A text longer than the model takes (never silently truncated).
+    #[error("`text`: too long ({tokens} tokens > {max})")]
+    TextTooLong {
+        /// Tokens of the text, counting [CLS] and [SEP].
+        tokens: usize,
+        /// The model's limit.
+        max: usize,
+    },
+    /// The tokenizer refused the text.
+    #[error("`text`: {0}")]
+    Tokenizer(String),
+}
+
+/// One feature value as the encoder sees it, whatever the request's
+/// representation (JSON or decoded events).
+#[derive(Debug, Clone, Copy)]
+pub enum FeatureValue<'a> {
+    /// A number.
+    Number(f64),
+    /// A string.
+    Str(&'a str),
+    /// Anything else, by its JSON type name.
+    Other(&'static str),
+}
+
+impl<'a> FeatureValue<'a> {
+    fn of_json(v: &'a Value) -> Option<Self> {
+        match v {
+            Value::Null => None,
+            Value::Number(n) => Some(Self::Number(n.as_f64().unwrap_or(f64::NAN))),
+            Value::String(s) => Some(Self::Str(s)),
+            other => Some(Self::Other(json_type(other))),
+        }
+    }
+
+    fn of_feature(f: &'a Feature) -> Option<Self> {
+        match f {
+            Feature::Number(x) => Some(Self::Number(*x)),
+            Feature::Category(s) => Some(Self::Str(s)),
+            Feature::Null => None,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Number(x) if x.fract() == 0.0 => "int",
+            Self::Number(_) => "float",
+            Self::Str(_) => "str",
+            Self::Other(t) => t,
+        }
+    }
 }
 
 /// Why a spec file is unusable.
@@ -122,7 +177,16 @@ impl FeatureSpec {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let f: SpecFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse a tabular spec; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, SpecError> {
+        let err = |message: String| SpecError {
+            path: path.display().to_string(),
+            message,
+        };
+        let f: SpecFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         let input = f
             .inputs
             .first()
@@ -178,67 +242,91 @@ impl FeatureSpec {
         self.columns.len()
     }
 
-    /// Append one request's row to `out` (row-major); on error nothing is
-    /// appended.
+    /// Append one request's row to `out` (row-major) from JSON features;
+    /// on error nothing is appended.
     pub fn encode(
         &self,
         features: &serde_json::Map<String, Value>,
         out: &mut Vec<f32>,
     ) -> Result<(), EncodeError> {
-        let present = |name: &str| features.get(name).filter(|v| !v.is_null());
+        self.encode_with(
+            |name| features.get(name).and_then(FeatureValue::of_json),
+            out,
+        )
+    }
+
+    /// [`Self::encode`] from a decoded request's features (no JSON round
+    /// trip on the worker's hot path).
+    pub fn encode_features(
+        &self,
+        features: &BTreeMap<String, Feature>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), EncodeError> {
+        self.encode_with(
+            |name| features.get(name).and_then(FeatureValue::of_feature),
+            out,
+        )
+    }
+
+    /// Encode with `get` returning each present (non-null) feature.
+    fn encode_with<'a>(
+        &self,
+        get: impl Fn(&str) -> Option<FeatureValue<'a>>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), EncodeError> {
         for (name, is_string) in &self.required {
-            let v = present(name).ok_or_else(|| EncodeError::Missing(name.clone()))?;
-            let ok = if *is_string {
-                v.is_string()
-            } else {
-                v.is_number()
-            };
+            let v = get(name).ok_or_else(|| EncodeError::Missing(name.clone()))?;
+            let ok = matches!(
+                (is_string, v),
+                (true, FeatureValue::Str(_)) | (false, FeatureValue::Number(_))
+            );
             if !ok {
                 return Err(EncodeError::Type {
                     name: name.clone(),
                     expected: if *is_string { "a string" } else { "a number" },
-                    got: json_type(v),
+                    got: v.type_name(),
                 });
             }
         }
         let start = out.len();
+        let fail = |out: &mut Vec<f32>, e: EncodeError| {
+            out.truncate(start);
+            Err(e)
+        };
         for c in &self.columns {
             let x = match c {
-                Encode::Number { feature, default } => match present(feature) {
-                    Some(Value::Number(n)) => {
-                        let x = n.as_f64().unwrap_or(f64::NAN);
-                        if !x.is_finite() {
-                            out.truncate(start);
-                            return Err(EncodeError::NotFinite(feature.clone()));
-                        }
-                        x as f32
+                Encode::Number { feature, default } => match get(feature) {
+                    Some(FeatureValue::Number(x)) if x.is_finite() => x as f32,
+                    Some(FeatureValue::Number(_)) => {
+                        return fail(out, EncodeError::NotFinite(feature.clone()));
                     }
                     Some(v) => {
-                        out.truncate(start);
-                        return Err(EncodeError::Type {
-                            name: feature.clone(),
-                            expected: "a number",
-                            got: json_type(v),
-                        });
+                        return fail(
+                            out,
+                            EncodeError::Type {
+                                name: feature.clone(),
+                                expected: "a number",
+                                got: v.type_name(),
+                            },
+                        );
                     }
                     None => match default {
                         Some(d) => *d as f32,
-                        None => {
-                            out.truncate(start);
-                            return Err(EncodeError::Missing(feature.clone()));
-                        }
+                        None => return fail(out, EncodeError::Missing(feature.clone())),
                     },
                 },
-                Encode::IsNull { feature } => f32::from(u8::from(present(feature).is_none())),
-                Encode::OneHot { feature, value } => match present(feature) {
-                    Some(Value::String(s)) => f32::from(u8::from(s == value)),
+                Encode::IsNull { feature } => f32::from(u8::from(get(feature).is_none())),
+                Encode::OneHot { feature, value } => match get(feature) {
+                    Some(FeatureValue::Str(s)) => f32::from(u8::from(s == value)),
                     Some(v) => {
-                        out.truncate(start);
-                        return Err(EncodeError::Type {
-                            name: feature.clone(),
-                            expected: "a string",
-                            got: json_type(v),
-                        });
+                        return fail(
+                            out,
+                            EncodeError::Type {
+                                name: feature.clone(),
+                                expected: "a string",
+                                got: v.type_name(),
+                            },
+                        );
                     }
                     None => 0.0,
                 },

@@ -226,11 +226,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelAction {
-    /// Serve the previous version.
+    /// Serve the previous version: pin a model directory shared by the
+    /// workers (`--dir`), and/or tell every worker through the control
+    /// topic (`--model`, brokers from the config or `--brokers`).
     Rollback {
         /// Model directory (feature_spec.json + <version>/model.onnx).
+        #[arg(long, required_unless_present = "model")]
+        dir: Option<PathBuf>,
+        /// Model name, to send the command on the control topic.
         #[arg(long)]
-        dir: PathBuf,
+        model: Option<String>,
+        /// The version to take out (default: the one `--dir` serves).
+        #[arg(long)]
+        version: Option<String>,
+        /// Kafka brokers (default: the config's).
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Serve the highest version again.
     Release {
@@ -328,9 +339,40 @@ async fn main() -> anyhow::Result<()> {
             println!("recording: {}", report.path.display());
         }
         Command::Model { action } => match action {
-            ModelAction::Rollback { dir } => {
-                let (from, to) = infermon::worker::rollback(&dir)?;
-                println!("{}: rolled back from version {from} to {to}", dir.display());
+            ModelAction::Rollback {
+                dir,
+                model,
+                version,
+                brokers,
+            } => {
+                let mut from = version;
+                if let Some(dir) = &dir {
+                    let (was, to) = infermon::worker::rollback(dir)?;
+                    println!("{}: rolled back from version {was} to {to}", dir.display());
+                    from.get_or_insert(was);
+                }
+                if let Some(model) = model {
+                    let from = from.context(
+                        "--model: name the version to take out with --version (or give --dir)",
+                    )?;
+                    let mut kafka = config.kafka.clone();
+                    if let Some(b) = brokers {
+                        kafka.brokers = b;
+                    }
+                    let producer = kafka
+                        .client_config()?
+                        .create_with_context(infermon::sources::kafka::DeliveryCounter::default())?;
+                    let command = infermon::worker::ControlCommand::rollback(
+                        &model,
+                        Some(&from),
+                        "infermon model rollback",
+                    );
+                    infermon::worker::publish_command(&producer, &config.topics.control, &command)?;
+                    println!(
+                        "{}: rollback of {model} version {from} sent",
+                        config.topics.control
+                    );
+                }
             }
             ModelAction::Release { dir } => {
                 let pin = dir.join(infermon::worker::PIN_FILE);

@@ -49,6 +49,8 @@ pub struct TopicNames {
     pub training: String,
     /// Where infermon puts messages it cannot decode.
     pub dlq: String,
+    /// Commands to every inference worker (rollbacks), keyed by model.
+    pub control: String,
 }
 
 impl Default for TopicNames {
@@ -59,6 +61,7 @@ impl Default for TopicNames {
             feedback: "inference.feedback".into(),
             training: "training.telemetry".into(),
             dlq: "infermon.dlq".into(),
+            control: "infermon.control".into(),
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Commands to every worker: the control topic (`infermon.control`, keyed
+//! by model) and the alert hook that feeds it.
+//!
+//! A rollback can come from `infermon model rollback --model M --brokers B`
+//! or from an alert: the worker's `POST /alerts` takes the Alertmanager
+//! webhook body infermon's alert engine sends (so a `[[alerts.webhooks]]`
+//! receiver pointing at a worker is the whole hook), and every firing alert
+//! named in a model's `rollback_on` becomes a rollback command on the
+//! control topic. Every worker reads the whole topic (a consumer group of
+//! its own) and acts on commands newer than its start; a command names
+//! the version it takes out, so one delivered twice, or to a worker that
+//! already rolled back, changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use hmac::{Hmac, Mac};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::monitor::http::now_ms;
+use crate::sources::kafka::KafkaConfig;
+
+/// One command on the control topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlCommand {
+    /// What to do: `rollback`.
+    pub command: String,
+    /// The model it is about.
+    pub model: String,
+    /// The version to take out (a worker serving another one ignores the
+    /// command); absent: whatever is newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// Why (the alert, or who ran the command).
+    #[serde(default)]
+    pub reason: String,
+    /// When it was issued, ms since the epoch; workers ignore commands
+    /// from before they started (their pins already hold the outcome).
+    pub ts: i64,
+}
+
+impl ControlCommand {
+    /// A rollback of `model`'s version `from`.
+    pub fn rollback(model: &str, from: Option<&str>, reason: &str) -> Self {
+        Self {
+            command: "rollback".into(),
+            model: model.into(),
+            from_version: from.map(str::to_string),
+            reason: reason.into(),
+            ts: now_ms(),
+        }
+    }
+}
+
+/// Reads the whole control topic in a consumer group of this worker's own.
+pub struct ControlConsumer {
+    consumer: BaseConsumer,
+    started_ms: i64,
+}
+
+impl ControlConsumer {
+    /// Subscribe to `topic` as `<group_id>.control.<worker id>`.
+    pub fn new(kafka: &KafkaConfig, topic: &str, group: &str) -> anyhow::Result<Self> {
+        let mut cc = kafka.client_config()?;
+        cc.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &kafka.properties {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc.create()?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            consumer,
+            started_ms: now_ms(),
+        })
+    }
+
+    /// Commands that arrived since the last call (never blocks). Malformed
+    /// messages are logged and skipped: the topic is ours, not user input.
+    pub fn poll(&self) -> Vec<ControlCommand> {
+        let mut out = Vec::new();
+        while let Some(m) = self.consumer.poll(std::time::Duration::ZERO) {
+            match m {
+                Err(e) => tracing::debug!(error = %e, "control topic"),
+                Ok(m) => {
+                    match serde_json::from_slice::<ControlCommand>(m.payload().unwrap_or_default())
+                    {
+                        Ok(c) if c.ts >= self.started_ms => out.push(c),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, offset = m.offset(), "bad control message skipped")
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What `POST /alerts` acts on: model name → alert names that roll it back.
+pub type RollbackRules = BTreeMap<String, Vec<String>>;
+
+/// Rollback commands for the firing alerts of an Alertmanager webhook body
+/// that match `rules`. The version taken out is the alert's
+/// `model_version` label when it has one.
+pub fn commands_for_alerts(
+    body: &Value,
+    rules: &RollbackRules,
+) -> Result<Vec<ControlCommand>, String> {
+    let alerts = body
+        .get("alerts")
+        .and_then(Value::as_array)
+        .ok_or("no `alerts` array: expected an Alertmanager webhook body")?;
+    let mut out = Vec::new();
+    for a in alerts {
+        if a.get("status").and_then(Value::as_str) != Some("firing") {
+            continue;
+        }
+        let label = |k: &str| a.pointer(&format!("/labels/{k}")).and_then(Value::as_str);
+        let (Some(name), Some(model)) = (label("alertname"), label("model")) else {
+            continue;
+        };
+        if !rules
+            .get(model)
+            .is_some_and(|names| names.iter().any(|n| n == name))
+        {
+            continue;
+        }
+        let summary = a
+            .pointer("/annotations/summary")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        out.push(ControlCommand::rollback(
+            model,
+            label("model_version"),
+            &format!("alert {name} firing: {summary}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Serve `GET /healthz` and `POST /alerts` on `addr` from a thread; rollback
+/// commands go to `tx`. With a `secret`, bodies without a valid
+/// `X-Infermon-Signature: sha256=<hex>` are refused (401). Returns the
+/// bound address (`addr` may name port 0).
+pub fn serve_alert_hook(
+    addr: &str,
+    rules: RollbackRules,
+    secret: Option<Vec<u8>>,
+    tx: mpsc::Sender<ControlCommand>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+    std::thread::Builder::new()
+        .name("worker-http".into())
+        .spawn(move || {
+            for mut req in server.incoming_requests() {
+                let (code, body) = match (req.method(), req.url()) {
+                    (tiny_http::Method::Get, "/healthz") => (200, "ok\n".to_string()),
+                    (tiny_http::Method::Post, "/alerts") => {
+                        let mut bytes = Vec::new();
+                        match std::io::Read::read_to_end(req.as_reader(), &mut bytes) {
+                            Err(e) => (400, format!("reading the body: {e}\n")),
+                            Ok(_) => handle_alerts(&req, &bytes, &rules, secret.as_deref(), &tx),
+                        }
+                    }
+                    _ => (404, "not found\n".to_string()),
+                };
+                let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
+            }
+        })?;
+    Ok(bound)
+}
+
+fn handle_alerts(
+    req: &tiny_http::Request,
+    body: &[u8],
+    rules: &RollbackRules,
+    secret: Option<&[u8]>,
+    tx: &mpsc::Sender<ControlCommand>,
+) -> (u16, String) {
+    if let Some(secret) = secret {
+        let given = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("X-Infermon-Signature"))
+            .map(|h| h.value.as_str().to_string());
+        let valid = given
+            .as_deref()
+            .and_then(|g| g.strip_prefix("sha256="))
+            .and_then(|hex| decode_hex(hex))
+            .is_some_and(|sig| {
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+                mac.update(body);
+                mac.verify_slice(&sig).is_ok()
+            });
+        if !valid {
+            tracing::warn!("alert hook: missing or wrong X-Infermon-Signature; refused");
+            return (401, "missing or wrong X-Infermon-Signature\n".into());
+        }
+    }
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return (400, format!("body is not JSON: {e}\n")),
+    };
+    match commands_for_alerts(&parsed, rules) {
+        Err(e) => (400, format!("{e}\n")),
+        Ok(commands) => {
+            let n = commands.len();
+            for c in commands {
+                tracing::warn!(model = %c.model, from = ?c.from_version, reason = %c.reason, "alert hook: rollback requested");
+                let _ = tx.send(c);
+            }
+            (200, format!("{{\"rollbacks\": {n}}}\n"))
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_firing_alerts_named_for_the_model_roll_back() {
+        let rules = RollbackRules::from([("ctr".to_string(), vec!["ScoreDrift".to_string()])]);
+        let body = serde_json::json!({"version": "4", "alerts": [
+            {"status": "firing", "labels": {"alertname": "ScoreDrift", "model": "ctr", "model_version": "7"},
+             "annotations": {"summary": "psi 0.4"}},
+            {"status": "resolved", "labels": {"alertname": "ScoreDrift", "model": "ctr"}},
+            {"status": "firing", "labels": {"alertname": "LatencyP99", "model": "ctr"}},
+            {"status": "firing", "labels": {"alertname": "ScoreDrift", "model": "other"}},
+        ]});
+        let c = commands_for_alerts(&body, &rules).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].model, "ctr");
+        assert_eq!(c[0].from_version.as_deref(), Some("7"));
+        assert!(c[0].reason.contains("ScoreDrift") && c[0].reason.contains("psi 0.4"));
+        let err = commands_for_alerts(&serde_json::json!({"x": 1}), &rules).unwrap_err();
+        assert!(err.contains("alerts"), "{err}");
+        assert_eq!(decode_hex("0aff"), Some(vec![10, 255]));
+        assert_eq!(decode_hex("0g"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! `infermon worker`: scoring requests from Kafka with ONNX Runtime.
+//!
+//! requests (consumer group) → decode (undecodable → DLQ) → per-model queue
+//! → dynamic batch (`max_batch` rows or `max_delay` since the oldest
+//! queued request) → stable version or canary (by a hash of `request_id`)
+//! → preprocess (feature spec or tokenizer) → ONNX Runtime → postprocess →
+//! one PredictionEvent per request, keyed by model, with `timings_ms`
+//! measured on a monotonic clock (queue, preprocess, inference,
+//! postprocess, total). A request the model cannot score (bad features or
+//! text, unknown model, a failed run, a timeout) becomes a `status:
+//! "error"` event naming why — never silence.
+//!
+//! Offsets are committed after the predictions of everything before them
+//! were acknowledged by the broker (at-least-once). Version changes (a new
+//! version, a canary, a rollback from the control topic or the alert hook)
+//! happen between two batches.
+
+pub mod bench;
+pub mod config;
+pub mod control;
+pub mod served;
+pub mod versions;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use infermon_inference::{Environment, ort_environment};
+use infermon_schemas::{Decoded, PredictionEvent, TopicKind, decode_event};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+
+pub use bench::{WorkerBenchOptions, bench};
+pub use config::{ModelConfig, WorkerConfig};
+pub use control::ControlCommand;
+pub use served::{Change, ServedModel};
+pub use versions::{PIN_FILE, rollback, wanted_version};
+
+use crate::config::Config;
+use crate::sources::kafka::{DeliveryCounter, Dlq, RawMessage};
+use served::error_event;
+
+/// Run until `stop` is set.
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let wc = &config.worker;
+    anyhow::ensure!(
+        !wc.models.is_empty(),
+        "[[worker.models]]: no model to serve"
+    );
+    let env = ort_environment(None).map_err(anyhow::Error::msg)?;
+    let mut served: BTreeMap<String, ServedModel> = BTreeMap::new();
+    for m in &wc.models {
+        let s = ServedModel::load(env, m)?;
+        tracing::info!(model = %m.name, version = %s.version(), device = %s.device(), "model loaded");
+        served.insert(m.name.clone(), s);
+    }
+
+    let topics = &config.topics;
+    let mut cc = config.kafka.client_config()?;
+    cc.set("group.id", &wc.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &config.kafka.properties {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create()?;
+    consumer.subscribe(&[&topics.requests])?;
+    let producer: ThreadedProducer<DeliveryCounter> = config
+        .kafka
+        .client_config()?
+        .set("enable.idempotence", "true")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .create_with_context(DeliveryCounter::default())?;
+    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    // Its own producer: a refused command must not count as a lost prediction.
+    let command_producer: ThreadedProducer<DeliveryCounter> = config
+        .kafka
+        .client_config()?
+        .create_with_context(DeliveryCounter::default())?;
+    let control = control::ControlConsumer::new(
+        &config.kafka,
+        &topics.control,
+        &format!("{}.control.{}", wc.group_id, wc.id),
+    )?;
+    let (hook_tx, hook_rx) = mpsc::channel();
+    if let Some(addr) = &wc.listen {
+        let rules = wc
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.rollback_on.clone()))
+            .collect();
+        let secret = match &wc.alert_secret_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| anyhow::anyhow!("[worker] alert_secret_env: ${var} is not set"))?
+                    .into_bytes(),
+            ),
+            None => None,
+        };
+        let bound = control::serve_alert_hook(addr, rules, secret, hook_tx)?;
+        tracing::info!(%bound, "alert hook listening (POST /alerts)");
+    }
+    tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
+
+    let mut out: Vec<PredictionEvent> = Vec::new();
+    let mut last_commit = Instant::now();
+    let mut last_reload = Instant::now();
+    let mut last_control = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if last_control.elapsed() >= Duration::from_millis(50) {
+            last_control = Instant::now();
+            // Alerts become commands on the control topic, which every
+            // worker (this one included) reads and acts on.
+            for mut c in hook_rx.try_iter() {
+                if c.from_version.is_none() {
+                    c.from_version = served.get(&c.model).map(|s| s.newest_version().to_string());
+                }
+                if let Err(e) = publish_command(&command_producer, &topics.control, &c) {
+                    tracing::error!(error = %e, "rollback not distributed; rolling back here only");
+                    apply(env, &mut served, &c);
+                }
+            }
+            for c in control.poll() {
+                apply(env, &mut served, &c);
+            }
+        }
+        if last_reload.elapsed() >= wc.reload_interval {
+            last_reload = Instant::now();
+            for s in served.values_mut() {
+                match s.refresh(env) {
+                    Ok(Some(change)) => log_change(&s.cfg.name, &change, "model directory"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(model = %s.cfg.name, error = %e, "new version not loaded; serving the old one")
+                    }
+                }
+            }
+        }
+        // Wait no longer than the most urgent queued batch allows.
+        let wait = served
+            .values()
+            .filter_map(ServedModel::deadline)
+            .min()
+            .unwrap_or(Duration::from_millis(50));
+        if let Some(msg) = consumer.poll(wait.max(Duration::from_micros(100))) {
+            match msg {
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+                Ok(msg) => {
+                    let arrived = Instant::now();
+                    match decode_event(TopicKind::Requests, msg.payload().unwrap_or_default()) {
+                        Ok(Decoded::Request(req)) => match served.get_mut(&req.model) {
+                            Some(s) => s.queue.push((req, arrived)),
+                            None => {
+                                let why = format!("unknown model `{}`", req.model);
+                                out.push(error_event(&req, "unknown", &wc.id, &why, arrived));
+                            }
+                        },
+                        Ok(_) => {}
+                        Err(e) => dlq.send(&RawMessage::of(&msg), &e.to_string())?,
+                    }
+                }
+            }
+        }
+        for s in served.values_mut() {
+            if s.due() {
+                s.answer_batch(&wc.id, &mut out);
+            }
+        }
+        for event in out.drain(..) {
+            send(&producer, &topics.predictions, &event)?;
+        }
+        if last_commit.elapsed() >= wc.commit_interval {
+            last_commit = Instant::now();
+            commit(&consumer, &producer, &mut dlq, &served)?;
+        }
+    }
+    // Answer what is queued, then commit.
+    for s in served.values_mut() {
+        s.drain(&wc.id, &mut out);
+    }
+    for event in out.drain(..) {
+        send(&producer, &topics.predictions, &event)?;
+    }
+    commit(&consumer, &producer, &mut dlq, &served)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Act on one control command.
+fn apply(env: &Environment, served: &mut BTreeMap<String, ServedModel>, c: &ControlCommand) {
+    let Some(s) = served.get_mut(&c.model) else {
+        return;
+    };
+    if c.command != "rollback" {
+        tracing::warn!(command = %c.command, "unknown control command ignored");
+        return;
+    }
+    match s.rollback(env, c.from_version.as_deref()) {
+        Ok(Some(change)) => log_change(&c.model, &change, &c.reason),
+        Ok(None) => {
+            tracing::debug!(model = %c.model, from = ?c.from_version, "rollback: version not served here")
+        }
+        Err(e) => {
+            tracing::error!(model = %c.model, error = %e, "rollback failed; serving as before")
+        }
+    }
+}
+
+fn log_change(model: &str, change: &Change, cause: &str) {
+    match change {
+        Change::Swapped { from, to } => {
+            tracing::info!(%model, %from, %to, %cause, "new model version swapped in")
+        }
+        Change::CanaryStarted { version, percent } => {
+            tracing::info!(%model, %version, %percent, %cause, "canary started")
+        }
+        Change::Promoted { version } => {
+            tracing::info!(%model, %version, "canary promoted: serves all requests")
+        }
+        Change::RolledBack { from, to } => {
+            tracing::warn!(%model, %from, %to, %cause, "model version rolled back")
+        }
+    }
+}
+
+/// Put a command on the control topic (keyed by model) and wait for the
+/// broker's acknowledgement: a lost rollback must not go unnoticed (the
+/// error says so; the worker loop logs it and goes on).
+pub fn publish_command(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    topic: &str,
+    c: &ControlCommand,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(c)?;
+    let failed_before = producer.context().failed.load(Ordering::Relaxed);
+    producer
+        .send(BaseRecord::to(topic).key(c.model.as_str()).payload(&body))
+        .map_err(|(e, _)| anyhow::anyhow!("control topic {topic}: {e}"))?;
+    producer.flush(Duration::from_secs(10))?;
+    anyhow::ensure!(
+        producer.context().failed.load(Ordering::Relaxed) == failed_before,
+        "control topic {topic}: the broker refused the {} command for {}",
+        c.command,
+        c.model
+    );
+    Ok(())
+}
+
+/// Commit what was read, once every prediction sent so far is acknowledged
+/// (nothing queued is uncommitted-and-unscored: the caller scores queues
+/// before the final commit; a periodic commit skips while requests wait).
+fn commit(
+    consumer: &BaseConsumer,
+    producer: &ThreadedProducer<DeliveryCounter>,
+    dlq: &mut Dlq,
+    served: &BTreeMap<String, ServedModel>,
+) -> anyhow::Result<()> {
+    if served.values().any(|s| !s.queue.is_empty()) {
+        return Ok(()); // their offsets must not be committed yet
+    }
+    producer.flush(Duration::from_secs(10))?;
+    dlq.flush(Duration::from_secs(10))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} predictions refused by the broker: not committing"
+    );
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+        tracing::debug!(error = %e, "nothing to commit");
+    }
+    Ok(())
+}
+
+/// Publish one prediction, keyed by model, waiting while the producer's
+/// queue is full (never dropping).
+pub fn send(
+    producer: &ThreadedProducer<DeliveryCounter>,
+    topic: &str,
+    event: &PredictionEvent,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(event)?;
+    let mut record = BaseRecord::to(topic)
+        .key(event.model.as_str())
+        .payload(&body);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, r)) => {
+                tracing::debug!(error = %e, "producer queue full; waiting");
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}

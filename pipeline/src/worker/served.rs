@@ -1,0 +1,537 @@
+//! One model as a worker serves it: the stable version, an optional canary
+//! taking a share of the requests, the queue of requests waiting for the
+//! next batch, and the version changes (new version, canary promotion,
+//! rollback) that happen between two batches so no request is dropped.
+
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use infermon_inference::{Environment, Scorer};
+use infermon_schemas::{PredictionEvent, RequestEvent, Status, Timings};
+
+use super::config::ModelConfig;
+use super::versions;
+
+/// A request waiting for its batch, with when the worker read it.
+pub type Queued = (RequestEvent, Instant);
+
+/// A new version serving a share of the requests.
+struct Canary {
+    scorer: Scorer,
+    since: Instant,
+}
+
+/// A model being served.
+pub struct ServedModel {
+    /// Its configuration.
+    pub cfg: ModelConfig,
+    stable: Scorer,
+    canary: Option<Canary>,
+    /// Requests waiting for the next batch, oldest first.
+    pub queue: Vec<Queued>,
+}
+
+/// A version change, for the log and the control topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// All requests now go to `to`.
+    Swapped {
+        /// Version served before.
+        from: String,
+        /// Version served now.
+        to: String,
+    },
+    /// `version` serves `percent` % of the requests.
+    CanaryStarted {
+        /// The canary.
+        version: String,
+        /// Its share.
+        percent: f64,
+    },
+    /// The canary serves everything now.
+    Promoted {
+        /// The canary, now stable.
+        version: String,
+    },
+    /// `from` was rolled back; `to` serves everything.
+    RolledBack {
+        /// The version taken out.
+        from: String,
+        /// The version serving now.
+        to: String,
+    },
+}
+
+/// A number in [0, 1) from `key` and `salt`, the same in every worker.
+pub fn unit_hash(key: &str, salt: u64) -> f64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
+    key.hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const CANARY_SALT: u64 = 0x63616e617279;
+const SAMPLE_SALT: u64 = 0x73616d706c65;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl ServedModel {
+    /// Load the configured (or wanted) version.
+    pub fn load(env: &Environment, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let version = match &cfg.version {
+            Some(v) => v.clone(),
+            None => versions::wanted_version(&cfg.dir)?,
+        };
+        let stable = Scorer::load(env, &cfg.dir, &version, &cfg.session_options())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            stable,
+            canary: None,
+            queue: Vec::new(),
+        })
+    }
+
+    /// The stable version.
+    pub fn version(&self) -> &str {
+        self.stable.version()
+    }
+
+    /// The canary's version, if one runs.
+    pub fn canary_version(&self) -> Option<&str> {
+        self.canary.as_ref().map(|c| c.scorer.version())
+    }
+
+    /// The newest version serving any request (the canary, else stable):
+    /// the one a rollback takes out.
+    pub fn newest_version(&self) -> &str {
+        self.canary_version().unwrap_or(self.version())
+    }
+
+    /// Where the stable version runs.
+    pub fn device(&self) -> &str {
+        self.stable.device()
+    }
+
+    /// Follow the model directory: a new version is loaded and warmed up,
+    /// then becomes the canary (with `canary_percent` > 0) or serves
+    /// everything; a pin to an older version (a rollback) is followed at
+    /// once; a canary old enough is promoted. Models with a configured
+    /// `version` never change. A version that fails to load leaves the
+    /// current ones serving (the error is returned for the log).
+    pub fn refresh(&mut self, env: &Environment) -> anyhow::Result<Option<Change>> {
+        if self.cfg.version.is_some() {
+            return Ok(None);
+        }
+        let wanted = versions::wanted_version(&self.cfg.dir)?;
+        if wanted == self.version() {
+            return Ok(self.canary.take().map(|c| Change::RolledBack {
+                from: c.scorer.version().to_string(),
+                to: wanted,
+            }));
+        }
+        if self.canary_version() == Some(wanted.as_str()) {
+            let canary = self.canary.as_ref().expect("checked above");
+            if canary.since.elapsed() < self.cfg.canary_duration {
+                return Ok(None);
+            }
+            let canary = self.canary.take().expect("checked above");
+            self.stable = canary.scorer;
+            return Ok(Some(Change::Promoted { version: wanted }));
+        }
+        let scorer = Scorer::load(env, &self.cfg.dir, &wanted, &self.cfg.session_options())?;
+        let pinned = versions::pinned_version(&self.cfg.dir).is_some();
+        if self.cfg.canary_percent > 0.0 && !pinned && versions::is_newer(&wanted, self.version()) {
+            self.canary = Some(Canary {
+                scorer,
+                since: Instant::now(),
+            });
+            return Ok(Some(Change::CanaryStarted {
+                version: wanted,
+                percent: self.cfg.canary_percent,
+            }));
+        }
+        let from = self.newest_version().to_string();
+        self.canary = None;
+        self.stable = scorer;
+        Ok(Some(Change::Swapped { from, to: wanted }))
+    }
+
+    /// Roll back the newest version if it is `from` (any when `None`): a
+    /// canary is dropped, else the version before the stable one is loaded.
+    /// The directory is pinned, so other workers sharing it and restarts
+    /// serve the same. Returns `None` when `from` is not served (the
+    /// rollback already happened here, or is about another version).
+    pub fn rollback(
+        &mut self,
+        env: &Environment,
+        from: Option<&str>,
+    ) -> anyhow::Result<Option<Change>> {
+        if from.is_some_and(|f| f != self.newest_version()) {
+            return Ok(None);
+        }
+        if let Some(c) = self.canary.take() {
+            versions::pin(&self.cfg.dir, self.version())?;
+            return Ok(Some(Change::RolledBack {
+                from: c.scorer.version().to_string(),
+                to: self.version().to_string(),
+            }));
+        }
+        let previous = versions::previous_version(&self.cfg.dir, self.version())?;
+        let scorer = Scorer::load(env, &self.cfg.dir, &previous, &self.cfg.session_options())?;
+        versions::pin(&self.cfg.dir, &previous)?;
+        let from = std::mem::replace(&mut self.stable, scorer);
+        Ok(Some(Change::RolledBack {
+            from: from.version().to_string(),
+            to: previous,
+        }))
+    }
+
+    /// How long until the oldest queued request's batch must run.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.queue
+            .first()
+            .map(|(_, t)| self.cfg.max_delay.saturating_sub(t.elapsed()))
+    }
+
+    /// A full batch is queued, or the oldest request waited `max_delay`.
+    pub fn due(&self) -> bool {
+        self.queue.len() >= self.cfg.max_batch || self.deadline() == Some(Duration::ZERO)
+    }
+
+    /// Take one batch off the queue and answer it: one event per request,
+    /// in order (canary requests after the stable ones).
+    pub fn answer_batch(&mut self, worker: &str, out: &mut Vec<PredictionEvent>) {
+        let n = self.queue.len().min(self.cfg.max_batch);
+        let batch: Vec<Queued> = self.queue.drain(..n).collect();
+        let started = Instant::now();
+        let (mut to_stable, mut to_canary) = (Vec::new(), Vec::new());
+        for (req, arrived) in batch {
+            let waited = started.duration_since(arrived);
+            if waited > self.cfg.timeout {
+                let why = format!(
+                    "timed out: waited {:.1} ms in the worker (timeout {} ms)",
+                    ms(waited),
+                    self.cfg.timeout.as_millis()
+                );
+                let mut e = error_event(&req, self.version(), worker, &why, arrived);
+                e.device = Some(self.device().to_string());
+                out.push(e);
+            } else if self.canary.is_some()
+                && unit_hash(&req.request_id, CANARY_SALT) * 100.0 < self.cfg.canary_percent
+            {
+                to_canary.push((req, arrived));
+            } else {
+                to_stable.push((req, arrived));
+            }
+        }
+        let sample = self.cfg.feature_sample;
+        if !to_stable.is_empty() {
+            score(&mut self.stable, to_stable, worker, sample, out);
+        }
+        if let Some(c) = &mut self.canary
+            && !to_canary.is_empty()
+        {
+            score(&mut c.scorer, to_canary, worker, sample, out);
+        }
+    }
+
+    /// Answer everything queued (shutdown).
+    pub fn drain(&mut self, worker: &str, out: &mut Vec<PredictionEvent>) {
+        while !self.queue.is_empty() {
+            self.answer_batch(worker, out);
+        }
+    }
+}
+
+/// An error answer to `req`.
+pub fn error_event(
+    req: &RequestEvent,
+    version: &str,
+    worker: &str,
+    why: &str,
+    arrived: Instant,
+) -> PredictionEvent {
+    PredictionEvent {
+        request_id: req.request_id.clone(),
+        ts: req.ts,
+        model: req.model.clone(),
+        model_version: version.to_string(),
+        worker: Some(worker.to_string()),
+        device: None,
+        status: Status::Error,
+        error: Some(why.to_string()),
+        batch_size: None,
+        timings_ms: Timings {
+            total: ms(arrived.elapsed()),
+            ..Timings::default()
+        },
+        score: None,
+        features: req.features.clone(),
+        segment: req.segment.clone(),
+    }
+}
+
+/// Preprocess, run and postprocess one batch on `scorer`, timing each
+/// stage on the monotonic clock; one event per request, in order.
+pub fn score(
+    scorer: &mut Scorer,
+    batch: Vec<Queued>,
+    worker: &str,
+    feature_sample: f64,
+    out: &mut Vec<PredictionEvent>,
+) {
+    let started = Instant::now();
+    let prepared = scorer.prepare(batch.iter().map(|(r, _)| r));
+    let good = prepared.good();
+    let preprocessed = Instant::now();
+    let raw = if good > 0 {
+        Some(scorer.infer(&prepared))
+    } else {
+        None
+    };
+    let inferred = Instant::now();
+    let scores = match raw {
+        Some(Ok(raw)) => scorer.finish(&prepared, raw).map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Ok(Vec::new()),
+    };
+    let done = Instant::now();
+    let timings = |arrived: Instant| Timings {
+        queue: Some(ms(started.saturating_duration_since(arrived))),
+        preprocess: Some(ms(preprocessed - started)),
+        inference: Some(ms(inferred - preprocessed)),
+        postprocess: Some(ms(done - inferred)),
+        total: ms(done.saturating_duration_since(arrived)),
+    };
+    let mut next = 0;
+    for ((req, arrived), outcome) in batch.into_iter().zip(prepared.outcome) {
+        let result = outcome
+            .map_err(|e| e.to_string())
+            .and_then(|()| match &scores {
+                Ok(v) => {
+                    next += 1;
+                    Ok(v[next - 1])
+                }
+                Err(e) => Err(e.clone()),
+            });
+        let keep_features =
+            feature_sample >= 1.0 || unit_hash(&req.request_id, SAMPLE_SALT) < feature_sample;
+        let mut event = match result {
+            Ok(score) => PredictionEvent {
+                request_id: req.request_id,
+                ts: req.ts,
+                model: req.model,
+                model_version: scorer.version().to_string(),
+                worker: Some(worker.to_string()),
+                device: Some(scorer.device().to_string()),
+                status: Status::Ok,
+                error: None,
+                batch_size: Some(good as u32),
+                timings_ms: Timings::default(),
+                score: Some(score),
+                features: req.features,
+                segment: req.segment,
+            },
+            Err(why) => {
+                let mut e = error_event(&req, scorer.version(), worker, &why, arrived);
+                e.device = Some(scorer.device().to_string());
+                e
+            }
+        };
+        if !keep_features {
+            event.features.clear();
+        }
+        event.timings_ms = timings(arrived);
+        out.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infermon_inference::ort_environment;
+    use infermon_schemas::Feature;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    fn ctr_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../inference/models/ctr-ranker")
+    }
+
+    fn env() -> &'static Environment {
+        ort_environment(None).expect("ORT_DYLIB_PATH: run `eval \"$(.ci/services.sh env)\"`")
+    }
+
+    fn request(i: usize) -> RequestEvent {
+        RequestEvent {
+            request_id: format!("r-{i}"),
+            ts: 1_763_800_000_000 + i as i64,
+            model: "ctr-ranker".into(),
+            segment: BTreeMap::new(),
+            features: BTreeMap::from([
+                ("price".to_string(), Feature::Number(10.0 + i as f64)),
+                ("user_ctr_7d".to_string(), Feature::Number(0.02)),
+                ("item_popularity".to_string(), Feature::Number(100.0)),
+                ("category".to_string(), Feature::Category("home".into())),
+                ("device".to_string(), Feature::Category("app".into())),
+            ]),
+            text: None,
+        }
+    }
+
+    /// A copy of the CTR model directory with the given versions.
+    fn model_dir(versions: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            ctr_dir().join("feature_spec.json"),
+            d.path().join("feature_spec.json"),
+        )
+        .unwrap();
+        for v in versions {
+            std::fs::create_dir_all(d.path().join(v)).unwrap();
+            std::fs::copy(
+                ctr_dir().join(v).join("model.onnx"),
+                d.path().join(v).join("model.onnx"),
+            )
+            .unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn late_requests_time_out_and_the_rest_is_scored() {
+        let mut cfg = ModelConfig::new("ctr-ranker", ctr_dir());
+        cfg.version = Some("1".into());
+        cfg.timeout = Duration::from_millis(50);
+        let mut s = ServedModel::load(env(), &cfg).unwrap();
+        let now = Instant::now();
+        s.queue.push((request(0), now - Duration::from_millis(80)));
+        s.queue.push((request(1), now));
+        let mut out = Vec::new();
+        s.answer_batch("w", &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].status, Status::Error);
+        let why = out[0].error.as_deref().unwrap();
+        assert!(
+            why.starts_with("timed out: waited") && why.contains("timeout 50 ms"),
+            "{why}"
+        );
+        assert_eq!(out[1].status, Status::Ok);
+        assert_eq!(out[1].batch_size, Some(1));
+    }
+
+    #[test]
+    fn a_version_that_cannot_run_is_refused_at_load() {
+        // A spec one column short of what the model takes: ONNX Runtime
+        // refuses the input shape at run time.
+        let d = model_dir(&["1"]);
+        let path = d.path().join("feature_spec.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        spec["columns"].as_array_mut().unwrap().pop();
+        std::fs::write(&path, spec.to_string()).unwrap();
+        let cfg = ModelConfig::new("ctr-ranker", d.path().to_path_buf());
+        // Warm-up runs the model, so the broken spec already fails to load.
+        let err = ServedModel::load(env(), &cfg)
+            .err()
+            .expect("a model that cannot run must not load");
+        assert!(format!("{err:#}").contains("inference failed"), "{err:#}");
+    }
+
+    #[test]
+    fn a_canary_serves_its_share_until_rolled_back_and_features_are_sampled() {
+        let d = model_dir(&["1"]);
+        let mut cfg = ModelConfig::new("ctr-ranker", d.path().to_path_buf());
+        cfg.canary_percent = 25.0;
+        cfg.feature_sample = 0.5;
+        cfg.max_batch = 400;
+        let mut s = ServedModel::load(env(), &cfg).unwrap();
+        assert_eq!(s.refresh(env()).unwrap(), None);
+        std::fs::create_dir_all(d.path().join("2")).unwrap();
+        std::fs::copy(
+            ctr_dir().join("2/model.onnx"),
+            d.path().join("2/model.onnx"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.refresh(env()).unwrap(),
+            Some(Change::CanaryStarted {
+                version: "2".into(),
+                percent: 25.0
+            })
+        );
+        let now = Instant::now();
+        s.queue.extend((0..400).map(|i| (request(i), now)));
+        let mut out = Vec::new();
+        s.answer_batch("w", &mut out);
+        assert_eq!(out.len(), 400);
+        let on_canary: Vec<_> = out.iter().filter(|p| p.model_version == "2").collect();
+        let share = on_canary.len() as f64 / 400.0;
+        assert!((0.17..0.33).contains(&share), "canary share {share}");
+        // The same request always lands on the same version.
+        for p in &out {
+            let canary = unit_hash(&p.request_id, CANARY_SALT) * 100.0 < 25.0;
+            assert_eq!(p.model_version == "2", canary, "{}", p.request_id);
+            assert_eq!(p.status, Status::Ok);
+        }
+        let with_features = out.iter().filter(|p| !p.features.is_empty()).count();
+        assert!(
+            (150..250).contains(&with_features),
+            "{with_features} of 400 kept features"
+        );
+
+        // A rollback naming another version is not for us; naming the canary drops it.
+        assert_eq!(s.rollback(env(), Some("1")).unwrap(), None);
+        assert_eq!(
+            s.rollback(env(), Some("2")).unwrap(),
+            Some(Change::RolledBack {
+                from: "2".into(),
+                to: "1".into()
+            })
+        );
+        assert_eq!(versions::pinned_version(d.path()).as_deref(), Some("1"));
+        assert_eq!(s.refresh(env()).unwrap(), None, "the pin keeps version 1");
+        s.queue
+            .extend((0..50).map(|i| (request(i), Instant::now())));
+        out.clear();
+        s.answer_batch("w", &mut out);
+        assert!(out.iter().all(|p| p.model_version == "1"));
+        // Released: version 2 becomes a canary again, then is promoted.
+        std::fs::remove_file(d.path().join(versions::PIN_FILE)).unwrap();
+        s.cfg.canary_duration = Duration::ZERO;
+        assert!(matches!(
+            s.refresh(env()).unwrap(),
+            Some(Change::CanaryStarted { .. })
+        ));
+        assert_eq!(
+            s.refresh(env()).unwrap(),
+            Some(Change::Promoted {
+                version: "2".into()
+            })
+        );
+        assert_eq!(s.version(), "2");
+        // A rollback of the stable version loads the one before it.
+        assert_eq!(
+            s.rollback(env(), None).unwrap(),
+            Some(Change::RolledBack {
+                from: "2".into(),
+                to: "1".into()
+            })
+        );
+        assert_eq!(s.version(), "1");
+    }
+
+    #[test]
+    fn unit_hash_is_uniform_enough_and_salted() {
+        let n = 20_000;
+        let below = (0..n)
+            .filter(|i| unit_hash(&format!("r-{i}"), CANARY_SALT) < 0.3)
+            .count();
+        let share = below as f64 / n as f64;
+        assert!((share - 0.3).abs() < 0.02, "{share}");
+        assert_ne!(unit_hash("r-1", CANARY_SALT), unit_hash("r-1", SAMPLE_SALT));
+        assert_eq!(unit_hash("r-1", CANARY_SALT), unit_hash("r-1", CANARY_SALT));
+    }
+}

@@ -24,23 +24,55 @@ fn jsonl(name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// requests, predictions, dlq, control topics of one test.
+fn topic_names(id: &str) -> [String; 4] {
+    ["requests", "predictions", "dlq", "control"].map(|t| format!("t{id}.{t}"))
+}
+
+fn topics_toml(names: &[String; 4]) -> String {
+    format!(
+        "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\ncontrol = {:?}\n",
+        names[0], names[1], names[2], names[3]
+    )
+}
+
+/// The MiniLM model directory (installed by install_minilm.sh, .ci/run).
+fn minilm_dir() -> std::path::PathBuf {
+    let d = repo().join("inference/models/minilm");
+    assert!(
+        d.join("1/model.onnx").exists(),
+        "MiniLM is not installed: run `bash inference/scripts/install_minilm.sh`"
+    );
+    d
+}
+
 #[test]
 fn requests_in_predictions_out_scored_like_python_onnxruntime() {
     let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
     required_env("ORT_DYLIB_PATH");
     let id = unique_id("w");
-    let names = [
-        format!("t{id}.requests"),
-        format!("t{id}.predictions"),
-        format!("t{id}.dlq"),
-    ];
-    create_topics(&brokers, &[(&names[0], 2), (&names[1], 2), (&names[2], 2)]);
+    let names = topic_names(&id);
+    create_topics(
+        &brokers,
+        &[
+            (&names[0], 2),
+            (&names[1], 2),
+            (&names[2], 2),
+            (&names[3], 1),
+        ],
+    );
 
-    // The reference requests (5 scorable, 3 with bad features, 1 unknown
-    // model) and one message that is not JSON.
-    let requests = jsonl("ctr_requests.jsonl");
+    // The reference requests: for the CTR model 5 scorable, 3 with bad
+    // features, 1 unknown model; for the MiniLM query encoder 9 texts, one
+    // missing, one blank, one too long. And one message that is not JSON.
+    let minilm = minilm_dir();
+    let requests: Vec<Value> = jsonl("ctr_requests.jsonl")
+        .into_iter()
+        .chain(jsonl("minilm_requests.jsonl"))
+        .collect();
     let expected: BTreeMap<String, Value> = jsonl("ctr_expected_v1.jsonl")
         .into_iter()
+        .chain(jsonl("minilm_expected.jsonl"))
         .map(|v| (v["request_id"].as_str().unwrap().to_string(), v))
         .collect();
     let producer: BaseProducer = ClientConfig::new()
@@ -68,13 +100,12 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
     std::fs::write(
         &config,
         format!(
-            "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\n\n\
+            "{}\n\
              [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
              [worker]\nid = \"test-worker/0\"\ngroup_id = \"g{id}\"\n\n\
-             [[worker.models]]\nname = \"ctr-ranker\"\ndir = {:?}\nversion = \"1\"\nmax_batch = 4\nmax_delay = \"20ms\"\ndevice = \"cuda:0\"\n",
-            names[0],
-            names[1],
-            names[2],
+             [[worker.models]]\nname = \"ctr-ranker\"\ndir = {:?}\nversion = \"1\"\nmax_batch = 4\nmax_delay = \"20ms\"\ndevice = \"cuda:0\"\n\n\
+             [[worker.models]]\nname = \"query-encoder\"\ndir = {minilm:?}\nmax_batch = 8\nmax_delay = \"20ms\"\n",
+            topics_toml(&names),
             repo().join("inference/models/ctr-ranker"),
         ),
     )
@@ -166,17 +197,23 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
                 "{rid}: total {total} < stages {stages}"
             );
             assert!(t["inference"].as_f64().unwrap() > 0.0);
-            assert!((1..=4).contains(&p["batch_size"].as_u64().unwrap()));
+            let max_batch = if p["model"] == "ctr-ranker" { 4 } else { 8 };
+            assert!((1..=max_batch).contains(&p["batch_size"].as_u64().unwrap()));
             scored += 1;
         } else {
             assert_eq!(p["status"], "error", "{rid}: {p}");
-            let field = want["error"].as_str().unwrap().split('`').nth(1).unwrap();
+            let want_err = want["error"].as_str().unwrap();
+            let field = want_err.split('`').nth(1).unwrap();
             let why = p["error"].as_str().unwrap();
             assert!(why.contains(field), "{rid}: {why:?} should name {field}");
+            if p["model"] == "query-encoder" {
+                // "missing or empty" / "too long (N tokens > 128)", as in Python.
+                assert_eq!(why, want_err, "{rid}");
+            }
             assert!(total >= 0.0);
         }
     }
-    assert_eq!(scored, 5);
+    assert_eq!(scored, 5 + 9, "5 CTR requests and 9 texts scored");
     assert_eq!(dlq.len(), 1, "the message that is not JSON");
     assert_eq!(dlq[0].0, b"{not json");
     assert!(
@@ -191,12 +228,16 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
     let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
     required_env("ORT_DYLIB_PATH");
     let id = unique_id("hr");
-    let names = [
-        format!("t{id}.requests"),
-        format!("t{id}.predictions"),
-        format!("t{id}.dlq"),
-    ];
-    create_topics(&brokers, &[(&names[0], 2), (&names[1], 2), (&names[2], 2)]);
+    let names = topic_names(&id);
+    create_topics(
+        &brokers,
+        &[
+            (&names[0], 2),
+            (&names[1], 2),
+            (&names[2], 2),
+            (&names[3], 1),
+        ],
+    );
 
     // A model directory with version 1 only; version 2 arrives mid-stream.
     let dir = tempfile::tempdir().unwrap();
@@ -214,11 +255,11 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
     std::fs::write(
         &config,
         format!(
-            "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\n\n\
+            "{}\n\
              [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
              [worker]\ngroup_id = \"g{id}\"\nreload_interval = \"200ms\"\n\n\
              [[worker.models]]\nname = \"ctr-ranker\"\ndir = {models:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n",
-            names[0], names[1], names[2],
+            topics_toml(&names),
         ),
     )
     .unwrap();
@@ -368,4 +409,351 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
         assert_eq!(version_of(i), "1", "request {i} after the rollback");
     }
     assert!(log_text.contains("from=2 to=1"), "{log_text}");
+}
+
+/// A copy of the CTR model directory with version 1 only.
+fn ctr_dir_with_v1(parent: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let src = repo().join("inference/models/ctr-ranker");
+    let d = parent.join(name);
+    std::fs::create_dir_all(d.join("1")).unwrap();
+    std::fs::copy(src.join("feature_spec.json"), d.join("feature_spec.json")).unwrap();
+    std::fs::copy(src.join("1/model.onnx"), d.join("1/model.onnx")).unwrap();
+    d
+}
+
+/// Deploy version 2 the way a deploy does: complete, then renamed.
+fn deploy_v2(dir: &std::path::Path) {
+    let tmp = dir.join(".2.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(
+        repo().join("inference/models/ctr-ranker/2/model.onnx"),
+        tmp.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, dir.join("2")).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POST `body` (signed when `secret` is given); (status, response body).
+fn post(url: &str, body: &str, secret: Option<&[u8]>) -> (u16, String) {
+    let mut req = ureq::post(url).set("Content-Type", "application/json");
+    if let Some(secret) = secret {
+        let sig = infermon::alerts::webhook::signature(secret, body.as_bytes());
+        req = req.set("X-Infermon-Signature", &sig);
+    }
+    match req.send_string(body) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// Wait until `pattern` occurs `n` times in the log at `path`.
+fn wait_for_log(path: &std::path::Path, pattern: &str, n: usize) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.matches(pattern).count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{pattern:?} not {n} times in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
+    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
+    required_env("ORT_DYLIB_PATH");
+    let id = unique_id("cn");
+    let names = topic_names(&id);
+    create_topics(
+        &brokers,
+        &[
+            (&names[0], 2),
+            (&names[1], 2),
+            (&names[2], 1),
+            (&names[3], 1),
+        ],
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let secret = b"hook-secret-for-tests";
+
+    // Two workers, each with its own copy of the model directory (as on two
+    // machines): only the control topic can tell the second one to roll
+    // back. Only the first one listens for alerts.
+    let port = free_port();
+    let mut workers = Vec::new();
+    let mut dirs = Vec::new();
+    let mut logs = Vec::new();
+    for w in 0..2 {
+        let dir = ctr_dir_with_v1(scratch.path(), &format!("models{w}"));
+        let listen = if w == 0 {
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nalert_secret_env = \"INFERMON_TEST_HOOK_SECRET\"\n"
+            )
+        } else {
+            String::new()
+        };
+        let config = scratch.path().join(format!("worker{w}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
+                 [worker]\nid = \"w{w}\"\ngroup_id = \"g{id}\"\nreload_interval = \"200ms\"\n{listen}\n\
+                 [[worker.models]]\nname = \"ctr-ranker\"\ndir = {dir:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n\
+                 canary_percent = 30\ncanary_duration = \"1h\"\nrollback_on = [\"ScoreDrift\"]\n",
+                topics_toml(&names),
+            ),
+        )
+        .unwrap();
+        let log = scratch.path().join(format!("worker{w}.log"));
+        workers.push(
+            infermon()
+                .arg("--config")
+                .arg(&config)
+                .arg("worker")
+                .env(
+                    "INFERMON_TEST_HOOK_SECRET",
+                    std::str::from_utf8(secret).unwrap(),
+                )
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        dirs.push(dir);
+        logs.push(log);
+    }
+
+    let scorable: Vec<Value> = jsonl("ctr_requests.jsonl")
+        .into_iter()
+        .zip(jsonl("ctr_expected_v1.jsonl"))
+        .filter(|(_, e)| e.get("score").is_some())
+        .map(|(r, _)| r)
+        .collect();
+    let expected: BTreeMap<(String, String), f64> = ["1", "2"]
+        .iter()
+        .flat_map(|v| {
+            jsonl(&format!("ctr_expected_v{v}.jsonl"))
+                .into_iter()
+                .filter_map(move |e| {
+                    Some((
+                        (v.to_string(), e["request_id"].as_str()?.to_string()),
+                        e.get("score")?.as_f64()?,
+                    ))
+                })
+        })
+        .collect();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader{id}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&names[1], &names[3]]).unwrap();
+    let mut commands: Vec<Value> = Vec::new();
+    // Send `n` requests of one phase; return its predictions by request id.
+    let phase = |tag: &str, n: usize, commands: &mut Vec<Value>| {
+        for i in 0..n {
+            let mut r = scorable[i % scorable.len()].clone();
+            let base = r["request_id"].as_str().unwrap().to_string();
+            r["request_id"] = Value::from(format!("{tag}-{i}-{base}"));
+            let body = r.to_string();
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(&names[0])
+                        .key(&base)
+                        .payload(&body),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let mut got: BTreeMap<String, Value> = BTreeMap::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        while got.len() < n && Instant::now() < until {
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            if m.topic() == names[3] {
+                commands.push(v);
+                continue;
+            }
+            let rid = v["request_id"].as_str().unwrap().to_string();
+            assert!(rid.starts_with(tag), "{rid} arrived in phase {tag}");
+            assert!(
+                got.insert(rid.clone(), v).is_none(),
+                "two predictions for {rid}"
+            );
+        }
+        assert_eq!(got.len(), n, "phase {tag}: one prediction per request");
+        for (rid, p) in &got {
+            assert_eq!(p["status"], "ok", "{rid}: {p}");
+            let version = p["model_version"].as_str().unwrap().to_string();
+            let base = rid.splitn(3, '-').nth(2).unwrap().to_string();
+            let want = expected[&(version.clone(), base)];
+            let score = p["score"].as_f64().unwrap();
+            assert!(
+                (score - want).abs() <= 1e-6,
+                "{rid} v{version}: {score} vs python {want}"
+            );
+        }
+        got
+    };
+    let versions = |got: &BTreeMap<String, Value>| {
+        got.values()
+            .map(|p| p["model_version"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+
+    // Version 1 only.
+    let before = phase("a", 200, &mut commands);
+    assert_eq!(versions(&before), ["1".to_string()].into());
+
+    // Version 2 arrives: a canary on both workers, 30 % of the requests,
+    // the same requests on either worker.
+    for d in &dirs {
+        deploy_v2(d);
+    }
+    for log in &logs {
+        wait_for_log(log, "canary started", 1);
+    }
+    let canary = phase("b", 600, &mut commands);
+    let mut on_canary = 0;
+    for (rid, p) in &canary {
+        let routed = infermon::worker::served::routes_to_canary(rid, 30.0);
+        assert_eq!(
+            p["model_version"] == "2",
+            routed,
+            "{rid} served by {}",
+            p["model_version"]
+        );
+        on_canary += usize::from(routed);
+    }
+    assert!(
+        (120..=240).contains(&on_canary),
+        "{on_canary} of 600 on the canary"
+    );
+    let served_by: std::collections::BTreeSet<_> = canary
+        .values()
+        .map(|p| p["worker"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(served_by.len(), 2, "both workers served: {served_by:?}");
+
+    // The alert hook: refused unsigned or unparsable, ignores alerts that
+    // are not in rollback_on, rolls back on a firing ScoreDrift for v2.
+    let url = format!("http://127.0.0.1:{port}/alerts");
+    let alert = |name: &str| {
+        serde_json::json!({
+            "version": "4", "status": "firing", "receiver": "rollback",
+            "groupKey": "{}:{alertname=\"x\"}", "groupLabels": {}, "commonLabels": {},
+            "commonAnnotations": {},
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": name, "severity": "critical", "model": "ctr-ranker", "model_version": "2"},
+                "annotations": {"summary": "score PSI 0.41 > 0.25", "description": ""},
+                "startsAt": "2026-11-23T06:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                "fingerprint": "0123456789abcdef"
+            }]
+        })
+        .to_string()
+    };
+    let (code, said) = post(&url, &alert("ScoreDrift"), None);
+    assert_eq!(code, 401, "unsigned: {said}");
+    let (code, said) = post(&url, "{not json", Some(secret));
+    assert_eq!(code, 400, "{said}");
+    assert!(said.contains("JSON"), "{said}");
+    let (code, said) = post(&url, &alert("LatencyP99"), Some(secret));
+    assert_eq!((code, said.trim()), (200, "{\"rollbacks\": 0}"));
+    let (code, said) = post(&url, &alert("ScoreDrift"), Some(secret));
+    assert_eq!((code, said.trim()), (200, "{\"rollbacks\": 1}"));
+    for log in &logs {
+        wait_for_log(log, "model version rolled back", 1);
+    }
+    let after = phase("c", 300, &mut commands);
+    assert_eq!(
+        versions(&after),
+        ["1".to_string()].into(),
+        "after the rollback"
+    );
+    for d in &dirs {
+        let pin = std::fs::read_to_string(d.join(infermon::worker::PIN_FILE)).unwrap();
+        assert_eq!(pin.trim(), "1", "{} pinned", d.display());
+    }
+    assert_eq!(
+        commands.len(),
+        1,
+        "one command on the control topic: {commands:?}"
+    );
+    assert_eq!(commands[0]["command"], "rollback");
+    assert_eq!(commands[0]["model"], "ctr-ranker");
+    assert_eq!(commands[0]["from_version"], "2");
+    assert!(
+        commands[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ScoreDrift")
+    );
+
+    // Released again, version 2 is a canary once more; `infermon model
+    // rollback --model` sends the command without touching any directory.
+    for d in &dirs {
+        crate::support::run_ok(infermon().args(["model", "release", "--dir"]).arg(d));
+    }
+    for log in &logs {
+        wait_for_log(log, "canary started", 2);
+    }
+    let cli_config = scratch.path().join("cli.toml");
+    std::fs::write(&cli_config, topics_toml(&names)).unwrap();
+    let out = crate::support::run_ok(infermon().arg("--config").arg(&cli_config).args([
+        "model",
+        "rollback",
+        "--model",
+        "ctr-ranker",
+        "--version",
+        "2",
+        "--brokers",
+        &brokers,
+    ]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("rollback of ctr-ranker version 2 sent"),
+        "{said}"
+    );
+    for log in &logs {
+        wait_for_log(log, "model version rolled back", 2);
+    }
+    let last = phase("d", 200, &mut commands);
+    assert_eq!(
+        versions(&last),
+        ["1".to_string()].into(),
+        "after the CLI rollback"
+    );
+
+    for mut w in workers {
+        Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(w.wait().unwrap().success());
+    }
 }

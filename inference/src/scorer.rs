@@ -30,7 +30,8 @@ pub enum LoadError {
 enum Kind {
     Tabular(FeatureSpec),
     Text {
-        encoder: TextEncoder,
+        /// Boxed: a tokenizer is large, a tabular spec small.
+        encoder: Box<TextEncoder>,
         /// Normalised embedding of the spec's reference query.
         reference: Vec<f64>,
     },
@@ -101,7 +102,7 @@ impl Scorer {
                 let spec = TextSpec::parse(&spec_path, &spec_text)?;
                 let encoder = TextEncoder::load(spec, &version_dir)?;
                 Kind::Text {
-                    encoder,
+                    encoder: Box::new(encoder),
                     reference: Vec::new(),
                 }
             }

@@ -198,7 +198,7 @@ fn handle_alerts(
         let valid = given
             .as_deref()
             .and_then(|g| g.strip_prefix("sha256="))
-            .and_then(|hex| decode_hex(hex))
+            .and_then(decode_hex)
             .is_some_and(|sig| {
                 let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
                 mac.update(body);

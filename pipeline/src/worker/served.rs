@@ -71,6 +71,12 @@ pub fn unit_hash(key: &str, salt: u64) -> f64 {
 }
 
 const CANARY_SALT: u64 = 0x63616e617279;
+
+/// Whether a canary serving `percent` % takes this request (the same
+/// answer in every worker of the same build).
+pub fn routes_to_canary(request_id: &str, percent: f64) -> bool {
+    unit_hash(request_id, CANARY_SALT) * 100.0 < percent
+}
 const SAMPLE_SALT: u64 = 0x73616d706c65;
 
 fn ms(d: Duration) -> f64 {
@@ -219,7 +225,7 @@ impl ServedModel {
                 e.device = Some(self.device().to_string());
                 out.push(e);
             } else if self.canary.is_some()
-                && unit_hash(&req.request_id, CANARY_SALT) * 100.0 < self.cfg.canary_percent
+                && routes_to_canary(&req.request_id, self.cfg.canary_percent)
             {
                 to_canary.push((req, arrived));
             } else {
@@ -472,7 +478,7 @@ mod tests {
         assert!((0.17..0.33).contains(&share), "canary share {share}");
         // The same request always lands on the same version.
         for p in &out {
-            let canary = unit_hash(&p.request_id, CANARY_SALT) * 100.0 < 25.0;
+            let canary = routes_to_canary(&p.request_id, 25.0);
             assert_eq!(p.model_version == "2", canary, "{}", p.request_id);
             assert_eq!(p.status, Status::Ok);
         }

@@ -205,6 +205,9 @@ enum Command {
         /// Interleaved rounds (median reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// ONNX Runtime intra-op threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Time the drift operator on raw feature matrices (f64 LE, row-major);
     /// driven by tests/reference/drift_bench.py, which times scipy alongside.
@@ -589,6 +592,7 @@ async fn main() -> anyhow::Result<()> {
             brokers,
             topic,
             rounds,
+            threads,
         } => {
             let opts = infermon::worker::WorkerBenchOptions {
                 dir: model_dir,
@@ -596,6 +600,7 @@ async fn main() -> anyhow::Result<()> {
                 batch_sizes,
                 kafka: brokers.map(|b| (b, topic)),
                 rounds,
+                threads,
             };
             print!("{}", infermon::worker::bench(&opts)?);
         }

@@ -58,6 +58,15 @@ pub struct Timings {
     pub total: f64,
 }
 
+impl PredictionEvent {
+    /// Append this event's JSON to `buf`. Not generic on purpose: the
+    /// serializer is compiled here, in an optimised crate, for the
+    /// worker's per-request hot path.
+    pub fn write_json(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(buf, self)
+    }
+}
+
 /// A scoring request from an e-commerce service (topic `inference.requests`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestEvent {

@@ -41,7 +41,7 @@ pub use versions::{PIN_FILE, rollback, wanted_version};
 
 use crate::config::Config;
 use crate::sources::kafka::{DeliveryCounter, Dlq, RawMessage};
-use served::error_event;
+use infermon_inference::answer::error_event;
 
 /// Run until `stop` is set.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -107,6 +107,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
 
     let mut out: Vec<PredictionEvent> = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
     let mut last_commit = Instant::now();
     let mut last_reload = Instant::now();
     let mut last_control = Instant::now();
@@ -171,7 +172,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         for event in out.drain(..) {
-            send(&producer, &topics.predictions, &event)?;
+            send(&producer, &topics.predictions, &event, &mut buf)?;
         }
         if last_commit.elapsed() >= wc.commit_interval {
             last_commit = Instant::now();
@@ -183,7 +184,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         s.drain(&wc.id, &mut out);
     }
     for event in out.drain(..) {
-        send(&producer, &topics.predictions, &event)?;
+        send(&producer, &topics.predictions, &event, &mut buf)?;
     }
     commit(&consumer, &producer, &mut dlq, &served)?;
     tracing::info!("stopped");
@@ -276,16 +277,18 @@ fn commit(
 }
 
 /// Publish one prediction, keyed by model, waiting while the producer's
-/// queue is full (never dropping).
+/// queue is full (never dropping). `buf` is reused between calls.
 pub fn send(
     producer: &ThreadedProducer<DeliveryCounter>,
     topic: &str,
     event: &PredictionEvent,
+    buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    let body = serde_json::to_vec(event)?;
+    buf.clear();
+    event.write_json(buf)?;
     let mut record = BaseRecord::to(topic)
         .key(event.model.as_str())
-        .payload(&body);
+        .payload(buf.as_slice());
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

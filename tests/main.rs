@@ -12,6 +12,7 @@ mod influxdb_line_protocol;
 mod kafka_monitor;
 mod kafka_replay;
 mod latency_reference;
+mod live_recording;
 mod replay_offline;
 mod support;
 mod webhook_delivery;

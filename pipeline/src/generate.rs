@@ -5,7 +5,9 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use infermon_replay_data::{GenerateOptions, GenerateStats, Scenario, generate};
+use infermon_replay_data::{
+    GenerateOptions, GenerateStats, RequestStats, Scenario, generate, generate_requests,
+};
 use serde::Serialize;
 
 /// Write one recording to `path` (zstd-compressed when it ends in `.zst`).
@@ -14,23 +16,41 @@ pub fn write_recording(
     path: &Path,
     zstd_level: i32,
 ) -> anyhow::Result<GenerateStats> {
+    write_with(path, zstd_level, |out| generate(opts, out))
+}
+
+/// Write the scoring requests of `opts` (for real workers) to `path`.
+pub fn write_requests(
+    opts: &GenerateOptions,
+    path: &Path,
+    zstd_level: i32,
+) -> anyhow::Result<RequestStats> {
+    write_with(path, zstd_level, |out| generate_requests(opts, out))
+}
+
+/// Open `path` (zstd-compressed when it ends in `.zst`), let `write` fill
+/// it, and make sure it is complete on disk.
+fn write_with<T>(
+    path: &Path,
+    zstd_level: i32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+) -> anyhow::Result<T> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let stats = if path.extension().is_some_and(|e| e == "zst") {
+    if path.extension().is_some_and(|e| e == "zst") {
         let enc = zstd::Encoder::new(file, zstd_level)?;
         let mut out = BufWriter::with_capacity(1 << 20, enc);
-        let stats = generate(opts, &mut out)?;
+        let stats = write(&mut out)?;
         out.into_inner()
             .map_err(|e| e.into_error())?
             .finish()?
             .sync_all()?;
-        stats
+        Ok(stats)
     } else {
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let stats = generate(opts, &mut out)?;
+        let stats = write(&mut out)?;
         out.flush()?;
-        stats
-    };
-    Ok(stats)
+        Ok(stats)
+    }
 }
 
 #[derive(Serialize)]

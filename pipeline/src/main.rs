@@ -13,7 +13,7 @@ use infermon::bench::{BenchOptions, run_bench};
 use infermon::bench_drift::{DriftBenchOptions, run_drift_bench};
 use infermon::bench_ingest::{IngestBenchOptions, bare_consumer, bundled_files, run_ingest_bench};
 use infermon::config::Config;
-use infermon::generate::{write_bundled, write_recording};
+use infermon::generate::{write_bundled, write_recording, write_requests};
 use infermon::record::{RecordOptions, record};
 use infermon::references::profile_recordings;
 use infermon::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
@@ -136,6 +136,11 @@ enum Command {
         /// Regenerate every bundled recording and incidents.json into DIR.
         #[arg(long, value_name = "DIR", conflicts_with = "out")]
         bundled: Option<PathBuf>,
+        /// Write scoring requests for real workers (ctr-ranker features,
+        /// query-encoder texts; the scenario's input incident) instead of
+        /// predictions: see replay-data/record-live.sh.
+        #[arg(long, conflicts_with = "bundled")]
+        requests: bool,
     },
     /// Silences: label matchers that mute notifications until they expire.
     Silence {
@@ -473,6 +478,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             zstd_level,
             bundled,
+            requests,
         } => {
             if let Some(dir) = bundled {
                 return write_bundled(&dir);
@@ -488,6 +494,17 @@ async fn main() -> anyhow::Result<()> {
                 opts.seed = s;
             }
             let out = out.expect("clap requires --out without --bundled");
+            if requests {
+                let stats = write_requests(&opts, &out, zstd_level)?;
+                println!(
+                    "{}: {} requests ({} ctr-ranker, {} query-encoder)",
+                    out.display(),
+                    stats.ctr + stats.text,
+                    stats.ctr,
+                    stats.text
+                );
+                return Ok(());
+            }
             let stats = write_recording(&opts, &out, zstd_level)?;
             println!(
                 "{}: {} lines ({} predictions, {} feedback, {} training)",

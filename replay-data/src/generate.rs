@@ -159,17 +159,17 @@ const CATEGORIES: [(&str, f64); 7] = [
 ];
 
 /// Traffic follows the day: trough around 04:00 UTC, peak around 20:00.
-fn diurnal(ts_ms: i64) -> f64 {
+pub(crate) fn diurnal(ts_ms: i64) -> f64 {
     let hour = (ts_ms.rem_euclid(86_400_000)) as f64 / 3_600_000.0;
     0.6 + 0.4 * (2.0 * PI * (hour - 14.0) / 24.0).sin()
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
 }
 
-fn pick<'a, R: Rng>(rng: &mut R, weights: &[(&'a str, f64)]) -> &'a str {
+pub(crate) fn pick<'a, R: Rng>(rng: &mut R, weights: &[(&'a str, f64)]) -> &'a str {
     let total: f64 = weights.iter().map(|w| w.1).sum();
     let mut x = rng.random::<f64>() * total;
     for (name, w) in weights {
@@ -311,7 +311,7 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
     Ok(stats)
 }
 
-fn line<T: Serialize>(topic: &str, event: &T) -> String {
+pub(crate) fn line<T: Serialize>(topic: &str, event: &T) -> String {
     serde_json::to_string(&Recorded { topic, event }).expect("events serialize")
 }
 
@@ -430,7 +430,11 @@ fn predict(
 
 /// Features of the tabular e-commerce models and the click probability a
 /// logistic model assigns them.
-fn tabular(rng: &mut ChaCha8Rng, shifted: bool, nulls: bool) -> (BTreeMap<String, Feature>, f64) {
+pub(crate) fn tabular(
+    rng: &mut ChaCha8Rng,
+    shifted: bool,
+    nulls: bool,
+) -> (BTreeMap<String, Feature>, f64) {
     let price_median = if shifted { 100.0 } else { 40.0 };
     let price = LogNormal::new(f64::ln(price_median), 0.9)
         .expect("valid")

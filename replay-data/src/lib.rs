@@ -6,7 +6,9 @@
 //! byte-identical output.
 
 pub mod generate;
+pub mod requests;
 pub mod scenario;
 
 pub use generate::{GenerateOptions, GenerateStats, generate};
+pub use requests::{RequestStats, generate_requests};
 pub use scenario::{Incident, Scenario};

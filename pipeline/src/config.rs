@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn the_deploy_examples_parse() {
-        for f in ["infermon.toml", "monitor.toml"] {
+        for f in ["infermon.toml", "monitor.toml", "worker.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../deploy")
                 .join(f);

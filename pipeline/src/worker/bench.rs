@@ -77,7 +77,7 @@ fn requests(model: &str, text: bool, n: usize) -> Vec<RequestEvent> {
                     ("price".into(), Feature::Number(5.0 + f64::from(k) * 7.3)),
                     (
                         "user_ctr_7d".into(),
-                        if k % 5 == 0 {
+                        if k.is_multiple_of(5) {
                             Feature::Null
                         } else {
                             Feature::Number(0.01 + f64::from(k % 9) * 0.01)

@@ -704,6 +704,21 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         1,
         "one command on the control topic: {commands:?}"
     );
+    // What the SRE sees on the same port.
+    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    for want in [
+        "infermon_worker_serving{model=\"ctr-ranker\",version=\"1\",role=\"stable\"} 1",
+        "infermon_worker_version_changes_total{model=\"ctr-ranker\",kind=\"canary_started\"} 1",
+        "infermon_worker_version_changes_total{model=\"ctr-ranker\",kind=\"rolled_back\"} 1",
+        "infermon_worker_predictions_total{model=\"ctr-ranker\",version=\"2\",status=\"ok\"}",
+    ] {
+        assert!(metrics.contains(want), "{want} not in /metrics:\n{metrics}");
+    }
+    assert!(!metrics.contains("role=\"canary\""), "{metrics}");
     assert_eq!(commands[0]["command"], "rollback");
     assert_eq!(commands[0]["model"], "ctr-ranker");
     assert_eq!(commands[0]["from_version"], "2");

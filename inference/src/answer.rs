@@ -3,7 +3,6 @@
 //! request. Lives here (an optimised crate) because it is the worker's
 //! per-request hot path.
 
-use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use infermon_schemas::{PredictionEvent, RequestEvent, Status, Timings};
@@ -20,12 +19,22 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A number in [0, 1) from `key` and `salt`, the same in every worker.
+/// A number in [0, 1) from `key` and `salt`, the same in every worker of
+/// every build: FNV-1a over the salt and the key, then a splitmix64
+/// finaliser so similar ids spread evenly. (Not `DefaultHasher`, whose
+/// algorithm may change between Rust releases and would then route a
+/// request differently on workers built apart.)
 pub fn unit_hash(key: &str, salt: u64) -> f64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    salt.hash(&mut h);
-    key.hash(&mut h);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in salt.to_le_bytes().iter().chain(key.as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// An error answer to `req`.
@@ -128,5 +137,20 @@ pub fn score(
         }
         event.timings_ms = timings(arrived);
         out.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_hash;
+
+    /// Routing must not change between builds: these values come from an
+    /// independent Python implementation of the same FNV-1a + splitmix64
+    /// (`(h >> 11) / 2**53`).
+    #[test]
+    fn unit_hash_is_stable_across_builds() {
+        assert_eq!(unit_hash("r-1", 0), 0.30226811728292047);
+        assert_eq!(unit_hash("q-000000001", 0x63616e617279), 0.4647798544136257);
+        assert_eq!(unit_hash("bench-42", 0x73616d706c65), 0.9115360198533341);
     }
 }

@@ -145,12 +145,13 @@ pub fn commands_for_alerts(
     Ok(out)
 }
 
-/// Serve `GET /healthz` and `POST /alerts` on `addr` from a thread; rollback
-/// commands go to `tx`. With a `secret`, bodies without a valid
-/// `X-Infermon-Signature: sha256=<hex>` are refused (401). Returns the
-/// bound address (`addr` may name port 0).
-pub fn serve_alert_hook(
+/// Serve `GET /metrics`, `GET /healthz` and `POST /alerts` on `addr` from a
+/// thread; rollback commands go to `tx`. With a `secret`, bodies without a
+/// valid `X-Infermon-Signature: sha256=<hex>` are refused (401). Returns
+/// the bound address (`addr` may name port 0).
+pub fn serve_http(
     addr: &str,
+    registry: prometheus_client::registry::Registry,
     rules: RollbackRules,
     secret: Option<Vec<u8>>,
     tx: mpsc::Sender<ControlCommand>,
@@ -167,6 +168,13 @@ pub fn serve_alert_hook(
             for mut req in server.incoming_requests() {
                 let (code, body) = match (req.method(), req.url()) {
                     (tiny_http::Method::Get, "/healthz") => (200, "ok\n".to_string()),
+                    (tiny_http::Method::Get, "/metrics") => {
+                        let mut text = String::new();
+                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                            Ok(()) => (200, text),
+                            Err(e) => (500, format!("encode: {e}\n")),
+                        }
+                    }
                     (tiny_http::Method::Post, "/alerts") => {
                         let mut bytes = Vec::new();
                         match std::io::Read::read_to_end(req.as_reader(), &mut bytes) {

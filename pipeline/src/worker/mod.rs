@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod served;
 pub mod versions;
 
@@ -42,6 +43,7 @@ pub use versions::{PIN_FILE, rollback, wanted_version};
 use crate::config::Config;
 use crate::sources::kafka::{DeliveryCounter, Dlq, RawMessage};
 use infermon_inference::answer::error_event;
+use metrics::{WorkerMetrics, labels};
 
 /// Run until `stop` is set.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -86,6 +88,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         &topics.control,
         &format!("{}.control.{}", wc.group_id, wc.id),
     )?;
+    let metrics = Arc::new(WorkerMetrics::default());
+    publish_versions(&metrics, &served);
+    // Counter handles of the served models, so counting a request allocates nothing.
+    let request_counters: BTreeMap<String, prometheus_client::metrics::counter::Counter> = served
+        .keys()
+        .map(|m| {
+            let c = metrics
+                .requests
+                .get_or_create(&labels(&[("model", m)]))
+                .clone();
+            (m.clone(), c)
+        })
+        .collect();
     let (hook_tx, hook_rx) = mpsc::channel();
     if let Some(addr) = &wc.listen {
         let rules = wc
@@ -101,8 +116,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let bound = control::serve_alert_hook(addr, rules, secret, hook_tx)?;
-        tracing::info!(%bound, "alert hook listening (POST /alerts)");
+        let bound = control::serve_http(addr, metrics.registry(), rules, secret, hook_tx)?;
+        tracing::info!(%bound, "listening: GET /metrics, GET /healthz, POST /alerts");
     }
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
 
@@ -122,23 +137,30 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 }
                 if let Err(e) = publish_command(&command_producer, &topics.control, &c) {
                     tracing::error!(error = %e, "rollback not distributed; rolling back here only");
-                    apply(env, &mut served, &c);
+                    apply(env, &mut served, &c, &metrics);
                 }
             }
             for c in control.poll() {
-                apply(env, &mut served, &c);
+                apply(env, &mut served, &c, &metrics);
             }
         }
         if last_reload.elapsed() >= wc.reload_interval {
             last_reload = Instant::now();
+            let mut changed = false;
             for s in served.values_mut() {
                 match s.refresh(env) {
-                    Ok(Some(change)) => log_change(&s.cfg.name, &change, "model directory"),
+                    Ok(Some(change)) => {
+                        log_change(&s.cfg.name, &change, "model directory", &metrics);
+                        changed = true;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(model = %s.cfg.name, error = %e, "new version not loaded; serving the old one")
                     }
                 }
+            }
+            if changed {
+                publish_versions(&metrics, &served);
             }
         }
         // Wait no longer than the most urgent queued batch allows.
@@ -153,15 +175,27 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 Ok(msg) => {
                     let arrived = Instant::now();
                     match decode_event(TopicKind::Requests, msg.payload().unwrap_or_default()) {
-                        Ok(Decoded::Request(req)) => match served.get_mut(&req.model) {
-                            Some(s) => s.queue.push((req, arrived)),
-                            None => {
-                                let why = format!("unknown model `{}`", req.model);
-                                out.push(error_event(&req, "unknown", &wc.id, &why, arrived));
+                        Ok(Decoded::Request(req)) => {
+                            match request_counters.get(&req.model) {
+                                Some(c) => c.inc(),
+                                None => metrics
+                                    .requests
+                                    .get_or_create(&labels(&[("model", &req.model)]))
+                                    .inc(),
+                            };
+                            match served.get_mut(&req.model) {
+                                Some(s) => s.queue.push((req, arrived)),
+                                None => {
+                                    let why = format!("unknown model `{}`", req.model);
+                                    out.push(error_event(&req, "unknown", &wc.id, &why, arrived));
+                                }
                             }
-                        },
+                        }
                         Ok(_) => {}
-                        Err(e) => dlq.send(&RawMessage::of(&msg), &e.to_string())?,
+                        Err(e) => {
+                            metrics.dlq.inc();
+                            dlq.send(&RawMessage::of(&msg), &e.to_string())?;
+                        }
                     }
                 }
             }
@@ -169,12 +203,26 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         for s in served.values_mut() {
             if s.due() {
                 s.answer_batch(&wc.id, &mut out);
+                metrics
+                    .batches
+                    .get_or_create(&labels(&[("model", &s.cfg.name)]))
+                    .inc();
             }
         }
+        count_predictions(&metrics, &out);
         for event in out.drain(..) {
             send(&producer, &topics.predictions, &event, &mut buf)?;
         }
         if last_commit.elapsed() >= wc.commit_interval {
+            metrics
+                .delivery_failures
+                .set(producer.context().failed.load(Ordering::Relaxed) as i64);
+            for s in served.values() {
+                metrics
+                    .queued
+                    .get_or_create(&labels(&[("model", &s.cfg.name)]))
+                    .set(s.queue.len() as i64);
+            }
             last_commit = Instant::now();
             commit(&consumer, &producer, &mut dlq, &served)?;
         }
@@ -183,6 +231,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for s in served.values_mut() {
         s.drain(&wc.id, &mut out);
     }
+    count_predictions(&metrics, &out);
     for event in out.drain(..) {
         send(&producer, &topics.predictions, &event, &mut buf)?;
     }
@@ -191,8 +240,60 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Count predictions by model, version and status; one counter lookup per
+/// run of equal labels (a batch's events mostly share them).
+fn count_predictions(metrics: &WorkerMetrics, events: &[PredictionEvent]) {
+    let status = |e: &PredictionEvent| match e.status {
+        infermon_schemas::Status::Ok => "ok",
+        infermon_schemas::Status::Error => "error",
+    };
+    for run in events.chunk_by(|a, b| {
+        a.model == b.model && a.model_version == b.model_version && a.status == b.status
+    }) {
+        let e = &run[0];
+        metrics
+            .predictions
+            .get_or_create(&labels(&[
+                ("model", &e.model),
+                ("version", &e.model_version),
+                ("status", status(e)),
+            ]))
+            .inc_by(run.len() as u64);
+    }
+}
+
+/// Export which versions serve, as `serving{model,version,role} 1`.
+fn publish_versions(metrics: &WorkerMetrics, served: &BTreeMap<String, ServedModel>) {
+    metrics.serving.clear();
+    for (name, s) in served {
+        metrics
+            .serving
+            .get_or_create(&labels(&[
+                ("model", name),
+                ("version", s.version()),
+                ("role", "stable"),
+            ]))
+            .set(1);
+        if let Some(v) = s.canary_version() {
+            metrics
+                .serving
+                .get_or_create(&labels(&[
+                    ("model", name),
+                    ("version", v),
+                    ("role", "canary"),
+                ]))
+                .set(1);
+        }
+    }
+}
+
 /// Act on one control command.
-fn apply(env: &Environment, served: &mut BTreeMap<String, ServedModel>, c: &ControlCommand) {
+fn apply(
+    env: &Environment,
+    served: &mut BTreeMap<String, ServedModel>,
+    c: &ControlCommand,
+    metrics: &WorkerMetrics,
+) {
     let Some(s) = served.get_mut(&c.model) else {
         return;
     };
@@ -201,7 +302,10 @@ fn apply(env: &Environment, served: &mut BTreeMap<String, ServedModel>, c: &Cont
         return;
     }
     match s.rollback(env, c.from_version.as_deref()) {
-        Ok(Some(change)) => log_change(&c.model, &change, &c.reason),
+        Ok(Some(change)) => {
+            log_change(&c.model, &change, &c.reason, metrics);
+            publish_versions(metrics, served);
+        }
         Ok(None) => {
             tracing::debug!(model = %c.model, from = ?c.from_version, "rollback: version not served here")
         }
@@ -211,7 +315,17 @@ fn apply(env: &Environment, served: &mut BTreeMap<String, ServedModel>, c: &Cont
     }
 }
 
-fn log_change(model: &str, change: &Change, cause: &str) {
+fn log_change(model: &str, change: &Change, cause: &str, metrics: &WorkerMetrics) {
+    let kind = match change {
+        Change::Swapped { .. } => "swapped",
+        Change::CanaryStarted { .. } => "canary_started",
+        Change::Promoted { .. } => "promoted",
+        Change::RolledBack { .. } => "rolled_back",
+    };
+    metrics
+        .version_changes
+        .get_or_create(&labels(&[("model", model), ("kind", kind)]))
+        .inc();
     match change {
         Change::Swapped { from, to } => {
             tracing::info!(%model, %from, %to, %cause, "new model version swapped in")

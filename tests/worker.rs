@@ -274,25 +274,7 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
         .unwrap();
 
     // Scorable reference requests, cycled under fresh ids, ~500/s.
-    let scorable: Vec<Value> = jsonl("ctr_requests.jsonl")
-        .into_iter()
-        .zip(jsonl("ctr_expected_v1.jsonl"))
-        .filter(|(_, e)| e.get("score").is_some())
-        .map(|(r, _)| r)
-        .collect();
-    let expected: BTreeMap<(String, String), f64> = ["1", "2"]
-        .iter()
-        .flat_map(|v| {
-            jsonl(&format!("ctr_expected_v{v}.jsonl"))
-                .into_iter()
-                .filter_map(move |e| {
-                    Some((
-                        (v.to_string(), e["request_id"].as_str()?.to_string()),
-                        e.get("score")?.as_f64()?,
-                    ))
-                })
-        })
-        .collect();
+    let (scorable, expected) = scorable_ctr_requests();
     let total = 1500;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -409,6 +391,31 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
         assert_eq!(version_of(i), "1", "request {i} after the rollback");
     }
     assert!(log_text.contains("from=2 to=1"), "{log_text}");
+}
+
+/// The scorable CTR reference requests, and Python's score of each by
+/// (version, request id) for versions 1 and 2.
+fn scorable_ctr_requests() -> (Vec<Value>, BTreeMap<(String, String), f64>) {
+    let scorable: Vec<Value> = jsonl("ctr_requests.jsonl")
+        .into_iter()
+        .zip(jsonl("ctr_expected_v1.jsonl"))
+        .filter(|(_, e)| e.get("score").is_some())
+        .map(|(r, _)| r)
+        .collect();
+    let expected: BTreeMap<(String, String), f64> = ["1", "2"]
+        .iter()
+        .flat_map(|v| {
+            jsonl(&format!("ctr_expected_v{v}.jsonl"))
+                .into_iter()
+                .filter_map(move |e| {
+                    Some((
+                        (v.to_string(), e["request_id"].as_str()?.to_string()),
+                        e.get("score")?.as_f64()?,
+                    ))
+                })
+        })
+        .collect();
+    (scorable, expected)
 }
 
 /// A copy of the CTR model directory with version 1 only.
@@ -537,25 +544,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         logs.push(log);
     }
 
-    let scorable: Vec<Value> = jsonl("ctr_requests.jsonl")
-        .into_iter()
-        .zip(jsonl("ctr_expected_v1.jsonl"))
-        .filter(|(_, e)| e.get("score").is_some())
-        .map(|(r, _)| r)
-        .collect();
-    let expected: BTreeMap<(String, String), f64> = ["1", "2"]
-        .iter()
-        .flat_map(|v| {
-            jsonl(&format!("ctr_expected_v{v}.jsonl"))
-                .into_iter()
-                .filter_map(move |e| {
-                    Some((
-                        (v.to_string(), e["request_id"].as_str()?.to_string()),
-                        e.get("score")?.as_f64()?,
-                    ))
-                })
-        })
-        .collect();
+    let (scorable, expected) = scorable_ctr_requests();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "1")

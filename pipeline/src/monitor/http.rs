@@ -153,6 +153,18 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A blocking HTTP server on `addr` (which may name port 0) and the
+/// address it bound.
+pub fn listen(addr: &str) -> anyhow::Result<(tiny_http::Server, std::net::SocketAddr)> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+    Ok((server, bound))
+}
+
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` from a thread.
 /// Returns the bound address (`addr` may name port 0).
 pub fn serve(
@@ -161,12 +173,7 @@ pub fn serve(
     health: Arc<Health>,
     stall_after: Duration,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+    let (server, bound) = listen(addr)?;
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {

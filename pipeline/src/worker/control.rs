@@ -156,12 +156,7 @@ pub fn serve_http(
     secret: Option<Vec<u8>>,
     tx: mpsc::Sender<ControlCommand>,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("{addr} is not an IP address"))?;
+    let (server, bound) = crate::monitor::http::listen(addr)?;
     std::thread::Builder::new()
         .name("worker-http".into())
         .spawn(move || {

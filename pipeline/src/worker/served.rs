@@ -336,6 +336,58 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_run_answers_its_batch_with_errors_and_the_next_batch_is_scored() {
+        // MiniLM with the spec's token limit lifted past the model's 512
+        // positions: a long text makes ONNX Runtime fail the whole run.
+        let minilm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../inference/models/minilm");
+        assert!(
+            minilm.join("1/model.onnx").exists(),
+            "MiniLM is not installed: bash inference/scripts/install_minilm.sh"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let mut spec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(minilm.join("feature_spec.json")).unwrap(),
+        )
+        .unwrap();
+        spec["tokenizer"]["max_tokens"] = 5000.into();
+        std::fs::write(d.path().join("feature_spec.json"), spec.to_string()).unwrap();
+        std::fs::create_dir_all(d.path().join("1")).unwrap();
+        for f in ["model.onnx", "tokenizer.json"] {
+            std::os::unix::fs::symlink(minilm.join("1").join(f), d.path().join("1").join(f))
+                .unwrap();
+        }
+        let mut cfg = ModelConfig::new("query-encoder", d.path().to_path_buf());
+        cfg.max_batch = 2;
+        let mut s = ServedModel::load(env(), &cfg).unwrap();
+        let text = |i: usize, t: &str| {
+            let mut r = request(i);
+            r.model = "query-encoder".into();
+            r.features.clear();
+            r.text = Some(t.into());
+            r
+        };
+        let now = Instant::now();
+        s.queue.push((text(0, &"shoes ".repeat(700)), now));
+        s.queue.push((text(1, "running shoes"), now));
+        s.queue.push((text(2, "running shoes"), now));
+        let mut out = Vec::new();
+        s.answer_batch("w", &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "the failed batch is answered, request by request"
+        );
+        for p in &out {
+            assert_eq!(p.status, Status::Error);
+            let why = p.error.as_deref().unwrap();
+            assert!(why.starts_with("inference failed"), "{why}");
+        }
+        s.answer_batch("w", &mut out);
+        assert_eq!(out[2].status, Status::Ok, "{:?}", out[2].error);
+        assert!((out[2].score.unwrap() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
     fn a_canary_serves_its_share_until_rolled_back_and_features_are_sampled() {
         let d = model_dir(&["1"]);
         let mut cfg = ModelConfig::new("ctr-ranker", d.path().to_path_buf());

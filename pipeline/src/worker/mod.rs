@@ -144,7 +144,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 apply(env, &mut served, &c, &metrics);
             }
         }
-        if last_reload.elapsed() >= wc.reload_interval {
+        // While a new version loads in the background, look every 50 ms
+        // whether it is ready to swap in.
+        let loading = served.values().any(ServedModel::is_loading);
+        if last_reload.elapsed() >= wc.reload_interval
+            || (loading && last_reload.elapsed() >= Duration::from_millis(50))
+        {
             last_reload = Instant::now();
             let mut changed = false;
             for s in served.values_mut() {

@@ -3,16 +3,24 @@
 //! next batch, and the version changes (new version, canary promotion,
 //! rollback) that happen between two batches so no request is dropped.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use infermon_inference::answer::{error_event, score, unit_hash};
-use infermon_inference::{Environment, Scorer};
+use infermon_inference::{Environment, LoadError, Scorer};
 use infermon_schemas::PredictionEvent;
 
 use super::config::ModelConfig;
 use super::versions;
 
 pub use infermon_inference::answer::Queued;
+
+/// A version being loaded and warmed up on its own thread, so serving
+/// goes on meanwhile (a large model takes seconds).
+struct Loading {
+    version: String,
+    done: mpsc::Receiver<Result<Scorer, LoadError>>,
+}
 
 /// A new version serving a share of the requests.
 struct Canary {
@@ -26,6 +34,7 @@ pub struct ServedModel {
     pub cfg: ModelConfig,
     stable: Scorer,
     canary: Option<Canary>,
+    loading: Option<Loading>,
     /// Requests waiting for the next batch, oldest first.
     pub queue: Vec<Queued>,
 }
@@ -87,6 +96,7 @@ impl ServedModel {
             cfg: cfg.clone(),
             stable,
             canary: None,
+            loading: None,
             queue: Vec::new(),
         })
     }
@@ -112,24 +122,27 @@ impl ServedModel {
         self.stable.device()
     }
 
-    /// Follow the model directory: a new version is loaded and warmed up,
-    /// then becomes the canary (with `canary_percent` > 0) or serves
-    /// everything; a pin to an older version (a rollback) is followed at
-    /// once; a canary old enough is promoted. Models with a configured
-    /// `version` never change. A version that fails to load leaves the
-    /// current ones serving (the error is returned for the log).
-    pub fn refresh(&mut self, env: &Environment) -> anyhow::Result<Option<Change>> {
+    /// Follow the model directory: a new version is loaded and warmed up on
+    /// a thread of its own (serving goes on), then — at a later call —
+    /// becomes the canary (with `canary_percent` > 0) or serves everything;
+    /// a pin to an older version (a rollback) is followed the same way; a
+    /// canary old enough is promoted. Models with a configured `version`
+    /// never change. A version that fails to load leaves the current ones
+    /// serving (the error is returned for the log; the next call retries).
+    pub fn refresh(&mut self, env: &'static Environment) -> anyhow::Result<Option<Change>> {
         if self.cfg.version.is_some() {
             return Ok(None);
         }
         let wanted = versions::wanted_version(&self.cfg.dir)?;
         if wanted == self.version() {
+            self.loading = None;
             return Ok(self.canary.take().map(|c| Change::RolledBack {
                 from: c.scorer.version().to_string(),
                 to: wanted,
             }));
         }
         if self.canary_version() == Some(wanted.as_str()) {
+            self.loading = None;
             let canary = self.canary.as_ref().expect("checked above");
             if canary.since.elapsed() < self.cfg.canary_duration {
                 return Ok(None);
@@ -138,7 +151,9 @@ impl ServedModel {
             self.stable = canary.scorer;
             return Ok(Some(Change::Promoted { version: wanted }));
         }
-        let scorer = Scorer::load(env, &self.cfg.dir, &wanted, &self.cfg.session_options())?;
+        let Some(scorer) = self.loaded(env, &wanted)? else {
+            return Ok(None);
+        };
         let pinned = versions::pinned_version(&self.cfg.dir).is_some();
         if self.cfg.canary_percent > 0.0 && !pinned && versions::is_newer(&wanted, self.version()) {
             self.canary = Some(Canary {
@@ -154,6 +169,51 @@ impl ServedModel {
         self.canary = None;
         self.stable = scorer;
         Ok(Some(Change::Swapped { from, to: wanted }))
+    }
+
+    /// Whether a version is being loaded in the background.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// `version`, loaded and warmed up, once its loader thread is done;
+    /// starts that thread on the first call.
+    fn loaded(
+        &mut self,
+        env: &'static Environment,
+        version: &str,
+    ) -> anyhow::Result<Option<Scorer>> {
+        if let Some(l) = &self.loading
+            && l.version == version
+        {
+            return match l.done.try_recv() {
+                Ok(result) => {
+                    self.loading = None;
+                    Ok(Some(result?))
+                }
+                Err(mpsc::TryRecvError::Empty) => Ok(None),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.loading = None;
+                    anyhow::bail!("the loader of version {version} stopped without a result")
+                }
+            };
+        }
+        let (tx, done) = mpsc::channel();
+        let (dir, opts, v) = (
+            self.cfg.dir.clone(),
+            self.cfg.session_options(),
+            version.to_string(),
+        );
+        std::thread::Builder::new()
+            .name(format!("load-{}-{version}", self.cfg.name))
+            .spawn(move || {
+                let _ = tx.send(Scorer::load(env, &dir, &v, &opts));
+            })?;
+        self.loading = Some(Loading {
+            version: version.to_string(),
+            done,
+        });
+        Ok(None)
     }
 
     /// Roll back the newest version if it is `from` (any when `None`): a
@@ -253,6 +313,18 @@ mod tests {
 
     fn ctr_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../inference/models/ctr-ranker")
+    }
+
+    /// Refresh until a version change lands (or nothing is loading).
+    fn settle(s: &mut ServedModel) -> Option<Change> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let change = s.refresh(env()).unwrap();
+            if change.is_some() || !s.is_loading() || Instant::now() > until {
+                return change;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn env() -> &'static Environment {
@@ -402,8 +474,15 @@ mod tests {
             d.path().join("2/model.onnx"),
         )
         .unwrap();
+        // Version 2 loads on its own thread; version 1 serves meanwhile.
+        assert_eq!(s.refresh(env()).unwrap(), None);
+        assert!(s.is_loading());
+        s.queue.push((request(9999), Instant::now()));
+        let mut meanwhile = Vec::new();
+        s.answer_batch("w", &mut meanwhile);
+        assert_eq!(meanwhile[0].model_version, "1");
         assert_eq!(
-            s.refresh(env()).unwrap(),
+            settle(&mut s),
             Some(Change::CanaryStarted {
                 version: "2".into(),
                 percent: 25.0
@@ -439,7 +518,7 @@ mod tests {
             })
         );
         assert_eq!(versions::pinned_version(d.path()).as_deref(), Some("1"));
-        assert_eq!(s.refresh(env()).unwrap(), None, "the pin keeps version 1");
+        assert_eq!(settle(&mut s), None, "the pin keeps version 1");
         s.queue
             .extend((0..50).map(|i| (request(i), Instant::now())));
         out.clear();
@@ -448,12 +527,9 @@ mod tests {
         // Released: version 2 becomes a canary again, then is promoted.
         std::fs::remove_file(d.path().join(versions::PIN_FILE)).unwrap();
         s.cfg.canary_duration = Duration::ZERO;
-        assert!(matches!(
-            s.refresh(env()).unwrap(),
-            Some(Change::CanaryStarted { .. })
-        ));
+        assert!(matches!(settle(&mut s), Some(Change::CanaryStarted { .. })));
         assert_eq!(
-            s.refresh(env()).unwrap(),
+            settle(&mut s),
             Some(Change::Promoted {
                 version: "2".into()
             })

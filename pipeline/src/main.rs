@@ -368,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
                         kafka.brokers = b;
                     }
                     let producer = kafka
-                        .client_config()?
+                        .producer_config()?
                         .create_with_context(infermon::sources::kafka::DeliveryCounter::default())?;
                     let command = infermon::worker::ControlCommand::rollback(
                         &model,

@@ -61,8 +61,46 @@ impl Default for KafkaConfig {
     }
 }
 
+/// librdkafka properties that only consumers take: a producer given one
+/// logs a CONFWARN, which on-call engineers should not have to read past.
+const CONSUMER_ONLY: [&str; 22] = [
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.remote.assignor",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "coordinator.query.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "isolation.level",
+    "check.crcs",
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+];
+
 impl KafkaConfig {
-    /// The librdkafka settings shared by the consumer and the DLQ producer.
+    /// The settings of a producer: [`Self::client_config`] without the
+    /// consumer-only properties.
+    pub fn producer_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut c = self.client_config()?;
+        for k in CONSUMER_ONLY {
+            c.remove(k);
+        }
+        Ok(c)
+    }
+
+    /// The librdkafka settings shared by consumers and producers (brokers,
+    /// `properties`, `properties_env`).
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -322,7 +360,7 @@ impl Dlq {
     /// A producer to `topic`.
     pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
         let producer = config
-            .client_config()?
+            .producer_config()?
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "20")
@@ -390,6 +428,21 @@ impl Dlq {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producers_get_the_shared_properties_but_not_the_consumer_ones() {
+        let mut k = KafkaConfig::default();
+        k.properties
+            .insert("session.timeout.ms".into(), "6000".into());
+        k.properties.insert("sasl.username".into(), "u".into());
+        let p = k.producer_config().unwrap();
+        assert_eq!(p.get("session.timeout.ms"), None);
+        assert_eq!(p.get("sasl.username"), Some("u"));
+        assert_eq!(
+            k.client_config().unwrap().get("session.timeout.ms"),
+            Some("6000")
+        );
+    }
 
     #[test]
     fn offset_metadata_round_trips() {

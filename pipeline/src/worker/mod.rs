@@ -72,7 +72,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     consumer.subscribe(&[&topics.requests])?;
     let producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
-        .client_config()?
+        .producer_config()?
         .set("enable.idempotence", "true")
         .set("compression.type", "zstd")
         .set("linger.ms", "5")
@@ -81,7 +81,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     // Its own producer: a refused command must not count as a lost prediction.
     let command_producer: ThreadedProducer<DeliveryCounter> = config
         .kafka
-        .client_config()?
+        .producer_config()?
         .create_with_context(DeliveryCounter::default())?;
     let control = control::ControlConsumer::new(
         &config.kafka,

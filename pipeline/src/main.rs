@@ -213,6 +213,9 @@ enum Command {
         /// ONNX Runtime intra-op threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// `cpu` or `cuda:N` (CPU fallback with a warning, as in the worker).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Time the drift operator on raw feature matrices (f64 LE, row-major);
     /// driven by tests/reference/drift_bench.py, which times scipy alongside.
@@ -610,6 +613,7 @@ async fn main() -> anyhow::Result<()> {
             topic,
             rounds,
             threads,
+            device,
         } => {
             let opts = infermon::worker::WorkerBenchOptions {
                 dir: model_dir,
@@ -618,6 +622,7 @@ async fn main() -> anyhow::Result<()> {
                 kafka: brokers.map(|b| (b, topic)),
                 rounds,
                 threads,
+                device,
             };
             print!("{}", infermon::worker::bench(&opts)?);
         }

@@ -39,6 +39,8 @@ pub struct WorkerBenchOptions {
     pub rounds: usize,
     /// ONNX Runtime intra-op threads (both sides).
     pub threads: usize,
+    /// `cpu` or `cuda:N` (both sides).
+    pub device: String,
 }
 
 /// Queries for a text model (the reference fixture's, cycled).
@@ -131,9 +133,15 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
     let version = highest_version(&opts.dir)?;
     let session = SessionOptions {
         intra_threads: opts.threads,
+        device: opts.device.clone(),
         ..SessionOptions::default()
     };
     let mut scorer = Scorer::load(env, &opts.dir, &version, &session)?;
+    eprintln!(
+        "bench-worker: {} v{version} on {}",
+        opts.dir.display(),
+        scorer.device()
+    );
     let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         opts.dir.join("feature_spec.json"),
     )?)?;

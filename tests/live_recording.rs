@@ -1,10 +1,9 @@
-//! The recording made through real workers (`replay-data/record-live.sh`,
-//! `replay-data/live/input-shift-live.jsonl.zst`) is what its README says:
-//! one prediction per generated request, scores that the committed models
-//! really give those inputs (re-scored here with ONNX Runtime, 1e-6),
-//! consistent timings; and replayed offline on the built-in rules it fires
-//! the documented alert — feature drift of ctr-ranker's price, category and
-//! score within two windows of the shift — and nothing else.
+//! The recordings made through real workers (`replay-data/record-live.sh`,
+//! `replay-data/live/`) are what their README says: one prediction per
+//! generated request, scores that the committed models really give those
+//! inputs (re-scored here with ONNX Runtime, 1e-6), consistent timings;
+//! and replayed offline on the built-in rules each fires its documented
+//! alert within two windows of the incident — and nothing else.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -16,16 +15,44 @@ use serde_json::Value;
 
 use crate::support::{infermon, repo, required_env, run_ok};
 
-/// 2025-11-20 15:36:00 UTC: 60 % into the input-shift hour.
-const SHIFT_MS: i64 = 1_763_652_960_000;
 const WINDOW_MS: i64 = 60_000;
 
-fn live_file() -> std::path::PathBuf {
-    repo().join("replay-data/live/input-shift-live.jsonl.zst")
+/// A live recording and its documented incident.
+struct Live {
+    scenario: Scenario,
+    /// When the incident starts (60 % into the hour).
+    start_ms: i64,
+    /// The alert that must fire, for ctr-ranker, and the features it names.
+    alert: &'static str,
+    features: &'static [&'static str],
 }
 
-fn predictions() -> Vec<Value> {
-    let f = std::fs::File::open(live_file()).unwrap();
+const LIVE: [Live; 2] = [
+    Live {
+        // 2025-11-20 15:36:00 UTC
+        scenario: Scenario::InputShift,
+        start_ms: 1_763_652_960_000,
+        alert: "feature_drift",
+        features: &["price", "category", "score"],
+    },
+    Live {
+        // 2025-11-20 16:36:00 UTC
+        scenario: Scenario::FeatureNull,
+        start_ms: 1_763_656_560_000,
+        alert: "null_rate_jump",
+        features: &["user_ctr_7d"],
+    },
+];
+
+fn live_file(scenario: Scenario) -> std::path::PathBuf {
+    repo().join(format!(
+        "replay-data/live/{}-live.jsonl.zst",
+        scenario.name()
+    ))
+}
+
+fn predictions(scenario: Scenario) -> Vec<Value> {
+    let f = std::fs::File::open(live_file(scenario)).unwrap();
     std::io::BufReader::new(zstd::Decoder::new(f).unwrap())
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
@@ -33,9 +60,9 @@ fn predictions() -> Vec<Value> {
 }
 
 /// The requests the recording was made from, regenerated (deterministic).
-fn requests() -> BTreeMap<String, RequestEvent> {
+fn requests(scenario: Scenario) -> BTreeMap<String, RequestEvent> {
     let mut buf = Vec::new();
-    generate_requests(&GenerateOptions::bundled(Scenario::InputShift), &mut buf).unwrap();
+    generate_requests(&GenerateOptions::bundled(scenario), &mut buf).unwrap();
     buf.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -52,9 +79,15 @@ fn requests() -> BTreeMap<String, RequestEvent> {
 #[test]
 fn live_predictions_are_the_real_models_scores_one_per_request() {
     required_env("ORT_DYLIB_PATH");
+    for live in &LIVE {
+        check_real_scores(live.scenario);
+    }
+}
+
+fn check_real_scores(scenario: Scenario) {
     let env = ort_environment(None).unwrap();
-    let preds = predictions();
-    let reqs = requests();
+    let preds = predictions(scenario);
+    let reqs = requests(scenario);
     assert_eq!(preds.len(), reqs.len(), "one prediction per request");
     let mut per_model: BTreeMap<String, Vec<(&RequestEvent, f64)>> = BTreeMap::new();
     for p in &preds {
@@ -106,13 +139,19 @@ fn live_predictions_are_the_real_models_scores_one_per_request() {
 }
 
 #[test]
-fn the_live_input_shift_fires_feature_drift_and_nothing_else() {
+fn each_live_incident_fires_its_documented_alert_and_nothing_else() {
+    for live in &LIVE {
+        check_alerts(live);
+    }
+}
+
+fn check_alerts(live: &Live) {
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
     run_ok(
         infermon()
             .arg("replay")
-            .arg(live_file())
+            .arg(live_file(live.scenario))
             .args(["--offline", "--quiet", "--metrics-out"])
             .arg(dir.path().join("m.lp"))
             .arg("--alerts-out")
@@ -127,7 +166,7 @@ fn the_live_input_shift_fires_feature_drift_and_nothing_else() {
     let mut features = std::collections::BTreeSet::new();
     for a in &fired {
         let l = &a["labels"];
-        assert_eq!(l["alertname"], "feature_drift", "{a}");
+        assert_eq!(l["alertname"], live.alert, "{}: {a}", live.scenario);
         assert_eq!(
             l["model"], "ctr-ranker",
             "the quiet query encoder alerted: {a}"
@@ -139,12 +178,18 @@ fn the_live_input_shift_fires_feature_drift_and_nothing_else() {
             .unwrap()
             .as_millis() as i64;
         assert!(
-            (SHIFT_MS..=SHIFT_MS + 2 * WINDOW_MS).contains(&ms),
-            "{starts}: not within two windows of the shift"
+            (live.start_ms..=live.start_ms + 2 * WINDOW_MS).contains(&ms),
+            "{}: {starts} is not within two windows of the incident",
+            live.scenario
         );
         features.insert(l["feature"].as_str().unwrap().to_string());
     }
-    for f in ["price", "category", "score"] {
-        assert!(features.contains(f), "no drift alert for {f}: {features:?}");
+    for f in live.features {
+        assert!(
+            features.contains(*f),
+            "{}: no {} alert for {f}: {features:?}",
+            live.scenario,
+            live.alert
+        );
     }
 }

@@ -22,7 +22,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
 use crate::support::{
-    Line, create_topics, infermon, parse_lines, recordings, required_env, run_ok, unique_id,
+    Line, create_topics, free_port, infermon, parse_lines, recordings, required_env, run_ok,
+    unique_id,
 };
 
 /// Lateness that covers the recordings' 20–90 s late events, so the offline
@@ -150,14 +151,6 @@ impl Setup {
         }
         text
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A bundled recording's lines (topics as recorded).

@@ -127,3 +127,12 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
         r.unwrap();
     }
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

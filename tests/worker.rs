@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -14,7 +15,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::support::{create_topics, infermon, repo, required_env, unique_id};
+use crate::support::{create_topics, free_port, infermon, repo, required_env, unique_id};
 
 fn jsonl(name: &str) -> Vec<Value> {
     let path = repo().join("inference/scripts/testdata").join(name);
@@ -24,16 +25,94 @@ fn jsonl(name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// requests, predictions, dlq, control topics of one test.
-fn topic_names(id: &str) -> [String; 4] {
-    ["requests", "predictions", "dlq", "control"].map(|t| format!("t{id}.{t}"))
+/// One test's topics on the test broker: requests, predictions, dlq,
+/// control (in that order in `names`).
+struct TestTopics {
+    brokers: String,
+    id: String,
+    names: [String; 4],
 }
 
-fn topics_toml(names: &[String; 4]) -> String {
-    format!(
-        "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\ncontrol = {:?}\n",
-        names[0], names[1], names[2], names[3]
-    )
+impl TestTopics {
+    /// Create them (the DLQ with `dlq_partitions`); ONNX Runtime must be
+    /// there too.
+    fn create(prefix: &str, dlq_partitions: i32) -> Self {
+        let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
+        required_env("ORT_DYLIB_PATH");
+        let id = unique_id(prefix);
+        let names = ["requests", "predictions", "dlq", "control"].map(|t| format!("t{id}.{t}"));
+        create_topics(
+            &brokers,
+            &[
+                (&names[0], 2),
+                (&names[1], 2),
+                (&names[2], dlq_partitions),
+                (&names[3], 1),
+            ],
+        );
+        Self { brokers, id, names }
+    }
+
+    /// The `[topics]` section alone (for CLI commands).
+    fn topics_toml(&self) -> String {
+        let n = &self.names;
+        format!(
+            "[topics]\nrequests = {:?}\npredictions = {:?}\ndlq = {:?}\ncontrol = {:?}\n",
+            n[0], n[1], n[2], n[3]
+        )
+    }
+
+    /// `[topics]` and `[kafka]` of a worker config.
+    fn config_head(&self) -> String {
+        format!(
+            "{}\n[kafka]\nbrokers = {:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n",
+            self.topics_toml(),
+            self.brokers
+        )
+    }
+
+    fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "1")
+            .create()
+            .unwrap()
+    }
+
+    /// A consumer reading `topics` from the beginning.
+    fn reader(&self, topics: &[&str]) -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("reader{}", self.id))
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        consumer.subscribe(topics).unwrap();
+        consumer
+    }
+}
+
+/// Start `infermon --config CONFIG worker`, its log in `log`.
+fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    infermon()
+        .arg("--config")
+        .arg(config)
+        .arg("worker")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM a worker and wait for it.
+fn stop_worker(mut worker: Child) -> ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    worker.wait().unwrap()
 }
 
 /// The MiniLM model directory (installed by install_minilm.sh, .ci/run).
@@ -48,19 +127,8 @@ fn minilm_dir() -> std::path::PathBuf {
 
 #[test]
 fn requests_in_predictions_out_scored_like_python_onnxruntime() {
-    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
-    required_env("ORT_DYLIB_PATH");
-    let id = unique_id("w");
-    let names = topic_names(&id);
-    create_topics(
-        &brokers,
-        &[
-            (&names[0], 2),
-            (&names[1], 2),
-            (&names[2], 2),
-            (&names[3], 1),
-        ],
-    );
+    let setup = TestTopics::create("w", 2);
+    let names = &setup.names;
 
     // The reference requests: for the CTR model 5 scorable, 3 with bad
     // features, 1 unknown model; for the MiniLM query encoder 9 texts, one
@@ -75,10 +143,7 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
         .chain(jsonl("minilm_expected.jsonl"))
         .map(|v| (v["request_id"].as_str().unwrap().to_string(), v))
         .collect();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = setup.producer();
     for r in &requests {
         let body = r.to_string();
         let key = r["request_id"].as_str().unwrap().to_string();
@@ -100,34 +165,19 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
     std::fs::write(
         &config,
         format!(
-            "{}\n\
-             [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
-             [worker]\nid = \"test-worker/0\"\ngroup_id = \"g{id}\"\n\n\
+            "{}[worker]\nid = \"test-worker/0\"\ngroup_id = \"g{}\"\n\n\
              [[worker.models]]\nname = \"ctr-ranker\"\ndir = {:?}\nversion = \"1\"\nmax_batch = 4\nmax_delay = \"20ms\"\ndevice = \"cuda:0\"\n\n\
              [[worker.models]]\nname = \"query-encoder\"\ndir = {minilm:?}\nmax_batch = 8\nmax_delay = \"20ms\"\n",
-            topics_toml(&names),
+            setup.config_head(),
+            setup.id,
             repo().join("inference/models/ctr-ranker"),
         ),
     )
     .unwrap();
     let log = dir.path().join("worker.log");
-    let mut worker = infermon()
-        .arg("--config")
-        .arg(&config)
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let worker = spawn_worker(&config, &log, &[]);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader{id}"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&names[1], &names[2]]).unwrap();
+    let consumer = setup.reader(&[&names[1], &names[2]]);
     let mut predictions: BTreeMap<String, (Option<String>, Value)> = BTreeMap::new();
     let mut dlq = Vec::new();
     let until = Instant::now() + Duration::from_secs(90);
@@ -153,11 +203,7 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
             "two predictions for {rid}"
         );
     }
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    let status = worker.wait().unwrap();
+    let status = stop_worker(worker);
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "worker exited with {status}:\n{log_text}");
     assert_eq!(
@@ -225,70 +271,32 @@ fn requests_in_predictions_out_scored_like_python_onnxruntime() {
 
 #[test]
 fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
-    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
-    required_env("ORT_DYLIB_PATH");
-    let id = unique_id("hr");
-    let names = topic_names(&id);
-    create_topics(
-        &brokers,
-        &[
-            (&names[0], 2),
-            (&names[1], 2),
-            (&names[2], 2),
-            (&names[3], 1),
-        ],
-    );
+    let setup = TestTopics::create("hr", 2);
+    let names = &setup.names;
 
     // A model directory with version 1 only; version 2 arrives mid-stream.
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("ctr-ranker");
-    let src = repo().join("inference/models/ctr-ranker");
-    std::fs::create_dir_all(models.join("1")).unwrap();
-    std::fs::copy(
-        src.join("feature_spec.json"),
-        models.join("feature_spec.json"),
-    )
-    .unwrap();
-    std::fs::copy(src.join("1/model.onnx"), models.join("1/model.onnx")).unwrap();
+    let models = ctr_dir_with_v1(dir.path(), "ctr-ranker");
 
     let config = dir.path().join("worker.toml");
     std::fs::write(
         &config,
         format!(
-            "{}\n\
-             [kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
-             [worker]\ngroup_id = \"g{id}\"\nreload_interval = \"200ms\"\n\n\
+            "{}[worker]\ngroup_id = \"g{}\"\nreload_interval = \"200ms\"\n\n\
              [[worker.models]]\nname = \"ctr-ranker\"\ndir = {models:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n",
-            topics_toml(&names),
+            setup.config_head(),
+            setup.id,
         ),
     )
     .unwrap();
     let log = dir.path().join("worker.log");
-    let mut worker = infermon()
-        .arg("--config")
-        .arg(&config)
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let worker = spawn_worker(&config, &log, &[]);
 
     // Scorable reference requests, cycled under fresh ids, ~500/s.
     let (scorable, expected) = scorable_ctr_requests();
     let total = 1500;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "1")
-        .create()
-        .unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader{id}"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&names[1]]).unwrap();
+    let producer = setup.producer();
+    let consumer = setup.reader(&[&names[1]]);
     let mut got: BTreeMap<String, Value> = BTreeMap::new();
     let read = |got: &mut BTreeMap<String, Value>| {
         while let Some(m) = consumer.poll(Duration::from_millis(1)) {
@@ -323,11 +331,7 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
             assert_eq!(got.len(), 300, "the worker did not start serving");
         }
         if i == 600 {
-            // Version 2 appears the way a deploy writes it: complete, then renamed.
-            let tmp = models.join(".2.tmp");
-            std::fs::create_dir_all(&tmp).unwrap();
-            std::fs::copy(src.join("2/model.onnx"), tmp.join("model.onnx")).unwrap();
-            std::fs::rename(&tmp, models.join("2")).unwrap();
+            deploy_v2(&models);
         }
         if i == 1100 {
             // Roll back on command: every worker goes back to version 1.
@@ -345,11 +349,7 @@ fn a_new_model_version_is_swapped_in_under_load_without_losing_a_request() {
     while got.len() < total && Instant::now() < until {
         read(&mut got);
     }
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(worker.wait().unwrap().success());
+    assert!(stop_worker(worker).success());
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(got.len(), total, "one prediction per request:\n{log_text}");
     assert!(
@@ -440,14 +440,6 @@ fn deploy_v2(dir: &std::path::Path) {
     std::fs::rename(&tmp, dir.join("2")).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// POST `body` (signed when `secret` is given); (status, response body).
 fn post(url: &str, body: &str, secret: Option<&[u8]>) -> (u16, String) {
     let mut req = ureq::post(url).set("Content-Type", "application/json");
@@ -481,19 +473,8 @@ fn wait_for_log(path: &std::path::Path, pattern: &str, n: usize) {
 
 #[test]
 fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
-    let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
-    required_env("ORT_DYLIB_PATH");
-    let id = unique_id("cn");
-    let names = topic_names(&id);
-    create_topics(
-        &brokers,
-        &[
-            (&names[0], 2),
-            (&names[1], 2),
-            (&names[2], 1),
-            (&names[3], 1),
-        ],
-    );
+    let setup = TestTopics::create("cn", 1);
+    let names = &setup.names;
     let scratch = tempfile::tempdir().unwrap();
     let secret = b"hook-secret-for-tests";
 
@@ -517,47 +498,28 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         std::fs::write(
             &config,
             format!(
-                "{}\n[kafka]\nbrokers = {brokers:?}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
-                 [worker]\nid = \"w{w}\"\ngroup_id = \"g{id}\"\nreload_interval = \"200ms\"\n{listen}\n\
+                "{}[worker]\nid = \"w{w}\"\ngroup_id = \"g{}\"\nreload_interval = \"200ms\"\n{listen}\n\
                  [[worker.models]]\nname = \"ctr-ranker\"\ndir = {dir:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n\
                  canary_percent = 30\ncanary_duration = \"1h\"\nrollback_on = [\"ScoreDrift\"]\n",
-                topics_toml(&names),
+                setup.config_head(),
+                setup.id,
             ),
         )
         .unwrap();
         let log = scratch.path().join(format!("worker{w}.log"));
-        workers.push(
-            infermon()
-                .arg("--config")
-                .arg(&config)
-                .arg("worker")
-                .env(
-                    "INFERMON_TEST_HOOK_SECRET",
-                    std::str::from_utf8(secret).unwrap(),
-                )
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let secret = std::str::from_utf8(secret).unwrap();
+        workers.push(spawn_worker(
+            &config,
+            &log,
+            &[("INFERMON_TEST_HOOK_SECRET", secret)],
+        ));
         dirs.push(dir);
         logs.push(log);
     }
 
     let (scorable, expected) = scorable_ctr_requests();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "1")
-        .create()
-        .unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader{id}"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&names[1], &names[3]]).unwrap();
+    let producer = setup.producer();
+    let consumer = setup.reader(&[&names[1], &names[3]]);
     let mut commands: Vec<Value> = Vec::new();
     // Send `n` requests of one phase; return its predictions by request id.
     let phase = |tag: &str, n: usize, commands: &mut Vec<Value>| {
@@ -727,7 +689,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         wait_for_log(log, "canary started", 2);
     }
     let cli_config = scratch.path().join("cli.toml");
-    std::fs::write(&cli_config, topics_toml(&names)).unwrap();
+    std::fs::write(&cli_config, setup.topics_toml()).unwrap();
     let out = crate::support::run_ok(infermon().arg("--config").arg(&cli_config).args([
         "model",
         "rollback",
@@ -736,7 +698,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         "--version",
         "2",
         "--brokers",
-        &brokers,
+        &setup.brokers,
     ]));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -753,11 +715,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         "after the CLI rollback"
     );
 
-    for mut w in workers {
-        Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(w.wait().unwrap().success());
+    for w in workers {
+        assert!(stop_worker(w).success());
     }
 }

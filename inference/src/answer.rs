@@ -97,17 +97,7 @@ pub fn score(
         postprocess: Some(ms(done - inferred)),
         total: ms(done.saturating_duration_since(arrived)),
     };
-    let mut next = 0;
-    for ((req, arrived), outcome) in batch.into_iter().zip(prepared.outcome) {
-        let result = outcome
-            .map_err(|e| e.to_string())
-            .and_then(|()| match &scores {
-                Ok(v) => {
-                    next += 1;
-                    Ok(v[next - 1])
-                }
-                Err(e) => Err(e.clone()),
-            });
+    for ((req, arrived), result) in batch.into_iter().zip(prepared.per_request(scores)) {
         let keep_features =
             feature_sample >= 1.0 || unit_hash(&req.request_id, SAMPLE_SALT) < feature_sample;
         let mut event = match result {

@@ -8,7 +8,7 @@ use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider as _};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::value::Tensor;
+use ort::value::TensorRef;
 
 /// Why a model cannot be loaded or run.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,11 +146,11 @@ impl Model {
         input: &str,
         rows: usize,
         width: usize,
-        data: Vec<f32>,
+        data: &[f32],
         output: &str,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let tensor =
-            Tensor::from_array((vec![rows as i64, width as i64], data)).map_err(run_err)?;
+        // A view of the caller's rows: no copy of the input.
+        let tensor = TensorRef::from_array_view(([rows, width], data)).map_err(run_err)?;
         let outputs = self
             .session
             .run(ort::inputs![input => tensor])
@@ -168,13 +168,12 @@ impl Model {
     pub fn run_i64(
         &mut self,
         shape: [usize; 2],
-        inputs: Vec<(&str, Vec<i64>)>,
+        inputs: &[(&str, &[i64])],
         output: &str,
     ) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
-        let dims = vec![shape[0] as i64, shape[1] as i64];
         let mut values = Vec::with_capacity(inputs.len());
-        for (name, data) in inputs {
-            let t = Tensor::from_array((dims.clone(), data)).map_err(run_err)?;
+        for &(name, data) in inputs {
+            let t = TensorRef::from_array_view((shape, data)).map_err(run_err)?;
             values.push((name, ort::session::SessionInputValue::from(t)));
         }
         let outputs = self.session.run(values).map_err(run_err)?;

@@ -62,6 +62,23 @@ impl Prepared {
     pub fn good(&self) -> usize {
         self.outcome.iter().filter(|r| r.is_ok()).count()
     }
+
+    /// Each request's score, or why it has none: an encoding error stays
+    /// with its request; a failed run (`scores` is `Err`) fails every
+    /// encodable one. `scores` holds one score per encodable request.
+    pub fn per_request(self, scores: Result<Vec<f64>, String>) -> Vec<Result<f64, String>> {
+        let mut next = scores.map(Vec::into_iter);
+        self.outcome
+            .into_iter()
+            .map(|o| {
+                o.map_err(|e| e.to_string())?;
+                match &mut next {
+                    Ok(it) => it.next().ok_or_else(|| "missing score".to_string()),
+                    Err(e) => Err(e.clone()),
+                }
+            })
+            .collect()
+    }
 }
 
 /// What the session returned, before postprocessing.
@@ -73,10 +90,7 @@ pub struct Raw {
 /// Read the model kind from `feature_spec.json` in `dir`.
 fn read_spec(dir: &Path) -> Result<(std::path::PathBuf, String, String), SpecError> {
     let path = dir.join("feature_spec.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| SpecError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| SpecError::new(&path, e))?;
     let kind = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
@@ -108,10 +122,10 @@ impl Scorer {
             }
             "tabular" => Kind::Tabular(FeatureSpec::parse(&spec_path, &spec_text)?),
             other => {
-                return Err(SpecError {
-                    path: spec_path.display().to_string(),
-                    message: format!("unknown kind `{other}` (tabular or text)"),
-                }
+                return Err(SpecError::new(
+                    &spec_path,
+                    format!("unknown kind `{other}` (tabular or text)"),
+                )
                 .into());
             }
         };
@@ -184,7 +198,7 @@ impl Scorer {
             Kind::Tabular(spec) => {
                 let mut data = Vec::new();
                 let outcome: Vec<_> = requests
-                    .map(|r| spec.encode_features(&r.features, &mut data))
+                    .map(|r| spec.encode(&r.features, &mut data))
                     .collect();
                 let rows = data.len() / spec.width().max(1);
                 Prepared {
@@ -213,13 +227,9 @@ impl Scorer {
     pub fn infer(&mut self, p: &Prepared) -> Result<Raw, RuntimeError> {
         match (&self.kind, &p.input) {
             (Kind::Tabular(spec), Input::Rows { rows, data }) => {
-                let out = self.model.run_f32(
-                    &spec.input,
-                    *rows,
-                    spec.width(),
-                    data.clone(),
-                    &spec.output,
-                )?;
+                let out =
+                    self.model
+                        .run_f32(&spec.input, *rows, spec.width(), data, &spec.output)?;
                 Ok(Raw {
                     shape: vec![*rows],
                     data: out,
@@ -228,7 +238,7 @@ impl Scorer {
             (Kind::Text { encoder, .. }, Input::Tokens(batch)) => {
                 let (shape, data) = self.model.run_i64(
                     [batch.rows, batch.seq],
-                    encoder.inputs(batch),
+                    &encoder.inputs(batch),
                     &encoder.spec().output,
                 )?;
                 Ok(Raw { shape, data })
@@ -286,16 +296,6 @@ impl Scorer {
         } else {
             Ok(Vec::new())
         };
-        let mut next = scores.map(Vec::into_iter).map_err(|e| e.to_string());
-        p.outcome
-            .into_iter()
-            .map(|o| {
-                o.map_err(|e| e.to_string())?;
-                match &mut next {
-                    Ok(it) => it.next().ok_or_else(|| "missing score".to_string()),
-                    Err(e) => Err(e.clone()),
-                }
-            })
-            .collect()
+        p.per_request(scores.map_err(|e| e.to_string()))
     }
 }

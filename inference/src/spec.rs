@@ -7,7 +7,6 @@ use std::path::Path;
 
 use infermon_schemas::Feature;
 use serde::Deserialize;
-use serde_json::Value;
 
 /// Why a request's features cannot be encoded; the text names the feature
 /// (it becomes the DLQ reason or the error event's message).
@@ -45,43 +44,13 @@ pub enum EncodeError {
     Tokenizer(String),
 }
 
-/// One feature value as the encoder sees it, whatever the request's
-/// representation (JSON or decoded events).
-#[derive(Debug, Clone, Copy)]
-pub enum FeatureValue<'a> {
-    /// A number.
-    Number(f64),
-    /// A string.
-    Str(&'a str),
-    /// Anything else, by its JSON type name.
-    Other(&'static str),
-}
-
-impl<'a> FeatureValue<'a> {
-    fn of_json(v: &'a Value) -> Option<Self> {
-        match v {
-            Value::Null => None,
-            Value::Number(n) => Some(Self::Number(n.as_f64().unwrap_or(f64::NAN))),
-            Value::String(s) => Some(Self::Str(s)),
-            other => Some(Self::Other(json_type(other))),
-        }
-    }
-
-    fn of_feature(f: &'a Feature) -> Option<Self> {
-        match f {
-            Feature::Number(x) => Some(Self::Number(*x)),
-            Feature::Category(s) => Some(Self::Str(s)),
-            Feature::Null => None,
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Self::Number(x) if x.fract() == 0.0 => "int",
-            Self::Number(_) => "float",
-            Self::Str(_) => "str",
-            Self::Other(t) => t,
-        }
+/// The type of a present feature, as error messages name it.
+fn type_name(f: &Feature) -> &'static str {
+    match f {
+        Feature::Number(x) if x.fract() == 0.0 => "int",
+        Feature::Number(_) => "float",
+        Feature::Category(_) => "str",
+        Feature::Null => "null",
     }
 }
 
@@ -93,6 +62,16 @@ pub struct SpecError {
     pub path: String,
     /// What is wrong.
     pub message: String,
+}
+
+impl SpecError {
+    /// `message` about the spec (or tokenizer) file at `path`.
+    pub fn new(path: &Path, message: impl std::fmt::Display) -> Self {
+        Self {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,9 +92,10 @@ struct Column {
     value: Option<String>,
 }
 
+/// A named tensor of the model (`inputs` / `outputs` of a spec file).
 #[derive(Debug, Clone, Deserialize)]
-struct TensorDef {
-    name: String,
+pub(crate) struct TensorDef {
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,35 +137,10 @@ pub struct FeatureSpec {
     required: Vec<(String, bool)>,
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 impl FeatureSpec {
-    /// Read `feature_spec.json`.
-    pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let err = |message: String| SpecError {
-            path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        Self::parse(path, &text)
-    }
-
     /// Parse a tabular spec; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SpecError> {
-        let err = |message: String| SpecError {
-            path: path.display().to_string(),
-            message,
-        };
+        let err = |message: String| SpecError::new(path, message);
         let f: SpecFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         let input = f
             .inputs
@@ -242,97 +197,66 @@ impl FeatureSpec {
         self.columns.len()
     }
 
-    /// Append one request's row to `out` (row-major) from JSON features;
-    /// on error nothing is appended.
+    /// Append one request's row to `out` (row-major); on error nothing is
+    /// appended.
     pub fn encode(
-        &self,
-        features: &serde_json::Map<String, Value>,
-        out: &mut Vec<f32>,
-    ) -> Result<(), EncodeError> {
-        self.encode_with(
-            |name| features.get(name).and_then(FeatureValue::of_json),
-            out,
-        )
-    }
-
-    /// [`Self::encode`] from a decoded request's features (no JSON round
-    /// trip on the worker's hot path).
-    pub fn encode_features(
         &self,
         features: &BTreeMap<String, Feature>,
         out: &mut Vec<f32>,
     ) -> Result<(), EncodeError> {
-        self.encode_with(
-            |name| features.get(name).and_then(FeatureValue::of_feature),
-            out,
-        )
-    }
-
-    /// Encode with `get` returning each present (non-null) feature.
-    fn encode_with<'a>(
-        &self,
-        get: impl Fn(&str) -> Option<FeatureValue<'a>>,
-        out: &mut Vec<f32>,
-    ) -> Result<(), EncodeError> {
+        let get = |name: &str| features.get(name).filter(|f| **f != Feature::Null);
         for (name, is_string) in &self.required {
             let v = get(name).ok_or_else(|| EncodeError::Missing(name.clone()))?;
             let ok = matches!(
                 (is_string, v),
-                (true, FeatureValue::Str(_)) | (false, FeatureValue::Number(_))
+                (true, Feature::Category(_)) | (false, Feature::Number(_))
             );
             if !ok {
                 return Err(EncodeError::Type {
                     name: name.clone(),
                     expected: if *is_string { "a string" } else { "a number" },
-                    got: v.type_name(),
+                    got: type_name(v),
                 });
             }
         }
         let start = out.len();
-        let fail = |out: &mut Vec<f32>, e: EncodeError| {
-            out.truncate(start);
-            Err(e)
-        };
         for c in &self.columns {
-            let x = match c {
-                Encode::Number { feature, default } => match get(feature) {
-                    Some(FeatureValue::Number(x)) if x.is_finite() => x as f32,
-                    Some(FeatureValue::Number(_)) => {
-                        return fail(out, EncodeError::NotFinite(feature.clone()));
-                    }
-                    Some(v) => {
-                        return fail(
-                            out,
-                            EncodeError::Type {
-                                name: feature.clone(),
-                                expected: "a number",
-                                got: v.type_name(),
-                            },
-                        );
-                    }
-                    None => match default {
-                        Some(d) => *d as f32,
-                        None => return fail(out, EncodeError::Missing(feature.clone())),
-                    },
-                },
-                Encode::IsNull { feature } => f32::from(u8::from(get(feature).is_none())),
-                Encode::OneHot { feature, value } => match get(feature) {
-                    Some(FeatureValue::Str(s)) => f32::from(u8::from(s == value)),
-                    Some(v) => {
-                        return fail(
-                            out,
-                            EncodeError::Type {
-                                name: feature.clone(),
-                                expected: "a string",
-                                got: v.type_name(),
-                            },
-                        );
-                    }
-                    None => 0.0,
-                },
-            };
-            out.push(x);
+            match c.value(get) {
+                Ok(x) => out.push(x),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+impl Encode {
+    /// This column's value, given the request's present features.
+    fn value<'a>(&self, get: impl Fn(&str) -> Option<&'a Feature>) -> Result<f32, EncodeError> {
+        let wrong = |name: &str, expected, f: &Feature| EncodeError::Type {
+            name: name.to_string(),
+            expected,
+            got: type_name(f),
+        };
+        Ok(match self {
+            Encode::Number { feature, default } => match (get(feature), default) {
+                (Some(Feature::Number(x)), _) if x.is_finite() => *x as f32,
+                (Some(Feature::Number(_)), _) => {
+                    return Err(EncodeError::NotFinite(feature.clone()));
+                }
+                (Some(f), _) => return Err(wrong(feature, "a number", f)),
+                (None, Some(d)) => *d as f32,
+                (None, None) => return Err(EncodeError::Missing(feature.clone())),
+            },
+            Encode::IsNull { feature } => f32::from(u8::from(get(feature).is_none())),
+            Encode::OneHot { feature, value } => match get(feature) {
+                Some(Feature::Category(s)) => f32::from(u8::from(s == value)),
+                Some(f) => return Err(wrong(feature, "a string", f)),
+                None => 0.0,
+            },
+        })
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use crate::spec::{EncodeError, SpecError};
+use crate::spec::{EncodeError, SpecError, TensorDef};
 
 #[derive(Debug, Clone, Deserialize)]
 struct TokenizerDef {
@@ -18,11 +18,6 @@ struct TokenizerDef {
     max_tokens: usize,
     #[serde(default)]
     pad_id: i64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct TensorDef {
-    name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,10 +57,7 @@ pub struct TextSpec {
 impl TextSpec {
     /// Parse a text spec; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SpecError> {
-        let err = |message: String| SpecError {
-            path: path.display().to_string(),
-            message,
-        };
+        let err = |message: String| SpecError::new(path, message);
         let f: TextSpecFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
         if !(2..=3).contains(&f.inputs.len()) {
             return Err(err(format!(
@@ -108,6 +100,8 @@ pub struct TokenBatch {
     pub ids: Vec<i64>,
     /// 1 for real tokens, 0 for padding.
     pub mask: Vec<i64>,
+    /// Token types: all 0 (one segment).
+    pub types: Vec<i64>,
 }
 
 impl TextEncoder {
@@ -116,15 +110,11 @@ impl TextEncoder {
     /// their longest row and long texts are rejected by [`Self::tokenize`].
     pub fn load(spec: TextSpec, version_dir: &Path) -> Result<Self, SpecError> {
         let path = version_dir.join(&spec.tokenizer_file);
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| SpecError {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| SpecError::new(&path, e))?;
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| SpecError {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| SpecError::new(&path, e))?;
         Ok(Self { spec, tokenizer })
     }
 
@@ -161,6 +151,7 @@ impl TextEncoder {
             seq,
             ids: vec![self.spec.pad_id; rows.len() * seq],
             mask: vec![0; rows.len() * seq],
+            types: vec![0; rows.len() * seq],
         };
         for (r, row) in rows.iter().enumerate() {
             for (p, &id) in row.iter().enumerate() {
@@ -171,17 +162,15 @@ impl TextEncoder {
         b
     }
 
-    /// The model's inputs for `batch`, by name (types all 0).
-    pub fn inputs(&self, batch: &TokenBatch) -> Vec<(&str, Vec<i64>)> {
-        let n = batch.ids.len();
-        let mut v = vec![
-            (self.spec.inputs[0].as_str(), batch.ids.clone()),
-            (self.spec.inputs[1].as_str(), batch.mask.clone()),
-        ];
-        if let Some(types) = self.spec.inputs.get(2) {
-            v.push((types.as_str(), vec![0; n]));
-        }
-        v
+    /// The model's inputs for `batch`, by name, borrowed from it.
+    pub fn inputs<'b>(&'b self, batch: &'b TokenBatch) -> Vec<(&'b str, &'b [i64])> {
+        let data = [&batch.ids, &batch.mask, &batch.types];
+        self.spec
+            .inputs
+            .iter()
+            .zip(data)
+            .map(|(name, d)| (name.as_str(), d.as_slice()))
+            .collect()
     }
 }
 
@@ -228,6 +217,7 @@ mod tests {
             seq: 2,
             ids: vec![1, 2, 3, 0],
             mask: vec![1, 1, 1, 0],
+            types: vec![0; 4],
         };
         // dim 2: row 0 tokens (1,0),(3,4) → mean (2,2); row 1 token (0,5), pad (100,100)
         let hidden = [1.0, 0.0, 3.0, 4.0, 0.0, 5.0, 100.0, 100.0];

@@ -116,6 +116,18 @@ impl Input {
     }
 }
 
+/// The configured custom SQL metrics, planned once for the window table
+/// (the monitor and the offline replay share them).
+pub async fn window_sql_metrics(config: &Config) -> anyhow::Result<SqlMetrics> {
+    let window = &config.window;
+    Ok(SqlMetrics::new(
+        &config.sql_metrics,
+        engine_schema(window),
+        window.size.as_millis() as i64,
+    )
+    .await?)
+}
+
 /// Run the replay, writing points to `sink` and bad lines to `rejects`.
 pub async fn replay(
     config: &Config,
@@ -127,12 +139,7 @@ pub async fn replay(
     let started = Instant::now();
     let mut alerting = AlertStage::new(config, opts.send.is_some(), OFFLINE_RECEIVER, alerts_out)?;
     let window = &config.window;
-    let sql = SqlMetrics::new(
-        &config.sql_metrics,
-        engine_schema(window),
-        window.size.as_millis() as i64,
-    )
-    .await?;
+    let sql = window_sql_metrics(config).await?;
     let window_ms = window.size.as_millis() as i64;
     let drift = if config.drift.enabled {
         let references = load_references(config)?;

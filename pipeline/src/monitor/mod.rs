@@ -27,9 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use infermon_operators::{
-    DriftOperator, GradientMonitor, LabelJoin, SqlMetrics, WindowEngine, engine::engine_schema,
-};
+use infermon_operators::{DriftOperator, GradientMonitor, LabelJoin, WindowEngine};
 use infermon_schemas::Point;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -250,12 +248,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving /metrics /healthz /readyz");
 
     let window = &config.window;
-    let sql = SqlMetrics::new(
-        &config.sql_metrics,
-        engine_schema(window),
-        window.size.as_millis() as i64,
-    )
-    .await?;
+    let sql = crate::replay::window_sql_metrics(config).await?;
     let references = if config.drift.enabled {
         Some(load_references(config)?)
     } else {

@@ -189,15 +189,13 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
             bare_secs.push(started.elapsed().as_secs_f64());
 
             // The worker owns its requests: hand it copies made untimed.
-            let mut batches: Vec<Vec<Queued>> = requests
-                .chunks(b)
-                .map(|c| c.iter().map(|r| (r.clone(), Instant::now())).collect())
-                .collect();
+            let batches: Vec<Vec<RequestEvent>> = requests.chunks(b).map(<[_]>::to_vec).collect();
             let started = Instant::now();
             let mut pre = 0.0;
-            for batch in batches.drain(..) {
+            for batch in batches {
+                // Queued as the worker queues them: stamped on arrival.
                 let t0 = Instant::now();
-                let batch: Vec<Queued> = batch.into_iter().map(|(r, _)| (r, t0)).collect();
+                let batch: Vec<Queued> = batch.into_iter().map(|r| (r, t0)).collect();
                 let n = batch.len() as f64;
                 score(&mut scorer, batch, "bench/0", 1.0, &mut events);
                 for event in events.drain(..) {

@@ -1113,3 +1113,156 @@ fn record_writes_a_replayable_file_of_what_the_topics_hold() {
     );
     assert!(!rejects.exists(), "the recording has rejects");
 }
+
+/// Messages on `topic` (read from the start by a fresh group).
+fn count_messages(setup: &Setup, topic: &str, want: usize, timeout: Duration) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .set("group.id", format!("count-{}-{topic}", setup.id))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (mut n, until) = (0, Instant::now() + timeout);
+    while n < want && Instant::now() < until {
+        if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+            m.unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_burst_of_bad_messages_larger_than_the_dlq_queue_loses_nothing() {
+    let setup = Setup::new("dlqburst");
+    // The DLQ producer's local queue holds 20 messages; 400 bad ones arrive
+    // at once. Lines before the first table land in [kafka.properties].
+    let config = setup.config(
+        "monitor.toml",
+        &format!(
+            "\"queue.buffering.max.messages\" = \"20\"\n\n{}",
+            setup.monitor_toml("a")
+        ),
+    );
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.brokers)
+        .create()
+        .unwrap();
+    let predictions = &setup.topics["predictions"];
+    const BAD: usize = 400;
+    for i in 0..BAD {
+        let body = format!("{{\"request_id\": \"r-{i}\", broken");
+        loop {
+            match producer.send(BaseRecord::to(predictions).key("m").payload(&body)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    monitor.wait_for(
+        Duration::from_secs(90),
+        "every bad message in the DLQ",
+        |m| m.metric("infermon_dlq_messages_total", &[]) >= BAD as f64,
+    );
+    assert!(
+        monitor.get("/healthz").is_some_and(|(c, _)| c == 200),
+        "the monitor stopped:\n{}",
+        tail(&monitor.log_text(), 20)
+    );
+    assert!(monitor.terminate().success());
+    assert_eq!(
+        count_messages(
+            &setup,
+            &setup.topics["dlq"],
+            BAD + 1,
+            Duration::from_secs(30)
+        ),
+        BAD
+    );
+}
+
+/// `(firing, resolved)` counts of `alertname` over every delivered body.
+fn delivered(
+    log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>,
+    alertname: &str,
+) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for r in log.lock().unwrap().iter().filter(|r| r.status == 200) {
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        for a in body["alerts"].as_array().unwrap() {
+            if a["labels"]["alertname"] == alertname {
+                match a["status"].as_str().unwrap() {
+                    "firing" => counts.0 += 1,
+                    _ => counts.1 += 1,
+                }
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn kill_9_during_a_firing_incident_sends_one_firing_and_one_resolved() {
+    let setup = Setup::new("alertkill");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = crate::webhook_delivery::receiver(listener, Vec::new());
+    let webhook = format!(
+        "[[alerts.webhooks]]\nname = \"oncall\"\nurl = \"http://{addr}/alerts\"\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\ntimeout = \"2s\"\n\n"
+    );
+    let config = setup.config("monitor.toml", &(webhook + &setup.monitor_toml("a")));
+    let lines = recording_lines("error-burst");
+    // The documented incident (recordings/incidents.json): 8 % errors on
+    // recsys-ranker from 1763649360000 for 9 minutes.
+    let incident_start = 1_763_649_360_000i64;
+    let ts = |l: &String| {
+        serde_json::from_str::<Value>(l).unwrap()["ts"]
+            .as_i64()
+            .unwrap()
+    };
+    let cut = lines
+        .iter()
+        .position(|l| ts(l) >= incident_start + 6 * 60_000)
+        .unwrap();
+    setup.produce(&config, &lines[..cut]);
+    let monitor = Monitor::start(&config, setup.path("monitor-1.log"));
+    monitor.wait_for(
+        Duration::from_secs(120),
+        "the firing at the receiver",
+        |_| delivered(&received, "error_rate_high").0 >= 1,
+    );
+    monitor.kill9();
+
+    // The incident ends while the monitor is down; the restart re-reads
+    // from the committed offsets, windows of the firing included.
+    setup.produce(&config, &lines[cut..]);
+    let monitor = Monitor::start(&config, setup.path("monitor-2.log"));
+    monitor.wait_for(
+        Duration::from_secs(180),
+        "the resolve at the receiver",
+        |_| delivered(&received, "error_rate_high").1 >= 1,
+    );
+    let log = monitor.log_text();
+    assert!(monitor.terminate().success());
+    assert!(log.contains("alert state restored"), "{}", tail(&log, 20));
+    assert_eq!(
+        delivered(&received, "error_rate_high"),
+        (1, 1),
+        "one firing and one resolved, no more, no less"
+    );
+    // The alerts log holds the same story once.
+    let journal = std::fs::read_to_string(setup.path("alerts-a.jsonl")).unwrap();
+    let statuses: Vec<String> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["labels"]["alertname"] == "error_rate_high")
+        .map(|v| v["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved"], "{journal}");
+}

@@ -7,6 +7,7 @@
 mod alerts_offline;
 mod drift_reference;
 mod email_delivery;
+mod faults;
 mod incidents_analytics;
 mod influxdb_line_protocol;
 mod kafka_monitor;

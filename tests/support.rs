@@ -45,7 +45,8 @@ pub fn recordings() -> Vec<PathBuf> {
     v
 }
 
-/// One parsed line of our own line protocol (no escaped characters in it).
+/// One parsed line of line protocol; field values as written (`3i`,
+/// `0.25`, `"firing"`, `true`).
 #[derive(Debug, Clone)]
 pub struct Line {
     pub measurement: String,
@@ -64,30 +65,31 @@ impl Line {
     }
 }
 
+/// Parse line protocol with the schemas crate's parser (escapes included);
+/// a line that does not parse fails the test.
 pub fn parse_lines(text: &str) -> Vec<Line> {
-    text.lines()
-        .map(|l| {
-            assert!(
-                !l.contains('\\'),
-                "helper handles unescaped lines only: {l}"
-            );
-            let mut parts = l.split(' ');
-            let (head, fields, ts) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            );
-            let mut head = head.split(',');
-            let pair = |s: &str| {
-                let (k, v) = s.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            };
-            Line {
-                measurement: head.next().unwrap().to_string(),
-                tags: head.map(pair).collect(),
-                fields: fields.split(',').map(pair).collect(),
-                ts_ns: ts.parse().unwrap(),
-            }
+    use infermon_schemas::FieldValue;
+    let points = infermon_schemas::line_protocol::parse_lines(text)
+        .unwrap_or_else(|e| panic!("not line protocol: {e}\n{text}"));
+    points
+        .into_iter()
+        .map(|p| Line {
+            measurement: p.measurement,
+            tags: p.tags,
+            fields: p
+                .fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        FieldValue::Int(i) => format!("{i}i"),
+                        FieldValue::Float(x) => format!("{x}"),
+                        FieldValue::Bool(b) => b.to_string(),
+                        FieldValue::Str(s) => format!("{s:?}"),
+                    };
+                    (k, text)
+                })
+                .collect(),
+            ts_ns: p.timestamp_ns,
         })
         .collect()
 }

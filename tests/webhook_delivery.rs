@@ -18,15 +18,15 @@ const SECRET: &str = "s3cret-for-tests";
 
 /// One request as received, and the status it was answered with.
 #[derive(Debug, Clone)]
-struct Received {
-    signature: Option<String>,
-    body: Vec<u8>,
-    status: u16,
+pub(crate) struct Received {
+    pub(crate) signature: Option<String>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) status: u16,
 }
 
 /// A real HTTP/1.1 server answering with `statuses` in turn (200 after),
 /// recording every request. Runs until the test process ends.
-fn receiver(listener: TcpListener, statuses: Vec<u16>) -> Arc<Mutex<Vec<Received>>> {
+pub(crate) fn receiver(listener: TcpListener, statuses: Vec<u16>) -> Arc<Mutex<Vec<Received>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = log.clone();
     std::thread::spawn(move || {

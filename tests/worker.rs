@@ -633,6 +633,11 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
     let (code, said) = post(&url, "{not json", Some(secret));
     assert_eq!(code, 400, "{said}");
     assert!(said.contains("JSON"), "{said}");
+    // A body over the 1 MiB limit is refused, signed or not, whatever it says.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 << 20));
+    let (code, said) = post(&url, &big, Some(secret));
+    assert_eq!(code, 413, "{said}");
+    assert!(said.contains("larger than 1048576 bytes"), "{said}");
     let (code, said) = post(&url, &alert("LatencyP99"), Some(secret));
     assert_eq!((code, said.trim()), (200, "{\"rollbacks\": 0}"));
     let (code, said) = post(&url, &alert("ScoreDrift"), Some(secret));

@@ -106,9 +106,9 @@ impl Accumulator for LatencyAccumulator {
             return exec_err!("latency_summary state must be Binary");
         };
         for bytes in states.iter().flatten() {
-            match LatencySketch::from_bytes(bytes) {
-                Ok(other) => self.sketch.merge(&other),
-                Err(e) => return exec_err!("corrupt latency sketch state: {e}"),
+            let merged = LatencySketch::from_bytes(bytes).and_then(|o| self.sketch.merge(&o));
+            if let Err(e) = merged {
+                return exec_err!("latency_summary: {e}");
             }
         }
         Ok(())

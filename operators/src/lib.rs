@@ -12,6 +12,7 @@
 
 pub mod drift;
 pub mod engine;
+pub mod event_time;
 pub mod gradients;
 pub mod latency;
 pub mod quality;
@@ -27,6 +28,7 @@ pub use drift::{
     read_profile_file,
 };
 pub use engine::{ClosedWindow, EngineError, SeriesKey, SeriesStats, WindowEngine};
+pub use event_time::{Check, EventTimeGuard};
 pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
 pub use quality::{LabelJoin, QualityConfig};
 pub use sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};

@@ -14,6 +14,20 @@ const MAX_BINS: u32 = 2048;
 /// Values below 1 µs (in ms) are counted as zero.
 const MIN_VALUE_MS: f64 = 1e-3;
 
+/// Why sketch state from outside cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SketchError {
+    /// The bytes are not a serialized sketch.
+    #[error("latency sketch state does not parse: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// A sketch of another configuration (accuracy, bin cap or minimum):
+    /// its bins do not line up with ours.
+    #[error(
+        "latency sketch state has another configuration than this build's (1 % accuracy, {MAX_BINS} bins, minimum {MIN_VALUE_MS} ms): cannot merge it"
+    )]
+    Incompatible,
+}
+
 /// A mergeable latency distribution summary (milliseconds).
 ///
 /// Quantiles use the "lower" rank convention: `q` → the element at rank
@@ -48,11 +62,13 @@ impl LatencySketch {
         }
     }
 
-    /// Fold another sketch into this one (exact: bin counts add).
-    pub fn merge(&mut self, other: &LatencySketch) {
+    /// Fold another sketch into this one (exact: bin counts add). Sketches
+    /// made here always merge; one deserialized from elsewhere with another
+    /// configuration is an error, and this one is left unchanged.
+    pub fn merge(&mut self, other: &LatencySketch) -> Result<(), SketchError> {
         self.sketch
             .merge(&other.sketch)
-            .expect("all LatencySketches share one config");
+            .map_err(|_| SketchError::Incompatible)
     }
 
     /// Number of values recorded.
@@ -81,9 +97,31 @@ impl LatencySketch {
     }
 
     /// Inverse of [`LatencySketch::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
         Ok(Self {
             sketch: serde_json::from_slice(bytes)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_state_is_an_error_not_a_panic() {
+        let mut ours = LatencySketch::default();
+        ours.add(3.0);
+        let mut foreign = DDSketch::new(Config::new(0.05, 512, 1e-6));
+        foreign.add(4.0);
+        let bytes = serde_json::to_vec(&foreign).unwrap();
+        let theirs = LatencySketch::from_bytes(&bytes).unwrap();
+        let err = ours.merge(&theirs).unwrap_err();
+        assert!(matches!(err, SketchError::Incompatible), "{err}");
+        assert_eq!(ours.count(), 1, "left unchanged");
+        assert!(matches!(
+            LatencySketch::from_bytes(b"{\"not\": 1}"),
+            Err(SketchError::Corrupt(_))
+        ));
     }
 }

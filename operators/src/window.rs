@@ -27,6 +27,23 @@ pub struct WindowConfig {
     /// Segment keys that split series further than (model, model_version)
     /// and become tags, e.g. `["surface"]`.
     pub segment_keys: Vec<String>,
+    /// An event this far ahead of the wall clock (the monitor) or of its
+    /// input's newest event time (offline) is rejected, naming `ts`, so a
+    /// skewed producer clock cannot drag the watermark ahead (see
+    /// [`crate::event_time`]).
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// An event this far behind its input's newest event time is rejected
+    /// as implausible rather than counted late.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+}
+
+impl WindowConfig {
+    /// A fresh event-time guard for one input.
+    pub fn event_time_guard(&self) -> crate::EventTimeGuard {
+        crate::EventTimeGuard::new(self.max_future_skew, self.max_event_age)
+    }
 }
 
 impl Default for WindowConfig {
@@ -37,6 +54,8 @@ impl Default for WindowConfig {
             allowed_lateness: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             segment_keys: Vec::new(),
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

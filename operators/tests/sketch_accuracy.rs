@@ -49,11 +49,11 @@ proptest! {
     #[test]
     fn merge_is_concatenation(a in latencies(), b in latencies(), c in latencies()) {
         let mut ab_c = sketch_of(&a);
-        ab_c.merge(&sketch_of(&b));
-        ab_c.merge(&sketch_of(&c));
+        ab_c.merge(&sketch_of(&b)).unwrap();
+        ab_c.merge(&sketch_of(&c)).unwrap();
         let mut c_ba = sketch_of(&c);
-        c_ba.merge(&sketch_of(&b));
-        c_ba.merge(&sketch_of(&a));
+        c_ba.merge(&sketch_of(&b)).unwrap();
+        c_ba.merge(&sketch_of(&a)).unwrap();
         let all = sketch_of(&[a, b, c].concat());
         for (_, q) in QUANTILES {
             prop_assert_eq!(ab_c.quantile(q), all.quantile(q));

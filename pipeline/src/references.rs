@@ -25,7 +25,7 @@ pub fn profile_recordings(
         let mut source = RecordingSource::open(
             path,
             config.topics.clone(),
-            config.window.segment_keys.clone(),
+            &config.window,
             Arc::new(AtomicU64::new(0)),
         )?;
         while let Some(batch) = source.next_batch() {

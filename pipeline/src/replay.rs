@@ -161,12 +161,8 @@ pub async fn replay(
         total_bytes += std::fs::metadata(path)
             .with_context(|| format!("{}", path.display()))?
             .len();
-        let mut source = RecordingSource::open(
-            path,
-            config.topics.clone(),
-            window.segment_keys.clone(),
-            bytes_read.clone(),
-        )?;
+        let mut source =
+            RecordingSource::open(path, config.topics.clone(), window, bytes_read.clone())?;
         let id = engine.add_input(0);
         let pending = source.next_batch().transpose()?;
         match pending.as_ref().and_then(|b| b.ts_range) {

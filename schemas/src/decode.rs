@@ -127,8 +127,59 @@ fn parse(bytes: &[u8]) -> Result<AnyEvent, DecodeError> {
     }
     match serde_json::from_slice::<AnyEvent>(bytes) {
         Ok(raw) => Ok(raw),
-        Err(_) => Err(explain(bytes)),
+        Err(_) => match quote_bare_tokens(bytes) {
+            // Python's json.dumps (and some Java/JS writers) put NaN and
+            // Infinity unquoted: read them as marked strings, which the
+            // fields that allow non-finite values accept and the others
+            // refuse by name.
+            Some(quoted) => {
+                serde_json::from_slice::<AnyEvent>(&quoted).map_err(|_| explain(&quoted))
+            }
+            None => Err(explain(bytes)),
+        },
     }
+}
+
+/// Marks a string that stood for a bare `NaN` / `Infinity` / `-Infinity`
+/// token (a control character no real field value starts with).
+const BARE: char = '\u{1}';
+
+/// The token a marked string stood for, if it is one.
+fn bare_token(s: &str) -> Option<&str> {
+    s.strip_prefix(BARE)
+}
+
+/// `bytes` with every bare `NaN`, `Infinity` and `-Infinity` token outside a
+/// string turned into a [`BARE`]-marked JSON string; `None` when there is
+/// none (the message is broken in some other way).
+fn quote_bare_tokens(bytes: &[u8]) -> Option<Vec<u8>> {
+    const TOKENS: [&[u8]; 3] = [b"NaN", b"Infinity", b"-Infinity"];
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let (mut in_string, mut escaped, mut found) = (false, false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if let Some(t) = TOKENS.iter().find(|t| bytes[i..].starts_with(t)) {
+            out.extend_from_slice(b"\"\\u0001");
+            out.extend_from_slice(t);
+            out.push(b'"');
+            i += t.len();
+            found = true;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    found.then_some(out)
 }
 
 /// The slow path: parse again, tracking the path, to say what went wrong.
@@ -310,7 +361,10 @@ struct Got<'a>(de::Unexpected<'a>);
 impl fmt::Display for Got<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            de::Unexpected::Str(s) => write!(f, "{s:?}"),
+            de::Unexpected::Str(s) => match bare_token(s) {
+                Some(t) => write!(f, "a bare {t} token (not JSON)"),
+                None => write!(f, "{s:?}"),
+            },
             de::Unexpected::Bool(b) => write!(f, "{b}"),
             de::Unexpected::Signed(i) => write!(f, "{i}"),
             de::Unexpected::Unsigned(u) => write!(f, "{u}"),
@@ -346,10 +400,10 @@ impl<'de> Visitor<'de> for StringV {
         f.write_str("string")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if bare_token(v).is_some() {
+            return Err(wrong("string", de::Unexpected::Str(v)));
+        }
         Ok(Some(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(v))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -392,7 +446,7 @@ impl<'de> Visitor<'de> for NumberV {
         Ok(if self.lenient { Some(f64::NAN) } else { None })
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        let parsed = match v {
+        let parsed = match bare_token(v).unwrap_or(v) {
             "NaN" | "nan" => Some(f64::NAN),
             "Infinity" | "+Infinity" | "inf" => Some(f64::INFINITY),
             "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
@@ -442,13 +496,32 @@ fn unsigned<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
+/// Event times in milliseconds that are believable at all: 2000-01-01 to
+/// 2100-01-01 (what a producer sends in another unit falls outside).
+pub const PLAUSIBLE_MS: std::ops::Range<i64> = 946_684_800_000..4_102_444_800_000;
+
+/// The unit an implausible millisecond value `ts` looks like it was sent
+/// in (`seconds`, `microseconds`, `nanoseconds`), if any.
+pub fn unit_of(ts: f64) -> Option<&'static str> {
+    let plausible = (PLAUSIBLE_MS.start as f64)..(PLAUSIBLE_MS.end as f64);
+    [
+        (1e3, "seconds"),
+        (1e-3, "microseconds"),
+        (1e-6, "nanoseconds"),
+    ]
+    .into_iter()
+    .find(|(to_ms, _)| plausible.contains(&(ts * to_ms)))
+    .map(|(_, unit)| unit)
+}
+
 /// Event time: integer milliseconds since the epoch.
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     match number(d)? {
         None => Ok(None),
         Some(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(Some(v as i64)),
         Some(v) => Err(de::Error::custom(format_args!(
-            "expected integer milliseconds since the Unix epoch, got {v}"
+            "expected integer milliseconds since the Unix epoch, got {v}{}",
+            unit_of(v).map_or(String::new(), |u| format!("; it looks like {u}"))
         ))),
     }
 }
@@ -524,6 +597,9 @@ fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>
     d.deserialize_any(MapV(
         |v| match v {
             serde_json::Value::Number(n) => Ok(n.as_f64().map(Feature::Number)),
+            serde_json::Value::String(s) if bare_token(&s).is_some() => {
+                Err(Got(de::Unexpected::Str(&s)).to_string())
+            }
             serde_json::Value::String(s) => Ok(Some(Feature::Category(s))),
             serde_json::Value::Null => Ok(Some(Feature::Null)),
             other => Err(shown(&other)),
@@ -535,6 +611,9 @@ fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>
 fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
+            serde_json::Value::String(s) if bare_token(&s).is_some() => {
+                Err(Got(de::Unexpected::Str(&s)).to_string())
+            }
             serde_json::Value::String(s) => Ok(Some(s)),
             serde_json::Value::Null => Ok(None),
             other => Err(shown(&other)),
@@ -548,7 +627,7 @@ fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>,
         |v| match v {
             serde_json::Value::Number(n) => Ok(n.as_f64()),
             serde_json::Value::Null => Ok(Some(f64::NAN)),
-            serde_json::Value::String(s) => match s.as_str() {
+            serde_json::Value::String(s) => match bare_token(&s).unwrap_or(&s) {
                 "NaN" => Ok(Some(f64::NAN)),
                 "Infinity" => Ok(Some(f64::INFINITY)),
                 "-Infinity" => Ok(Some(f64::NEG_INFINITY)),

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod decode;
 pub mod events;
+pub mod line_protocol;
 pub mod point;
 pub mod topics;
 

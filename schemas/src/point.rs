@@ -5,6 +5,15 @@
 //! commas and spaces; tag keys, tag values and field keys escape commas,
 //! equals signs and spaces; string field values escape `"` and `\`.
 //! Newlines cannot be represented in line protocol and become spaces.
+//!
+//! A backslash in a measurement, tag or field key is doubled wherever it
+//! would otherwise escape what follows it: at the end, before a character
+//! that position escapes, or before another backslash (InfluxDB 2.x and
+//! VictoriaMetrics read `\\` as one backslash). A lone backslash before an
+//! ordinary character is written as it is, which every reader, InfluxDB 1.x
+//! included, reads as itself. InfluxDB 1.x cannot store a tag value that
+//! ends in a backslash at all (its parser has no escape for it): such lines
+//! are refused by 1.x only.
 
 use std::fmt::Write;
 
@@ -120,9 +129,14 @@ impl Point {
 }
 
 fn escape_into(out: &mut String, s: &str, special: &[char]) {
-    for c in s.chars() {
-        let c = if c == '\n' || c == '\r' { ' ' } else { c };
-        if special.contains(&c) {
+    let newline_free = |c: char| if c == '\n' || c == '\r' { ' ' } else { c };
+    let mut chars = s.chars().map(newline_free).peekable();
+    while let Some(c) = chars.next() {
+        let escapes_next = c == '\\'
+            && chars
+                .peek()
+                .is_none_or(|n| *n == '\\' || special.contains(n));
+        if special.contains(&c) || escapes_next {
             out.push('\\');
         }
         out.push(c);
@@ -164,6 +178,20 @@ mod tests {
         let mut s = String::from("keep\n");
         assert!(!p.write_line_protocol(&mut s));
         assert_eq!(s, "keep\n");
+    }
+
+    #[test]
+    fn backslashes_never_escape_the_separator_after_them() {
+        let p = Point::new("m\\", 1)
+            .tag("surface", "search\\")
+            .tag("k\\", "a\\,b")
+            .tag("mid", "p\\q")
+            .tag("run", "x\\\\y")
+            .field("f\\", FieldValue::Str("s\\".into()));
+        assert_eq!(
+            line(&p),
+            "m\\\\,surface=search\\\\,k\\\\=a\\\\\\,b,mid=p\\q,run=x\\\\\\y f\\\\=\"s\\\\\" 1000000\n"
+        );
     }
 
     #[test]

@@ -176,3 +176,90 @@ fn recorded_lines_dispatch_on_topic() {
         "missing field topic"
     );
 }
+
+const STEP: &str = r#"{"run_id": "run-a", "model": "m", "ts": 1763800000000, "step": 80,
+ "loss": 0.4, "grad_norm": 1.9, "lr": 0.001, "layer_grad_norms": {"d1": 0.8}, "nonfinite": 0}"#;
+
+fn training(json: &str) -> Result<Decoded, DecodeError> {
+    decode_event(TopicKind::Training, json.as_bytes())
+}
+
+#[test]
+fn bare_nan_and_infinity_tokens_are_understood_where_non_finite_is_allowed() {
+    // What Python's json.dumps writes for float("nan") / float("inf").
+    for (field, token, want) in [
+        (r#""grad_norm": 1.9"#, r#""grad_norm": NaN"#, "grad_norm"),
+        (
+            r#""grad_norm": 1.9"#,
+            r#""grad_norm": Infinity"#,
+            "grad_norm",
+        ),
+        (r#""loss": 0.4"#, r#""loss": -Infinity"#, "loss"),
+        (r#""d1": 0.8"#, r#""d1": NaN"#, "layer"),
+    ] {
+        let json = STEP.replace(field, token);
+        let Decoded::Training(t) = training(&json).unwrap_or_else(|e| panic!("{token}: {e}"))
+        else {
+            panic!("not training")
+        };
+        match want {
+            "grad_norm" => assert!(!t.grad_norm.is_finite(), "{token}"),
+            "loss" => assert_eq!(t.loss, Some(f64::NEG_INFINITY)),
+            _ => assert!(t.layer_grad_norms["d1"].is_nan()),
+        }
+    }
+    // Several in one line, next to strings that merely contain the words.
+    let json = STEP
+        .replace(r#""grad_norm": 1.9"#, r#""grad_norm":NaN"#)
+        .replace(r#""loss": 0.4"#, r#""loss":Infinity"#)
+        .replace(r#""run-a""#, r#""NaN Infinity run""#);
+    let Decoded::Training(t) = training(&json).unwrap() else {
+        panic!("not training")
+    };
+    assert!(t.grad_norm.is_nan() && t.loss == Some(f64::INFINITY));
+    assert_eq!(t.run_id, "NaN Infinity run");
+}
+
+#[test]
+fn bare_nan_tokens_elsewhere_are_refused_by_field() {
+    for (from, to, reason) in [
+        (
+            r#""score": 0.0421"#,
+            r#""score": NaN"#,
+            "score: expected number, got a bare NaN token (not JSON)",
+        ),
+        (
+            r#""total": 3.3"#,
+            r#""total": Infinity"#,
+            "timings_ms.total: expected number, got a bare Infinity token (not JSON)",
+        ),
+        (
+            r#""price": 129.0"#,
+            r#""price": NaN"#,
+            "features.price: expected number, string or null, got a bare NaN token (not JSON)",
+        ),
+        (
+            r#""model": "ctr-ranker""#,
+            r#""model": NaN"#,
+            "model: expected string, got a bare NaN token (not JSON)",
+        ),
+        (
+            r#""site": "cn""#,
+            r#""site": -Infinity"#,
+            "segment.site: expected string, got a bare -Infinity token (not JSON)",
+        ),
+    ] {
+        let json = GOOD.replace(from, to);
+        assert_ne!(json, GOOD);
+        assert_eq!(err(TopicKind::Predictions, &json), reason, "{to}");
+    }
+    // Training's strict fields too.
+    let json = STEP.replace(r#""lr": 0.001"#, r#""lr": NaN"#);
+    assert_eq!(
+        err(TopicKind::Training, &json),
+        "lr: expected number, got a bare NaN token (not JSON)"
+    );
+    // Not a token: still invalid JSON with serde's own words.
+    let json = GOOD.replace(r#""score": 0.0421"#, r#""score": Nope"#);
+    assert!(err(TopicKind::Predictions, &json).starts_with("not valid JSON"));
+}

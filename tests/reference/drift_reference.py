@@ -14,10 +14,13 @@ or scikit-learn, never from infermon.
         Print scipy / sklearn values for the arrays in IN.json (the exact,
         unbinned functions).
 
-Binning (documented in operators/src/drift/profile.rs): interior edges at the
-k/bins quantiles of the reference, the "lower" order statistic
-sorted[k*(n-1)//bins], duplicates removed, an edge equal to the minimum
-dropped; a value x falls in bin searchsorted(edges, x, side="right").
+Binning (documented in operators/src/drift/profile.rs, `bin_edges`): with at
+most bins/2 distinct reference values, every value v gets the bin
+[v, nextafter(v, inf)); otherwise interior edges at the k/bins quantiles of
+the reference, the "lower" order statistic sorted[k*(n-1)//bins], duplicates
+removed, an edge equal to the minimum dropped, plus the point bin of every
+value holding at least ceil(n/bins) (and 2) of the values; a value x falls
+in bin searchsorted(edges, x, side="right").
 """
 
 import json
@@ -108,6 +111,18 @@ def quantile_edges(sorted_values, bins):
     return edges
 
 
+def bin_edges(sorted_values, bins):
+    values, counts = np.unique(sorted_values, return_counts=True)
+    if len(values) <= bins // 2:
+        return [e for v in values for e in (float(v), math.nextafter(float(v), math.inf))]
+    heavy = max(2, -(-len(sorted_values) // bins))
+    edges = set(quantile_edges(sorted_values, bins))
+    for v, c in zip(values, counts):
+        if c >= heavy:
+            edges.update((float(v), math.nextafter(float(v), math.inf)))
+    return sorted(edges)
+
+
 def columns(events):
     """Per feature: list of values (None = null) over rows carrying features;
     score over ok rows."""
@@ -132,10 +147,10 @@ def profile(events):
                           "counts": [int(counts[i]) for i in order] + [0], "nulls": nulls}
         else:
             x = np.sort(np.array(present, dtype=float))
-            edges = quantile_edges(list(x), BINS)
+            edges = bin_edges(list(x), BINS)
             counts = np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1)
             prof[name] = {"type": "numeric", "edges": edges,
-                          "coarse_edges": quantile_edges(list(x), PSI_BINS),
+                          "coarse_edges": bin_edges(list(x), PSI_BINS),
                           "counts": [int(c) for c in counts], "nulls": nulls,
                           "mean": float(x.mean()), "std": float(x.std()),
                           "min": float(x[0]), "max": float(x[-1]), "_values": x}

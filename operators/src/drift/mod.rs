@@ -46,6 +46,10 @@ pub struct DriftThresholds {
     pub max_pvalue: f64,
     /// Null rate above the reference's by at least this (absolute).
     pub null_rate_increase: f64,
+    /// Share of values of the wrong type (a string such as `"N/A"` for a
+    /// numeric feature, a number for a categorical one) above the
+    /// reference's by at least this (absolute).
+    pub invalid_rate_increase: f64,
 }
 
 impl Default for DriftThresholds {
@@ -56,6 +60,7 @@ impl Default for DriftThresholds {
             js: 0.1,
             max_pvalue: 1e-4,
             null_rate_increase: 0.05,
+            invalid_rate_increase: 0.05,
         }
     }
 }
@@ -185,7 +190,10 @@ enum FeatureCounts {
 #[derive(Debug, Clone)]
 struct FeatureWindow {
     name: String,
+    /// Values of the reference's type.
     present: u64,
+    /// Values of the other type: counted, never binned.
+    invalid: u64,
     counts: FeatureCounts,
 }
 
@@ -213,6 +221,7 @@ impl FeatureWindow {
         Self {
             name: name.to_string(),
             present: 0,
+            invalid: 0,
             counts,
         }
     }
@@ -263,34 +272,41 @@ impl DriftWindow {
     fn add_number(&mut self, pos: usize, name: &str, x: f64) {
         let i = self.slot(pos, name);
         let f = &mut self.features[i];
-        f.present += 1;
-        if let FeatureCounts::Numeric {
-            edges,
-            counts,
-            min,
-            max,
-            tail_sums,
-        } = &mut f.counts
-        {
-            let bin = edges.partition_point(|&e| e <= x);
-            counts[bin] += 1;
-            if bin == 0 {
-                tail_sums.0 += x;
-            } else if bin == edges.len() {
-                tail_sums.1 += x;
+        match &mut f.counts {
+            FeatureCounts::Categorical { .. } => f.invalid += 1,
+            FeatureCounts::Unbinned => f.present += 1,
+            FeatureCounts::Numeric {
+                edges,
+                counts,
+                min,
+                max,
+                tail_sums,
+            } => {
+                f.present += 1;
+                let bin = edges.partition_point(|&e| e <= x);
+                counts[bin] += 1;
+                if bin == 0 {
+                    tail_sums.0 += x;
+                } else if bin == edges.len() {
+                    tail_sums.1 += x;
+                }
+                *min = min.min(x);
+                *max = max.max(x);
             }
-            *min = min.min(x);
-            *max = max.max(x);
         }
     }
 
     fn add_category(&mut self, pos: usize, name: &str, value: &str) {
         let i = self.slot(pos, name);
         let f = &mut self.features[i];
-        f.present += 1;
-        if let FeatureCounts::Categorical { slots, counts } = &mut f.counts {
-            let other = counts.len() - 1;
-            counts[slots.get(value).copied().unwrap_or(other)] += 1;
+        match &mut f.counts {
+            FeatureCounts::Numeric { .. } => f.invalid += 1,
+            FeatureCounts::Unbinned => f.present += 1,
+            FeatureCounts::Categorical { slots, counts } => {
+                f.present += 1;
+                let other = counts.len() - 1;
+                counts[slots.get(value).copied().unwrap_or(other)] += 1;
+            }
         }
     }
 }
@@ -315,6 +331,8 @@ pub struct FeatureDrift {
     pub chi2_pvalue: Option<f64>,
     /// Share of rows without a value.
     pub null_rate: f64,
+    /// Share of rows whose value had the wrong type for the feature.
+    pub invalid_rate: f64,
     /// Reference values.
     pub n_ref: u64,
     /// Window values.
@@ -339,6 +357,7 @@ impl FeatureDrift {
         float("wasserstein", self.wasserstein);
         float("chi2_pvalue", self.chi2_pvalue);
         float("null_rate", Some(self.null_rate));
+        float("invalid_rate", Some(self.invalid_rate));
         out.push(("n_ref".into(), FieldValue::Int(self.n_ref as i64)));
         out.push(("n_cur".into(), FieldValue::Int(self.n_cur as i64)));
         match self.drifted {
@@ -357,13 +376,16 @@ fn compare(
     min_samples: u64,
     t: &DriftThresholds,
 ) -> FeatureDrift {
-    let null_rate = if rows == 0 {
-        0.0
-    } else {
-        1.0 - (window.present as f64 / rows as f64).min(1.0)
+    let share = |n: u64| {
+        if rows == 0 {
+            0.0
+        } else {
+            (n as f64 / rows as f64).min(1.0)
+        }
     };
     let mut d = FeatureDrift {
-        null_rate,
+        null_rate: 1.0 - share(window.present + window.invalid),
+        invalid_rate: share(window.invalid),
         n_cur: window.present,
         ..FeatureDrift::default()
     };
@@ -439,7 +461,8 @@ fn compare(
     }
     if rows >= min_samples {
         let null_jump = d.null_rate - reference.null_rate() >= t.null_rate_increase;
-        d.drifted = Some(distribution_drift || null_jump);
+        let invalid_jump = d.invalid_rate - reference.invalid_rate() >= t.invalid_rate_increase;
+        d.drifted = Some(distribution_drift || null_jump || invalid_jump);
     }
     d
 }

@@ -72,7 +72,26 @@ impl FeatureProfile {
         }
     }
 
-    /// Rows with a value.
+    /// Rows whose value had the other type (a string for a numeric
+    /// feature, a number for a categorical one).
+    pub fn invalid(&self) -> u64 {
+        match self {
+            FeatureProfile::Numeric(p) => p.invalid,
+            FeatureProfile::Categorical(p) => p.invalid,
+        }
+    }
+
+    /// Share of reference rows with a value of the wrong type.
+    pub fn invalid_rate(&self) -> f64 {
+        let total = self.nulls() + self.present() + self.invalid();
+        if total == 0 {
+            0.0
+        } else {
+            self.invalid() as f64 / total as f64
+        }
+    }
+
+    /// Rows with a value of the feature's type.
     pub fn present(&self) -> u64 {
         match self {
             FeatureProfile::Numeric(p) => p.counts.iter().sum(),
@@ -82,7 +101,7 @@ impl FeatureProfile {
 
     /// Share of reference rows without a value.
     pub fn null_rate(&self) -> f64 {
-        let total = self.nulls() + self.present();
+        let total = self.nulls() + self.present() + self.invalid();
         if total == 0 {
             0.0
         } else {
@@ -103,6 +122,9 @@ pub struct NumericProfile {
     pub counts: Vec<u64>,
     /// Rows without a value.
     pub nulls: u64,
+    /// Rows with a string value (the wrong type), e.g. `"N/A"`.
+    #[serde(default)]
+    pub invalid: u64,
     /// Mean of the reference values.
     pub mean: f64,
     /// Standard deviation (population) of the reference values, which
@@ -147,6 +169,9 @@ pub struct CategoricalProfile {
     pub counts: Vec<u64>,
     /// Rows without a value.
     pub nulls: u64,
+    /// Rows with a numeric value (the wrong type).
+    #[serde(default)]
+    pub invalid: u64,
 }
 
 impl CategoricalProfile {
@@ -159,21 +184,49 @@ impl CategoricalProfile {
     }
 }
 
-/// Accumulates one feature's reference values.
+/// Accumulates one feature's numeric reference values.
 #[derive(Debug, Clone)]
-enum FeatureBuilder {
-    Numeric {
-        sample: Vec<f64>,
-        seen: u64,
-        sum: f64,
-        sum_sq: f64,
-        min: f64,
-        max: f64,
-    },
-    Categorical {
-        counts: HashMap<String, u64>,
-        overflow: u64,
-    },
+struct NumericBuilder {
+    sample: Vec<f64>,
+    seen: u64,
+    sum: f64,
+    sum_sq: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Default for NumericBuilder {
+    fn default() -> Self {
+        Self {
+            sample: Vec::new(),
+            seen: 0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// Accumulates one feature's string reference values.
+#[derive(Debug, Clone, Default)]
+struct CategoricalBuilder {
+    counts: HashMap<String, u64>,
+    overflow: u64,
+}
+
+impl CategoricalBuilder {
+    fn seen(&self) -> u64 {
+        self.overflow + self.counts.values().sum::<u64>()
+    }
+}
+
+/// One feature's reference values of both types: the type most values have
+/// is the feature's, the others are counted as invalid.
+#[derive(Debug, Clone, Default)]
+struct FeatureBuilder {
+    numeric: NumericBuilder,
+    categorical: CategoricalBuilder,
 }
 
 /// Builds a [`Profile`] from a stream of values, in bounded memory.
@@ -215,46 +268,37 @@ impl ProfileBuilder {
         self.score_rows += 1;
     }
 
+    fn feature(&mut self, name: &str) -> &mut FeatureBuilder {
+        if !self.features.contains_key(name) {
+            self.features
+                .insert(name.to_string(), FeatureBuilder::default());
+        }
+        self.features.get_mut(name).expect("inserted above")
+    }
+
     /// A numeric value of `name` (non-finite values are ignored).
     pub fn add_number(&mut self, name: &str, x: f64) {
         if !x.is_finite() {
             return;
         }
         let cap = self.binning.reference_sample;
-        if !self.features.contains_key(name) {
-            let fresh = FeatureBuilder::Numeric {
-                sample: Vec::new(),
-                seen: 0,
-                sum: 0.0,
-                sum_sq: 0.0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-            };
-            self.features.insert(name.to_string(), fresh);
-        }
-        if let Some(FeatureBuilder::Numeric {
-            sample,
-            seen,
-            sum,
-            sum_sq,
-            min,
-            max,
-        }) = self.features.get_mut(name)
-        {
-            *seen += 1;
-            *sum += x;
-            *sum_sq += x * x;
-            *min = min.min(x);
-            *max = max.max(x);
-            // Reservoir sampling (algorithm R): a uniform sample of `cap`.
-            if sample.len() < cap {
-                sample.push(x);
-            } else {
-                let j = self.rng.random_range(0..*seen);
-                if (j as usize) < cap {
-                    sample[j as usize] = x;
-                }
-            }
+        let seen_before = self.feature(name).numeric.seen;
+        // Reservoir sampling (algorithm R): a uniform sample of `cap`.
+        let slot = if (seen_before as usize) < cap {
+            None
+        } else {
+            Some(self.rng.random_range(0..=seen_before))
+        };
+        let b = &mut self.feature(name).numeric;
+        b.seen += 1;
+        b.sum += x;
+        b.sum_sq += x * x;
+        b.min = b.min.min(x);
+        b.max = b.max.max(x);
+        match slot {
+            None => b.sample.push(x),
+            Some(j) if (j as usize) < cap => b.sample[j as usize] = x,
+            Some(_) => {}
         }
     }
 
@@ -263,22 +307,13 @@ impl ProfileBuilder {
         // Count up to 4× the tracked categories exactly; beyond that, new
         // values are "other" (the top ones have long been seen by then).
         let limit = 4 * self.binning.max_categories;
-        if !self.features.contains_key(name) {
-            let fresh = FeatureBuilder::Categorical {
-                counts: HashMap::new(),
-                overflow: 0,
-            };
-            self.features.insert(name.to_string(), fresh);
-        }
-        if let Some(FeatureBuilder::Categorical { counts, overflow }) = self.features.get_mut(name)
-        {
-            if let Some(n) = counts.get_mut(value) {
-                *n += 1;
-            } else if counts.len() < limit {
-                counts.insert(value.to_string(), 1);
-            } else {
-                *overflow += 1;
-            }
+        let b = &mut self.feature(name).categorical;
+        if let Some(n) = b.counts.get_mut(value) {
+            *n += 1;
+        } else if b.counts.len() < limit {
+            b.counts.insert(value.to_string(), 1);
+        } else {
+            b.overflow += 1;
         }
     }
 
@@ -291,62 +326,11 @@ impl ProfileBuilder {
             } else {
                 self.feature_rows
             };
-            let profile = match b {
-                FeatureBuilder::Numeric {
-                    sample,
-                    seen,
-                    sum,
-                    sum_sq,
-                    min,
-                    max,
-                } => {
-                    let mut sorted = sample.clone();
-                    sorted.sort_by(f64::total_cmp);
-                    let edges = quantile_edges(&sorted, self.binning.bins);
-                    let coarse_edges = quantile_edges(&sorted, self.binning.psi_bins);
-                    // Counts per bin: from the sample, scaled to the values
-                    // seen (exact while the reference fits in the sample).
-                    let mut counts = vec![0u64; edges.len() + 1];
-                    for &x in &sorted {
-                        counts[edges.partition_point(|&e| e <= x)] += 1;
-                    }
-                    if *seen as usize > sorted.len() {
-                        let scale = *seen as f64 / sorted.len() as f64;
-                        counts
-                            .iter_mut()
-                            .for_each(|c| *c = (*c as f64 * scale).round() as u64);
-                    }
-                    let n = *seen as f64;
-                    let mean = sum / n;
-                    let std = (sum_sq / n - mean * mean).max(0.0).sqrt();
-                    let tail_means = tail_means(&sorted, &edges);
-                    FeatureProfile::Numeric(NumericProfile {
-                        edges,
-                        coarse_edges,
-                        counts,
-                        nulls: rows.saturating_sub(*seen),
-                        mean,
-                        std,
-                        min: *min,
-                        max: *max,
-                        tail_means,
-                    })
-                }
-                FeatureBuilder::Categorical { counts, overflow } => {
-                    let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
-                    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-                    let keep = ranked.len().min(self.binning.max_categories);
-                    let other: u64 =
-                        overflow + ranked[keep..].iter().map(|(_, n)| **n).sum::<u64>();
-                    let present: u64 = overflow + counts.values().sum::<u64>();
-                    let mut c: Vec<u64> = ranked[..keep].iter().map(|(_, n)| **n).collect();
-                    c.push(other);
-                    FeatureProfile::Categorical(CategoricalProfile {
-                        categories: ranked[..keep].iter().map(|(k, _)| (*k).clone()).collect(),
-                        counts: c,
-                        nulls: rows.saturating_sub(present),
-                    })
-                }
+            let (numeric, strings) = (b.numeric.seen, b.categorical.seen());
+            let profile = if numeric >= strings {
+                self.numeric_profile(&b.numeric, rows, strings)
+            } else {
+                self.categorical_profile(&b.categorical, rows, numeric)
             };
             features.insert(name.clone(), profile);
         }
@@ -355,6 +339,64 @@ impl ProfileBuilder {
             model_version: model_version.to_string(),
             features,
         }
+    }
+
+    fn numeric_profile(&self, b: &NumericBuilder, rows: u64, invalid: u64) -> FeatureProfile {
+        let mut sorted = b.sample.clone();
+        sorted.sort_by(f64::total_cmp);
+        let edges = bin_edges(&sorted, self.binning.bins);
+        let coarse_edges = bin_edges(&sorted, self.binning.psi_bins);
+        // Counts per bin: from the sample, scaled to the values seen (exact
+        // while the reference fits in the sample).
+        let mut counts = vec![0u64; edges.len() + 1];
+        for &x in &sorted {
+            counts[edges.partition_point(|&e| e <= x)] += 1;
+        }
+        if b.seen as usize > sorted.len() {
+            let scale = b.seen as f64 / sorted.len() as f64;
+            counts
+                .iter_mut()
+                .for_each(|c| *c = (*c as f64 * scale).round() as u64);
+        }
+        let n = b.seen as f64;
+        let mean = if b.seen == 0 { 0.0 } else { b.sum / n };
+        let std = if b.seen == 0 {
+            0.0
+        } else {
+            (b.sum_sq / n - mean * mean).max(0.0).sqrt()
+        };
+        FeatureProfile::Numeric(NumericProfile {
+            tail_means: tail_means(&sorted, &edges),
+            edges,
+            coarse_edges,
+            counts,
+            nulls: rows.saturating_sub(b.seen + invalid),
+            invalid,
+            mean,
+            std,
+            min: b.min,
+            max: b.max,
+        })
+    }
+
+    fn categorical_profile(
+        &self,
+        b: &CategoricalBuilder,
+        rows: u64,
+        invalid: u64,
+    ) -> FeatureProfile {
+        let mut ranked: Vec<(&String, &u64)> = b.counts.iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let keep = ranked.len().min(self.binning.max_categories);
+        let other: u64 = b.overflow + ranked[keep..].iter().map(|(_, n)| **n).sum::<u64>();
+        let mut counts: Vec<u64> = ranked[..keep].iter().map(|(_, n)| **n).collect();
+        counts.push(other);
+        FeatureProfile::Categorical(CategoricalProfile {
+            categories: ranked[..keep].iter().map(|(k, _)| (*k).clone()).collect(),
+            counts,
+            nulls: rows.saturating_sub(b.seen() + invalid),
+            invalid,
+        })
     }
 }
 
@@ -371,6 +413,9 @@ fn tail_means(sorted: &[f64], edges: &[f64]) -> Option<(f64, f64)> {
 /// order statistic, index `k·(n−1)/bins` in integers), duplicates removed.
 /// Because the index is exact integer arithmetic, the coarse edges are a
 /// subset of the fine ones whenever `psi_bins` divides `bins`.
+///
+/// Quantile edges alone cannot separate tied values (a constant feature has
+/// one edge, a rare 0/1 flag none), so see [`bin_edges`] for what profiles use.
 pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
     if sorted.is_empty() || bins < 2 {
         return Vec::new();
@@ -383,6 +428,54 @@ pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
         edges.remove(0);
     }
     edges
+}
+
+/// Interior bin edges of a sorted reference sample for `bins` quantile bins,
+/// with every tied value in a bin of its own.
+///
+/// - A sample with at most `bins / 2` distinct values (a flag, a small
+///   enum, a constant) is binned by value, as a categorical: each distinct
+///   value `v` gets the bin `[v, next_up(v))`, and the gaps between and
+///   beyond them get bins of their own (empty in the reference), so a value
+///   the reference never had is told apart from its neighbours. This is
+///   what Evidently and NannyML do with low-cardinality numeric columns.
+/// - Otherwise the edges are [`quantile_edges`], plus the point bin
+///   `[v, next_up(v))` of every value holding at least `1/bins` of the sample
+///   (where quantile edges would collide: a spike at 0 in an otherwise
+///   continuous feature).
+///
+/// The edges for `psi_bins` are a subset of those for `bins` when `psi_bins`
+/// divides `bins` (a value heavy at `1/psi_bins` is heavy at `1/bins`).
+pub fn bin_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
+    let runs = value_runs(sorted);
+    if bins < 2 {
+        return Vec::new();
+    }
+    if runs.len() <= bins / 2 {
+        return runs.iter().flat_map(|&(v, _)| [v, v.next_up()]).collect();
+    }
+    let heavy = sorted.len().div_ceil(bins).max(2);
+    let mut edges = quantile_edges(sorted, bins);
+    for &(v, count) in &runs {
+        if count >= heavy {
+            edges.extend([v, v.next_up()]);
+        }
+    }
+    edges.sort_by(f64::total_cmp);
+    edges.dedup();
+    edges
+}
+
+/// Distinct values of a sorted sample with how often each occurs.
+fn value_runs(sorted: &[f64]) -> Vec<(f64, usize)> {
+    let mut runs: Vec<(f64, usize)> = Vec::new();
+    for &x in sorted {
+        match runs.last_mut() {
+            Some((v, n)) if *v == x => *n += 1,
+            _ => runs.push((x, 1)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -402,6 +495,74 @@ mod tests {
             ]
         );
         assert!(coarse.iter().all(|c| fine.contains(c)));
+    }
+
+    #[test]
+    fn tied_values_get_bins_of_their_own() {
+        // A constant and a rare flag: every value alone, gaps beside it.
+        assert_eq!(bin_edges(&[0.0; 500], 100), vec![0.0, 0.0f64.next_up()]);
+        let mut flag = vec![0.0; 994];
+        flag.extend([1.0; 6]);
+        let edges = bin_edges(&flag, 10);
+        assert_eq!(edges, vec![0.0, 0.0f64.next_up(), 1.0, 1.0f64.next_up()]);
+        let p = NumericProfile {
+            edges: edges.clone(),
+            coarse_edges: edges,
+            counts: vec![0; 5],
+            nulls: 0,
+            invalid: 0,
+            mean: 0.0,
+            std: 0.0,
+            min: 0.0,
+            max: 1.0,
+            tail_means: None,
+        };
+        let bins: Vec<usize> = [-1.0, 0.0, 0.5, 1.0, 7.0].map(|x| p.bin(x)).to_vec();
+        assert_eq!(bins, vec![0, 1, 2, 3, 4], "below, 0, between, 1, above");
+
+        // A spike at 0 in a continuous feature: 0 gets its point bin at both
+        // resolutions, and the coarse edges stay a subset of the fine ones.
+        let mut spiky: Vec<f64> = vec![0.0; 600];
+        spiky.extend((1..=400).map(|i| f64::from(i) / 40.0));
+        let fine = bin_edges(&spiky, 100);
+        let coarse = bin_edges(&spiky, 10);
+        for e in [0.0, 0.0f64.next_up()] {
+            assert!(fine.contains(&e) && coarse.contains(&e), "{e}");
+        }
+        assert!(coarse.iter().all(|c| fine.contains(c)), "{coarse:?}");
+        assert!(fine.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+
+        // No ties, many values: plain quantile edges.
+        let smooth: Vec<f64> = (0..1001).map(f64::from).collect();
+        assert_eq!(bin_edges(&smooth, 100), quantile_edges(&smooth, 100));
+    }
+
+    #[test]
+    fn wrong_typed_values_are_counted_not_binned() {
+        let mut b = ProfileBuilder::new(Binning::default());
+        for i in 0..100 {
+            b.count_feature_row();
+            match i % 10 {
+                0 => b.add_category("price", "N/A"),
+                1 => {}
+                _ => b.add_number("price", f64::from(i)),
+            }
+            b.add_category("site", if i % 20 == 0 { "x" } else { "cn" });
+            if i % 25 == 0 {
+                b.add_number("site", 7.0);
+            }
+        }
+        let p = b.build("m", "1");
+        let price = &p.features["price"];
+        assert!(matches!(price, FeatureProfile::Numeric(_)));
+        assert_eq!(
+            (price.present(), price.invalid(), price.nulls()),
+            (80, 10, 10)
+        );
+        assert_eq!(price.invalid_rate(), 0.1);
+        let site = &p.features["site"];
+        assert!(matches!(site, FeatureProfile::Categorical(_)));
+        assert_eq!((site.present(), site.invalid(), site.nulls()), (100, 4, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use infermon_schemas::Point;
 
-use super::notification::{AlertStatus, Notification};
+use super::notification::{AlertStatus, Notification, fingerprint};
 use super::rule::{NoData, RuleConfig, Verdict};
 
 /// Where one series of one rule stands.
@@ -35,6 +35,23 @@ struct Series {
     transitions: VecDeque<i64>,
     /// Notifications are held back until the series is stable again.
     flapping: bool,
+    /// When the series last started firing (its `startsAt`).
+    fired_since: i64,
+    /// When the series last went from firing to resolved (its `endsAt`).
+    resolved_at: i64,
+}
+
+/// Where a series stood when the monitor last wrote its alerts log: read
+/// back at start-up so a restarted monitor neither re-notifies a firing
+/// alert as new nor forgets to resolve it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Restored {
+    /// The last status notified.
+    pub status: AlertStatus,
+    /// `startsAt` of that notification, ms.
+    pub starts_at_ms: i64,
+    /// Event time of that notification, ms: windows up to it were judged.
+    pub at_ms: i64,
 }
 
 /// Trailing values of one field for one baseline key, bounded by time.
@@ -81,6 +98,12 @@ pub struct AlertEngine {
     baselines: HashMap<(usize, Vec<String>), Baseline>,
     /// Points skipped because their series had already seen that time.
     replayed: u64,
+    /// Series state from an earlier run, by fingerprint, taken up when the
+    /// series shows up again.
+    restored: HashMap<String, Restored>,
+    /// Windows close this often (learnt from [`AlertEngine::tick`]): a
+    /// longer gap between two points of a series is missing data.
+    window_ms: Option<i64>,
 }
 
 impl AlertEngine {
@@ -92,7 +115,14 @@ impl AlertEngine {
             series: HashMap::new(),
             baselines: HashMap::new(),
             replayed: 0,
+            restored: HashMap::new(),
+            window_ms: None,
         }
+    }
+
+    /// Take up series state from an earlier run (by fingerprint).
+    pub fn restore(&mut self, restored: HashMap<String, Restored>) {
+        self.restored = restored;
     }
 
     /// The rules, in evaluation order.
@@ -134,21 +164,25 @@ impl AlertEngine {
                 }
                 let key = (idx, p.tags.iter().cloned().collect::<BTreeMap<_, _>>());
                 let key = (key.0, key.1.into_iter().collect::<Vec<_>>());
+                let restored = &self.restored;
+                let series = self
+                    .series
+                    .entry(key)
+                    .or_insert_with(|| new_series(rule, p, verdict, now, restored));
                 // A window (or event) at or before the last one this series
                 // saw is a re-processed one: it never notifies twice.
-                if self.series.get(&key).is_some_and(|s| now <= s.seen_at) {
+                if now <= series.seen_at {
                     self.replayed += 1;
                     continue;
                 }
-                let series = self.series.entry(key).or_insert_with(|| Series {
-                    labels: labels_of(rule, p),
-                    state: State::Inactive,
-                    seen_at: now,
-                    last_true: i64::MIN,
-                    last: verdict,
-                    transitions: VecDeque::new(),
-                    flapping: false,
-                });
+                // Windows without a point in between are missing data: a
+                // pending timer does not run through them (unless the rule
+                // says missing data is the condition holding).
+                let gap = self.window_ms.is_some_and(|w| now - series.seen_at > w);
+                let missing_data_holds = rule.no_data == NoData::Alert && !rule.events;
+                if gap && !missing_data_holds && matches!(series.state, State::Pending { .. }) {
+                    series.state = State::Inactive;
+                }
                 series.seen_at = now;
                 step(rule, self.flapping, series, verdict, now, &mut out);
             }
@@ -159,6 +193,7 @@ impl AlertEngine {
     /// A window ending at `now` (of length `window_ms`) has been observed:
     /// series without a point in it get their missing-data treatment.
     pub fn tick(&mut self, now: i64, window_ms: i64) -> Vec<Notification> {
+        self.window_ms = Some(window_ms);
         let mut out = Vec::new();
         let mut keys: Vec<_> = self
             .series
@@ -179,7 +214,14 @@ impl AlertEngine {
                 quiet
             } else {
                 match rule.no_data {
-                    NoData::Keep => continue,
+                    NoData::Keep => {
+                        // Keep a firing alert, but a pending timer needs
+                        // the condition seen in every window.
+                        if matches!(series.state, State::Pending { .. }) {
+                            series.state = State::Inactive;
+                        }
+                        continue;
+                    }
                     NoData::Resolve => quiet,
                     NoData::Alert => Verdict {
                         firing: true,
@@ -190,7 +232,72 @@ impl AlertEngine {
             };
             step(rule, self.flapping, series, verdict, now, &mut out);
         }
+        out.extend(self.settle_flapping(now));
         out
+    }
+
+    /// Series that were flapping and have had no state change for a whole
+    /// flap window are stable again: receivers get the current state, which
+    /// they may have missed while changes were held back (a resolve, most
+    /// often).
+    fn settle_flapping(&mut self, now: i64) -> Vec<Notification> {
+        let window_ms = self.flapping.window.as_millis() as i64;
+        let mut keys: Vec<_> = self
+            .series
+            .iter()
+            .filter(|(_, s)| {
+                s.flapping && s.transitions.back().is_none_or(|t| now - t >= window_ms)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        let mut out = Vec::new();
+        for key in keys {
+            let rule = &self.rules[key.0];
+            let s = self.series.get_mut(&key).expect("listed above");
+            s.flapping = false;
+            s.transitions.clear();
+            let (status, since) = match s.state {
+                State::Firing { since } => (AlertStatus::Firing, since),
+                _ => (AlertStatus::Resolved, s.fired_since),
+            };
+            // Sent even when the status is the one last sent: its startsAt
+            // (or endsAt) and the dropped `flapping` note are news.
+            let v = s.last;
+            out.push(notify(rule, self.flapping, s, status, since, now, &v));
+        }
+        out
+    }
+}
+
+/// A series seen for the first time in this run, in the state an earlier
+/// run left it in (if its alerts log says so).
+fn new_series(
+    rule: &RuleConfig,
+    p: &Point,
+    verdict: Verdict,
+    now: i64,
+    restored: &HashMap<String, Restored>,
+) -> Series {
+    let labels = labels_of(rule, p);
+    let earlier = restored.get(&fingerprint(&labels));
+    let state = match earlier {
+        Some(r) if r.status == AlertStatus::Firing => State::Firing {
+            since: r.starts_at_ms,
+        },
+        _ => State::Inactive,
+    };
+    Series {
+        labels,
+        state,
+        // Windows the earlier run judged are re-processed ones.
+        seen_at: earlier.map_or(now - 1, |r| r.at_ms),
+        last_true: earlier.map_or(i64::MIN, |r| r.at_ms),
+        last: verdict,
+        transitions: VecDeque::new(),
+        flapping: false,
+        fired_since: earlier.map_or(now, |r| r.starts_at_ms),
+        resolved_at: earlier.map_or(now, |r| r.at_ms),
     }
 }
 
@@ -243,9 +350,14 @@ fn step(
     };
     s.state = next;
     let Some(status) = change else { return };
+    match status {
+        AlertStatus::Firing => s.fired_since = since,
+        AlertStatus::Resolved => s.resolved_at = now,
+    }
 
     // Flap detection: too many transitions recently → one notification
-    // saying so, then silence until a whole window passes without one.
+    // saying so, then silence until a whole window passes without one
+    // (see `AlertEngine::settle_flapping` for what is sent then).
     let horizon = now - flapping.window.as_millis() as i64;
     while s.transitions.front().is_some_and(|t| *t < horizon) {
         s.transitions.pop_front();
@@ -260,12 +372,24 @@ fn step(
     if s.flapping && was_flapping {
         return;
     }
+    out.push(notify(rule, flapping, s, status, since, now, &v));
+}
 
+/// The notification of `status` for series `s` at event time `now`.
+fn notify(
+    rule: &RuleConfig,
+    flapping: Flapping,
+    s: &Series,
+    status: AlertStatus,
+    since: i64,
+    now: i64,
+    v: &Verdict,
+) -> Notification {
     let mut annotations = BTreeMap::new();
-    annotations.insert("summary".into(), rule.render(&rule.summary, &s.labels, &v));
+    annotations.insert("summary".into(), rule.render(&rule.summary, &s.labels, v));
     annotations.insert(
         "description".into(),
-        rule.render(&rule.description, &s.labels, &v),
+        rule.render(&rule.description, &s.labels, v),
     );
     if s.flapping {
         annotations.insert(
@@ -277,13 +401,13 @@ fn step(
             ),
         );
     }
-    out.push(Notification {
+    Notification {
         status,
         labels: s.labels.clone(),
         annotations,
         starts_at_ms: since,
-        ends_at_ms: (status == AlertStatus::Resolved).then_some(now),
+        ends_at_ms: (status == AlertStatus::Resolved).then_some(s.resolved_at),
         value: v.value,
         at_ms: now,
-    });
+    }
 }

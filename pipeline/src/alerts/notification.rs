@@ -49,18 +49,9 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// Alertmanager's fingerprint: FNV-1a 64 over the sorted label pairs,
-    /// each name and value followed by 0xff, as 16 hex digits. (Eight lines
-    /// of arithmetic, so no crate for it.)
+    /// Alertmanager's fingerprint of the labels (see [`fingerprint`]).
     pub fn fingerprint(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (k, v) in &self.labels {
-            for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        format!("{h:016x}")
+        fingerprint(&self.labels)
     }
 
     /// The alert object of an Alertmanager v4 webhook body.
@@ -108,6 +99,20 @@ impl Notification {
             .field("state", FieldValue::Str(self.status.as_str().into()))
             .field("value", FieldValue::Float(self.value))
     }
+}
+
+/// Alertmanager's fingerprint: FNV-1a 64 over the sorted label pairs, each
+/// name and value followed by 0xff, as 16 hex digits. (Eight lines of
+/// arithmetic, so no crate for it.)
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in labels {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
 /// Event time as RFC 3339 with milliseconds (UTC).

@@ -115,15 +115,24 @@ pub struct PolicyStats {
 }
 
 /// Silences and inhibition, applied in that order.
+///
+/// Inhibition holds only while the inhibiting alert fires, as in
+/// Alertmanager: a warning muted by a firing critical of its model is
+/// announced at the first evaluation after the last such critical resolved,
+/// if it still fires then (and its resolve later); a warning that resolves
+/// while muted, or at that first evaluation, was never announced, so its
+/// resolve is muted too (Alertmanager's next group flush behaves the same).
 #[derive(Debug, Default)]
 pub struct Policy {
     silences: Vec<Silence>,
     inhibit: bool,
     /// Fingerprints of firing critical alerts, per model.
     critical: BTreeMap<String, BTreeSet<String>>,
-    /// Fingerprints of warnings whose firing notification was inhibited:
-    /// their resolved notification is muted too.
-    muted: BTreeSet<String>,
+    /// Firing warnings held back by a firing critical, by fingerprint.
+    muted: BTreeMap<String, Notification>,
+    /// Muted warnings whose critical resolved at the last evaluation: they
+    /// go out at this one if they still fire.
+    releasing: Vec<String>,
     stats: PolicyStats,
 }
 
@@ -142,38 +151,44 @@ impl Policy {
         self.stats
     }
 
-    /// The notifications that go out.
-    pub fn apply(&mut self, notifications: Vec<Notification>) -> Vec<Notification> {
+    /// The notifications of one evaluation at event time `now` that go out.
+    pub fn apply(&mut self, notifications: Vec<Notification>, now: i64) -> Vec<Notification> {
         // Critical alerts first, silenced or not (a silenced outage still
         // explains its warnings), so a warning and its critical made in the
         // same evaluation are judged together, whatever their order.
+        let mut lifted = BTreeSet::new();
         for n in &notifications {
             if n.labels.get("severity").map(String::as_str) == Some("critical") {
                 let model = n.labels.get("model").cloned().unwrap_or_default();
-                let set = self.critical.entry(model).or_default();
+                let set = self.critical.entry(model.clone()).or_default();
                 match n.status {
-                    AlertStatus::Firing => set.insert(n.fingerprint()),
-                    AlertStatus::Resolved => set.remove(&n.fingerprint()),
-                };
+                    AlertStatus::Firing => {
+                        set.insert(n.fingerprint());
+                    }
+                    AlertStatus::Resolved => {
+                        if set.remove(&n.fingerprint()) && set.is_empty() {
+                            lifted.insert(model);
+                        }
+                    }
+                }
             }
         }
         let mut out = Vec::with_capacity(notifications.len());
         for n in notifications {
-            if self.silences.iter().any(|s| s.mutes(&n)) {
-                self.stats.silenced += 1;
+            if self.silenced(&n) {
                 continue;
             }
             let severity = n.labels.get("severity").map_or("", String::as_str);
             if self.inhibit && severity == "warning" {
                 let model = n.labels.get("model").map_or("", String::as_str);
-                let critical_firing = self.critical.get(model).is_some_and(|s| !s.is_empty());
                 let fingerprint = n.fingerprint();
-                let was_muted = self.muted.contains(&fingerprint);
-                if (n.status == AlertStatus::Firing && critical_firing) || was_muted {
+                let muted = match n.status {
+                    AlertStatus::Firing => self.critical_firing(model),
+                    AlertStatus::Resolved => self.muted.remove(&fingerprint).is_some(),
+                };
+                if muted {
                     if n.status == AlertStatus::Firing {
-                        self.muted.insert(fingerprint);
-                    } else {
-                        self.muted.remove(&fingerprint);
+                        self.muted.insert(fingerprint, n);
                     }
                     self.stats.inhibited += 1;
                     continue;
@@ -181,8 +196,47 @@ impl Policy {
             }
             out.push(n);
         }
+        // Warnings whose critical resolved at the last evaluation and that
+        // still fire (and are not muted again) are announced now.
+        for fingerprint in std::mem::take(&mut self.releasing) {
+            let Some(model) = self.muted.get(&fingerprint).map(model_of) else {
+                continue; // resolved meanwhile: never announced
+            };
+            if self.critical_firing(&model) {
+                continue;
+            }
+            let mut n = self.muted.remove(&fingerprint).expect("looked up above");
+            n.at_ms = n.at_ms.max(now);
+            if !self.silenced(&n) {
+                out.push(n);
+            }
+        }
+        self.releasing = self
+            .muted
+            .iter()
+            .filter(|(_, n)| lifted.contains(&model_of(n)))
+            .map(|(f, _)| f.clone())
+            .collect();
         out
     }
+
+    /// Whether a critical alert of `model` fires.
+    fn critical_firing(&self, model: &str) -> bool {
+        self.critical.get(model).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Whether a silence mutes `n` (and count it).
+    fn silenced(&mut self, n: &Notification) -> bool {
+        let hit = self.silences.iter().any(|s| s.mutes(n));
+        if hit {
+            self.stats.silenced += 1;
+        }
+        hit
+    }
+}
+
+fn model_of(n: &Notification) -> String {
+    n.labels.get("model").cloned().unwrap_or_default()
 }
 
 /// A table of silences for `infermon silence ls`.
@@ -246,18 +300,21 @@ mod tests {
             "1970-01-01T00:10:00Z",
         );
         let mut p = Policy::new(vec![s], false);
-        let out = p.apply(vec![
-            n("drift", "warning", "ads", AlertStatus::Firing, 60_000),
-            n("errors", "critical", "ads", AlertStatus::Firing, 60_000),
-            n("drift", "warning", "other", AlertStatus::Firing, 60_000),
-            n(
-                "drift",
-                "warning",
-                "ads",
-                AlertStatus::Resolved,
-                11 * 60_000,
-            ),
-        ]);
+        let out = p.apply(
+            vec![
+                n("drift", "warning", "ads", AlertStatus::Firing, 60_000),
+                n("errors", "critical", "ads", AlertStatus::Firing, 60_000),
+                n("drift", "warning", "other", AlertStatus::Firing, 60_000),
+                n(
+                    "drift",
+                    "warning",
+                    "ads",
+                    AlertStatus::Resolved,
+                    11 * 60_000,
+                ),
+            ],
+            11 * 60_000,
+        );
         let kept: Vec<(&str, &str)> = out
             .iter()
             .map(|n| (n.labels["model"].as_str(), n.status.as_str()))
@@ -284,7 +341,8 @@ mod tests {
             vec![n("errors", "critical", "m", AlertStatus::Resolved, 4)],
             vec![n("slow", "warning", "m", AlertStatus::Firing, 5)],
         ] {
-            kept.extend(p.apply(batch).into_iter().map(|n| {
+            let now = batch.iter().map(|n| n.at_ms).max().unwrap_or_default();
+            kept.extend(p.apply(batch, now).into_iter().map(|n| {
                 let l = |k: &str| n.labels[k].clone();
                 (l("alertname"), l("model"), n.at_ms)
             }));
@@ -301,6 +359,100 @@ mod tests {
             p.stats().inhibited,
             2,
             "the muted warning's resolve is muted too"
+        );
+    }
+
+    #[test]
+    fn inhibition_ends_when_the_critical_resolves() {
+        let mut p = Policy::new(Vec::new(), true);
+        let mut kept = Vec::new();
+        // (evaluation time, notifications).
+        for (now, batch) in [
+            (
+                1,
+                vec![n("errors", "critical", "m", AlertStatus::Firing, 1)],
+            ),
+            (
+                2,
+                vec![
+                    n("slow", "warning", "m", AlertStatus::Firing, 2),
+                    n("drift", "warning", "m", AlertStatus::Firing, 2),
+                    n("queue", "warning", "m", AlertStatus::Firing, 2),
+                    n("drift", "warning", "other", AlertStatus::Firing, 2),
+                ],
+            ),
+            // One muted warning resolves while the critical still fires.
+            (
+                3,
+                vec![n("drift", "warning", "m", AlertStatus::Resolved, 3)],
+            ),
+            (
+                4,
+                vec![n("errors", "critical", "m", AlertStatus::Resolved, 4)],
+            ),
+            // The next evaluation: `queue` resolves right then (never
+            // announced), `slow` still fires (announced now).
+            (
+                5,
+                vec![n("queue", "warning", "m", AlertStatus::Resolved, 5)],
+            ),
+            (6, vec![]),
+            (
+                30,
+                vec![n("slow", "warning", "m", AlertStatus::Resolved, 30)],
+            ),
+        ] {
+            kept.extend(p.apply(batch, now).into_iter().map(|n| {
+                let l = |k: &str| n.labels[k].clone();
+                (l("alertname"), l("model"), n.status.as_str(), n.at_ms)
+            }));
+        }
+        let want = [
+            ("errors", "m", "firing", 1),
+            ("drift", "other", "firing", 2),
+            ("errors", "m", "resolved", 4),
+            ("slow", "m", "firing", 5),
+            ("slow", "m", "resolved", 30),
+        ]
+        .map(|(a, m, s, t)| (a.to_string(), m.to_string(), s, t));
+        assert_eq!(kept, want);
+        assert_eq!(p.stats().inhibited, 5);
+    }
+
+    #[test]
+    fn a_critical_firing_again_before_the_release_keeps_the_mute() {
+        let mut p = Policy::new(Vec::new(), true);
+        let mut kept = Vec::new();
+        for (now, batch) in [
+            (
+                1,
+                vec![n("errors", "critical", "m", AlertStatus::Firing, 1)],
+            ),
+            (2, vec![n("slow", "warning", "m", AlertStatus::Firing, 2)]),
+            (
+                3,
+                vec![n("errors", "critical", "m", AlertStatus::Resolved, 3)],
+            ),
+            (4, vec![n("oom", "critical", "m", AlertStatus::Firing, 4)]),
+            (5, vec![n("oom", "critical", "m", AlertStatus::Resolved, 5)]),
+            (6, vec![]),
+        ] {
+            kept.extend(
+                p.apply(batch, now)
+                    .into_iter()
+                    .map(|n| (n.labels["alertname"].clone(), n.at_ms)),
+            );
+        }
+        let names: Vec<(&str, i64)> = kept.iter().map(|(a, t)| (a.as_str(), *t)).collect();
+        assert_eq!(
+            names,
+            [
+                ("errors", 1),
+                ("errors", 3),
+                ("oom", 4),
+                ("oom", 5),
+                ("slow", 6)
+            ]
         );
     }
 

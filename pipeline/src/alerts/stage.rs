@@ -1,10 +1,12 @@
 //! The alert stage shared by replays and the monitor: rules → silences and
 //! inhibition → alerts log and (when sending) the grouped receivers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use infermon_schemas::Point;
 
+use super::engine::Restored;
 use super::grouping::Grouper;
 use super::{
     AlertEngine, DeliveryStats, EmailSender, Notification, Policy, PolicyStats, WebhookSender,
@@ -118,9 +120,15 @@ impl<'a> AlertStage<'a> {
         if let Some(end) = window_end {
             fired.extend(self.engine.tick(end, self.tick_ms));
         }
-        let fired = self.policy.apply(fired);
+        let now = window_end
+            .or_else(|| fired.iter().map(|n| n.at_ms).max())
+            .unwrap_or(i64::MIN);
+        let fired = self.policy.apply(fired, now);
         if !fired.is_empty() {
+            // On disk before any receiver hears of it: the log is the
+            // journal a restarted monitor resumes from.
             self.log.write(self.log_receiver, &fired)?;
+            self.log.flush()?;
             let now = fired.iter().map(|n| n.at_ms).max().unwrap_or_default();
             self.senders.add(&fired, now);
         }
@@ -128,6 +136,11 @@ impl<'a> AlertStage<'a> {
             self.senders.dispatch(end, false);
         }
         Ok(fired)
+    }
+
+    /// Take up alert state an earlier run left in its alerts log.
+    pub fn restore(&mut self, restored: HashMap<String, Restored>) {
+        self.engine.restore(restored);
     }
 
     /// Flush the alerts log (the monitor does so after each window).

@@ -312,3 +312,168 @@ fn a_reprocessed_window_never_notifies_twice() {
     assert_eq!(next[0].status, AlertStatus::Resolved);
     assert_ne!(first[0].idempotency_key(), next[0].idempotency_key());
 }
+
+/// Every notification of a run as (minute, status, startsAt minute,
+/// endsAt minute).
+fn run_full(engine: &mut AlertEngine, rates: &[Option<f64>]) -> Vec<Notification> {
+    let mut out = Vec::new();
+    for (i, rate) in rates.iter().enumerate() {
+        let minute = i as i64 + 1;
+        if let Some(r) = rate {
+            out.extend(engine.observe(&[point(minute, *r)]));
+        }
+        out.extend(engine.tick(minute * MIN, MIN));
+    }
+    out
+}
+
+#[test]
+fn a_flapping_series_that_settles_sends_its_final_state() {
+    // Bad, bad, good four times (8 changes > limit 4), then healthy: the
+    // receivers must end up told "resolved", with endsAt when it resolved.
+    let mut rates = Vec::new();
+    for _ in 0..4 {
+        rates.extend([Some(0.05), Some(0.05), Some(0.0)]);
+    }
+    let last_bad_resolve = rates.len() as i64; // minute 12 resolves
+    rates.extend(vec![Some(0.0); 45]);
+    let mut e = engine(vec![rule("")]);
+    let got = run_full(&mut e, &rates);
+    let last = got.last().unwrap();
+    assert_eq!(last.status, AlertStatus::Resolved, "{got:#?}");
+    assert_eq!(last.ends_at_ms, Some(last_bad_resolve * MIN));
+    assert_eq!(
+        last.at_ms,
+        (last_bad_resolve + 30) * MIN,
+        "one flap window later"
+    );
+    assert_eq!(last.starts_at_ms, 10 * MIN, "the last firing's start");
+    assert!(!last.annotations.contains_key("flapping"));
+
+    // Flapping that settles while firing sends firing, once; a rule with
+    // for and another measurement behaves the same.
+    let latency: RuleConfig = toml::from_str(
+        r#"
+        name = "slow"
+        measurement = "throughput"
+        field = "error_rate"
+        op = ">"
+        threshold = 0.5
+        for = "1m"
+        severity = "warning"
+        summary = "s"
+    "#,
+    )
+    .unwrap();
+    let mut rates = Vec::new();
+    for _ in 0..4 {
+        rates.extend([Some(0.9), Some(0.9), Some(0.1)]);
+    }
+    // Ends bad: the held-back last change is a firing one.
+    rates.extend(vec![Some(0.9); 45]);
+    let mut e = engine(vec![latency]);
+    let got = run_full(&mut e, &rates);
+    let last = got.last().unwrap();
+    assert_eq!(last.status, AlertStatus::Firing, "{got:#?}");
+    assert_eq!(last.starts_at_ms, 13 * MIN, "pending since minute 13");
+    assert_eq!(
+        got.iter().filter(|n| n.at_ms > 20 * MIN).count(),
+        1,
+        "told once: {got:#?}"
+    );
+}
+
+#[test]
+fn windows_without_data_reset_a_pending_timer() {
+    // Pending at minute 1, then 20 minutes without a point (the engine
+    // still ticks: other series close windows), then breaching again.
+    let mut rates = vec![Some(0.05)];
+    rates.extend(vec![None; 20]);
+    rates.extend([Some(0.05), Some(0.05), Some(0.05)]);
+    let mut e = engine(vec![rule(r#"for = "2m""#)]);
+    let got = run_full(&mut e, &rates);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        got[0].at_ms,
+        24 * MIN,
+        "three windows in a row from minute 22"
+    );
+    assert_eq!(got[0].starts_at_ms, 22 * MIN);
+
+    // The same when no window closes at all in the gap (the input was
+    // silent): the gap between two points is missing data too.
+    let mut e = engine(vec![rule(r#"for = "2m""#)]);
+    assert!(e.tick(0, MIN).is_empty());
+    assert!(e.observe(&[point(1, 0.05)]).is_empty());
+    assert!(e.observe(&[point(21, 0.05)]).is_empty());
+    assert!(e.observe(&[point(22, 0.05)]).is_empty());
+    let n = e.observe(&[point(23, 0.05)]);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].starts_at_ms, 21 * MIN);
+
+    // no_data = "alert" says missing data is the condition holding: the
+    // timer runs on through the gap.
+    let mut rates = vec![Some(0.05)];
+    rates.extend(vec![None; 3]);
+    let mut e = engine(vec![rule(
+        r#"for = "2m"
+        no_data = "alert""#,
+    )]);
+    let got = run_full(&mut e, &rates);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].starts_at_ms, MIN);
+}
+
+#[test]
+fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
+    let labels = |model: &str| -> std::collections::BTreeMap<String, String> {
+        [
+            ("alertname", "errors"),
+            ("model", model),
+            ("model_version", "1"),
+            ("severity", "critical"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into()
+    };
+    let mut e = engine(vec![rule("")]);
+    let mut restored = std::collections::HashMap::new();
+    restored.insert(
+        notification::fingerprint(&labels("m")),
+        engine::Restored {
+            status: AlertStatus::Firing,
+            starts_at_ms: 3 * MIN,
+            at_ms: 3 * MIN,
+        },
+    );
+    e.restore(restored);
+    // Windows re-read after the restart, and new ones still breaching.
+    for m in 2..=6 {
+        assert!(e.observe(&[point(m, 0.05)]).is_empty(), "minute {m}");
+    }
+    let n = e.observe(&[point(7, 0.0)]);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].status, AlertStatus::Resolved);
+    assert_eq!(n[0].starts_at_ms, 3 * MIN);
+    assert_eq!(n[0].ends_at_ms, Some(7 * MIN));
+
+    // Resolved before the crash: the re-read breaching windows up to the
+    // resolve do not fire again; a new breach later does.
+    let mut e = engine(vec![rule("")]);
+    let mut restored = std::collections::HashMap::new();
+    restored.insert(
+        notification::fingerprint(&labels("m")),
+        engine::Restored {
+            status: AlertStatus::Resolved,
+            starts_at_ms: 3 * MIN,
+            at_ms: 5 * MIN,
+        },
+    );
+    e.restore(restored);
+    for m in 3..=5 {
+        assert!(e.observe(&[point(m, 0.05)]).is_empty(), "minute {m}");
+    }
+    assert_eq!(e.replayed(), 3);
+    assert_eq!(e.observe(&[point(6, 0.0)]).len(), 0);
+    assert_eq!(e.observe(&[point(8, 0.05)]).len(), 1);
+}

@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
 use arrow::array::RecordBatch;
-use infermon_operators::WindowSpec;
+use infermon_operators::event_time::REASON_CODE as EVENT_TIME;
+use infermon_operators::{Check, EventTimeGuard, WindowSpec};
 use infermon_schemas::{
     Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
     decode_event,
 };
 
+use super::http::now_ms;
 use super::offsets::TopicPartition;
 use crate::sources::kafka::RawMessage;
 
@@ -32,6 +34,8 @@ pub struct DecodeSettings {
     pub spec: WindowSpec,
     /// Label wait, ms.
     pub label_wait_ms: i64,
+    /// Event-time plausibility, copied for each partition.
+    pub event_time: EventTimeGuard,
 }
 
 impl DecodeSettings {
@@ -101,8 +105,9 @@ impl Decoder {
         std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || {
+                let mut guards = Guards::new();
                 for (generation, raw) in jobs {
-                    let batch = decode_batch(&settings, generation, raw);
+                    let batch = decode_batch(&settings, &mut guards, generation, raw);
                     if done.send(batch).is_err() {
                         return;
                     }
@@ -152,7 +157,18 @@ impl Decoder {
     }
 }
 
-fn decode_batch(s: &DecodeSettings, generation: u64, raw: Vec<RawMessage>) -> DecodedBatch {
+/// Event-time guards per partition (they outlive batches and rebalances:
+/// a partition's progress is a fact of its data).
+/// A handful per monitor: a scan, no key allocated per message.
+type Guards = Vec<(TopicPartition, EventTimeGuard)>;
+
+fn decode_batch(
+    s: &DecodeSettings,
+    guards: &mut Guards,
+    generation: u64,
+    raw: Vec<RawMessage>,
+) -> DecodedBatch {
+    let wall_now = now_ms();
     let mut out = DecodedBatch {
         generation,
         ..DecodedBatch::default()
@@ -182,7 +198,27 @@ fn decode_batch(s: &DecodeSettings, generation: u64, raw: Vec<RawMessage>) -> De
                 ),
             ))
         } else {
-            decode_event(kind, &m.payload).map_err(|e| (e.reason(), e.to_string()))
+            decode_event(kind, &m.payload)
+                .map_err(|e| (e.reason(), e.to_string()))
+                .and_then(|event| {
+                    let i = match guards
+                        .iter()
+                        .position(|((t, p), _)| *p == m.partition && *t == m.topic)
+                    {
+                        Some(i) => i,
+                        None => {
+                            let fresh = s.event_time.clone();
+                            guards.push(((m.topic.clone(), m.partition), fresh));
+                            guards.len() - 1
+                        }
+                    };
+                    let guard = &mut guards[i].1;
+                    match guard.check(event.ts(), Some(wall_now)) {
+                        Check::Reject(reason) => Err((EVENT_TIME, reason)),
+                        // Live, the wall clock decides: nothing is held.
+                        Check::Accept | Check::Ahead => Ok(event),
+                    }
+                })
         };
         // A batch holds a handful of partitions: a scan, no key allocated
         // per message.

@@ -106,19 +106,28 @@ impl Sinks {
             let hook = Box::new(move |reason: &str, body: &[u8]| {
                 let mut f = rejects.lock().expect("rejects lock");
                 if f.is_none() {
-                    *f = OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .ok();
+                    match OpenOptions::new().create(true).append(true).open(&path) {
+                        Ok(file) => *f = Some(file),
+                        Err(e) => tracing::error!(
+                            path = %path.display(), error = %e, sink = %name, %reason,
+                            lines = body.iter().filter(|b| **b == b'\n').count(),
+                            "cannot open the rejects file: the refused points are only in this log line's count"
+                        ),
+                    }
                 }
-                if let Some(f) = f.as_mut() {
+                if let Some(file) = f.as_mut() {
                     let line = serde_json::json!({
                         "sink": name,
                         "reason": reason,
                         "lines": String::from_utf8_lossy(body),
                     });
-                    let _ = writeln!(f, "{line}");
+                    if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
+                        tracing::error!(
+                            path = %path.display(), error = %e, sink = %name, %reason,
+                            "cannot write the rejects file"
+                        );
+                        *f = None; // reopen next time
+                    }
                 }
             });
             let spool = influxdb::start(c, &mc.state_dir, hook)?;
@@ -277,9 +286,19 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     };
 
     let mut sinks = Sinks::start(config)?;
-    let mut alerts_log = AlertsFile::create(&mc.alerts_out)
+    // The alerts log is also the journal of alert state: a restarted
+    // monitor goes on from where its alerts stood.
+    let (mut alerts_log, restored, torn) = AlertsFile::open_journal(&mc.alerts_out)
         .with_context(|| format!("alerts_out {}", mc.alerts_out.display()))?;
+    if torn > 0 {
+        tracing::warn!(path = %mc.alerts_out.display(), lines = torn, "alerts log: skipped lines that do not parse");
+    }
+    tracing::info!(
+        alerts = restored.len(),
+        "alert state restored from the alerts log"
+    );
     let mut alerting = AlertStage::new(config, mc.send_alerts, MONITOR_RECEIVER, &mut alerts_log)?;
+    alerting.restore(restored);
 
     let topics = &config.topics;
     let names = [
@@ -297,6 +316,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         max_event_bytes: config.kafka.max_event_bytes,
         spec: infermon_operators::window::WindowSpec::new(window)?,
         label_wait_ms: config.quality.label_wait.as_millis() as i64,
+        event_time: window.event_time_guard(),
     })?;
     // Bumped on every rebalance: decoded batches of an older window state
     // are dropped.

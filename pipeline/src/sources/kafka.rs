@@ -11,6 +11,7 @@ use std::time::Duration;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
@@ -348,6 +349,35 @@ impl RawMessage {
     }
 }
 
+/// Hand `record` to the producer, waiting while its local queue is full (a
+/// burst: librdkafka drains it as the broker acknowledges) instead of
+/// failing; any other error is returned. Nothing is dropped, so the
+/// at-least-once rules hold.
+pub fn produce<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                if waited.is_zero() || waited.as_secs() >= 10 {
+                    tracing::warn!(
+                        topic = r.topic,
+                        "producer queue full: waiting for the broker"
+                    );
+                    waited = Duration::from_millis(1);
+                }
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+                waited += Duration::from_millis(5);
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Messages that are not events go here, with why and where from.
 pub struct Dlq {
     producer: ThreadedProducer<DeliveryCounter>,
@@ -399,9 +429,8 @@ impl Dlq {
         if let Some(key) = &msg.key {
             record = record.key(key.as_slice());
         }
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| anyhow::anyhow!("DLQ produce to {}: {e}", self.topic))
+        produce(&self.producer, record)
+            .map_err(|e| anyhow::anyhow!("DLQ produce to {}: {e}", self.topic))
     }
 
     /// Wait until everything sent is acknowledged (before committing past

@@ -14,6 +14,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
 use arrow::array::RecordBatch;
+use infermon_operators::event_time::{JUMP_CONFIRMATION, REASON_CODE as EVENT_TIME};
+use infermon_operators::{Check, WindowConfig};
 use infermon_schemas::{
     Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
     decode_recorded_line,
@@ -62,12 +64,14 @@ pub struct RecordingSource {
 }
 
 impl RecordingSource {
-    /// Start reading `path`; `bytes_read` counts (compressed) bytes consumed,
+    /// Start reading `path`: events are batched with `window`'s segment
+    /// keys and event times checked by its event-time guard (implausible
+    /// ones are rejects). `bytes_read` counts (compressed) bytes consumed,
     /// for progress reporting.
     pub fn open(
         path: &Path,
         topics: TopicNames,
-        segment_keys: Vec<String>,
+        window: &WindowConfig,
         bytes_read: Arc<AtomicU64>,
     ) -> io::Result<Self> {
         let file = File::open(path)
@@ -85,9 +89,10 @@ impl RecordingSource {
             Box::new(BufReader::with_capacity(1 << 20, counted))
         };
         let (tx, rx) = sync_channel(4);
+        let window = window.clone();
         thread::Builder::new()
             .name(format!("read {}", path.display()))
-            .spawn(move || decode_loop(reader, topics, &segment_keys, tx))?;
+            .spawn(move || decode_loop(reader, topics, &window, tx))?;
         Ok(Self {
             path: path.to_path_buf(),
             batches: rx,
@@ -100,13 +105,23 @@ impl RecordingSource {
     }
 }
 
+/// A decoded line waiting for the input to show whether its event time,
+/// far ahead of the rest, is real (see [`infermon_operators::event_time`]).
+struct Held {
+    line: u64,
+    bytes: Vec<u8>,
+    event: Decoded,
+}
+
 fn decode_loop(
     mut reader: Box<dyn BufRead + Send>,
     topics: TopicNames,
-    segment_keys: &[String],
+    window: &WindowConfig,
     tx: SyncSender<io::Result<DecodedBatch>>,
 ) {
-    let mut builder = PredictionBatchBuilder::new(segment_keys);
+    let mut builder = PredictionBatchBuilder::new(&window.segment_keys);
+    let mut guard = window.event_time_guard();
+    let mut held: Vec<Held> = Vec::new();
     let mut line = Vec::with_capacity(4096);
     let mut line_no = 0u64;
     loop {
@@ -140,39 +155,97 @@ fn decode_loop(
                 continue; // blank lines (e.g. a trailing newline) are not events
             }
             lines += 1;
-            match decode_recorded_line(bytes, &topics) {
-                Ok(event) => {
-                    let ts = event.ts();
-                    batch.ts_range = Some(match batch.ts_range {
-                        None => (ts, ts),
-                        Some((lo, hi)) => (lo.min(ts), hi.max(ts)),
+            let event = match decode_recorded_line(bytes, &topics) {
+                Ok(event) => event,
+                Err(e) => {
+                    batch
+                        .rejects
+                        .push(reject(line_no, bytes, e.to_string(), e.reason()));
+                    continue;
+                }
+            };
+            match guard.check(event.ts(), None) {
+                Check::Accept => {
+                    // Back in line: whatever was held ahead was an outlier.
+                    for h in held.drain(..) {
+                        let reason = guard.ahead_reason(h.event.ts());
+                        batch
+                            .rejects
+                            .push(reject(h.line, &h.bytes, reason, EVENT_TIME));
+                    }
+                    add(&mut batch, &mut builder, event);
+                }
+                Check::Reject(reason) => {
+                    batch
+                        .rejects
+                        .push(reject(line_no, bytes, reason, EVENT_TIME));
+                }
+                Check::Ahead => {
+                    held.push(Held {
+                        line: line_no,
+                        bytes: bytes.to_vec(),
+                        event,
                     });
-                    let kind = event.kind();
-                    batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
-                    match event {
-                        Decoded::Prediction(p) => builder.push(&p),
-                        Decoded::Feedback(f) => batch.feedback.push(f),
-                        Decoded::Training(t) => batch.training.push(t),
-                        Decoded::Request(_) => {}
+                    if held.len() >= JUMP_CONFIRMATION {
+                        release(&mut held, &mut guard, &mut batch, &mut builder);
                     }
                 }
-                Err(e) => batch.rejects.push(Reject {
-                    line: line_no,
-                    reason: e.to_string(),
-                    reason_code: e.reason(),
-                    raw: String::from_utf8_lossy(bytes).into_owned(),
-                    model: model_of(bytes),
-                }),
             }
         }
+        if eof {
+            // Nothing came after them to say otherwise: keep them.
+            release(&mut held, &mut guard, &mut batch, &mut builder);
+        }
         batch.predictions = builder.finish();
-        let empty = lines == 0;
+        let empty = lines == 0 && batch.events.iter().all(|n| *n == 0);
         if !empty && tx.send(Ok(batch)).is_err() {
             return; // the replay stopped listening
         }
         if eof {
             return;
         }
+    }
+}
+
+/// The input went on from the held events: accept them.
+fn release(
+    held: &mut Vec<Held>,
+    guard: &mut infermon_operators::EventTimeGuard,
+    batch: &mut DecodedBatch,
+    builder: &mut PredictionBatchBuilder,
+) {
+    if let Some(newest) = held.iter().map(|h| h.event.ts()).max() {
+        guard.jump(newest);
+    }
+    for h in held.drain(..) {
+        add(batch, builder, h.event);
+    }
+}
+
+/// An accepted event into the batch.
+fn add(batch: &mut DecodedBatch, builder: &mut PredictionBatchBuilder, event: Decoded) {
+    let ts = event.ts();
+    batch.ts_range = Some(match batch.ts_range {
+        None => (ts, ts),
+        Some((lo, hi)) => (lo.min(ts), hi.max(ts)),
+    });
+    let kind = event.kind();
+    batch.events[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
+    match event {
+        Decoded::Prediction(p) => builder.push(&p),
+        Decoded::Feedback(f) => batch.feedback.push(f),
+        Decoded::Training(t) => batch.training.push(t),
+        Decoded::Request(_) => {}
+    }
+}
+
+fn reject(line: u64, bytes: &[u8], reason: String, reason_code: &'static str) -> Reject {
+    Reject {
+        line,
+        reason,
+        reason_code,
+        raw: String::from_utf8_lossy(bytes).into_owned(),
+        model: model_of(bytes),
     }
 }
 

@@ -143,6 +143,37 @@ pub fn commands_for_alerts(
     Ok(out)
 }
 
+/// The largest `POST /alerts` body read: an Alertmanager group of a few
+/// hundred alerts is well under it.
+pub const MAX_ALERTS_BODY: u64 = 1 << 20;
+
+/// A request body of at most [`MAX_ALERTS_BODY`] bytes, or the response
+/// refusing it (413 when larger, whatever `Content-Length` claims).
+fn read_body(req: &mut tiny_http::Request) -> Result<Vec<u8>, (u16, String)> {
+    let too_large = || {
+        (
+            413,
+            format!("body larger than {MAX_ALERTS_BODY} bytes: refused\n"),
+        )
+    };
+    if req
+        .body_length()
+        .is_some_and(|n| n as u64 > MAX_ALERTS_BODY)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(req.as_reader(), MAX_ALERTS_BODY + 1),
+        &mut bytes,
+    )
+    .map_err(|e| (400, format!("reading the body: {e}\n")))?;
+    if bytes.len() as u64 > MAX_ALERTS_BODY {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// Serve `GET /metrics`, `GET /healthz` and `POST /alerts` on `addr` from a
 /// thread; rollback commands go to `tx`. With a `secret`, bodies without a
 /// valid `X-Infermon-Signature: sha256=<hex>` are refused (401). Returns
@@ -168,13 +199,10 @@ pub fn serve_http(
                             Err(e) => (500, format!("encode: {e}\n")),
                         }
                     }
-                    (tiny_http::Method::Post, "/alerts") => {
-                        let mut bytes = Vec::new();
-                        match std::io::Read::read_to_end(req.as_reader(), &mut bytes) {
-                            Err(e) => (400, format!("reading the body: {e}\n")),
-                            Ok(_) => handle_alerts(&req, &bytes, &rules, secret.as_deref(), &tx),
-                        }
-                    }
+                    (tiny_http::Method::Post, "/alerts") => match read_body(&mut req) {
+                        Err(refusal) => refusal,
+                        Ok(bytes) => handle_alerts(&req, &bytes, &rules, secret.as_deref(), &tx),
+                    },
                     _ => (404, "not found\n".to_string()),
                 };
                 let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));

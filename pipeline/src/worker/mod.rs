@@ -357,9 +357,11 @@ pub fn publish_command(
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec(c)?;
     let failed_before = producer.context().failed.load(Ordering::Relaxed);
-    producer
-        .send(BaseRecord::to(topic).key(c.model.as_str()).payload(&body))
-        .map_err(|(e, _)| anyhow::anyhow!("control topic {topic}: {e}"))?;
+    let record = BaseRecord::to(topic)
+        .key(c.model.as_bytes())
+        .payload(body.as_slice());
+    crate::sources::kafka::produce(producer, record)
+        .map_err(|e| anyhow::anyhow!("control topic {topic}: {e}"))?;
     producer.flush(Duration::from_secs(10))?;
     anyhow::ensure!(
         producer.context().failed.load(Ordering::Relaxed) == failed_before,
@@ -405,17 +407,9 @@ pub fn send(
 ) -> anyhow::Result<()> {
     buf.clear();
     event.write_json(buf)?;
-    let mut record = BaseRecord::to(topic)
-        .key(event.model.as_str())
+    let record = BaseRecord::to(topic)
+        .key(event.model.as_bytes())
         .payload(buf.as_slice());
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((e, r)) => {
-                tracing::debug!(error = %e, "producer queue full; waiting");
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
+    crate::sources::kafka::produce(producer, record)
+        .map_err(|e| anyhow::anyhow!("predictions topic {topic}: {e}"))
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Line, infermon, parse_lines, repo, required_env, run_ok};
 
-/// 2026-12-01T00:00:00Z, a whole minute.
+/// 2026-11-30T00:00:00Z, a whole minute.
 const T0: i64 = 1_795_996_800_000;
 const MIN: i64 = 60_000;
 

@@ -154,7 +154,7 @@ fn rfc3339(ms: i64) -> String {
 mod tests {
     use super::*;
 
-    const T0: i64 = 1_795_996_800_000; // 2026-12-01T00:00:00Z
+    const T0: i64 = 1_795_996_800_000; // 2026-11-30T00:00:00Z
     const MIN: i64 = 60_000;
 
     fn guard() -> EventTimeGuard {

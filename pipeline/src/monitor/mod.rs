@@ -19,8 +19,6 @@ pub mod references_store;
 pub mod watermark_store;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +37,7 @@ use crate::references::load_references;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::influxdb;
 use crate::sinks::line_protocol_file::LineProtocolFile;
+use crate::sinks::rejects_file::InfluxRejects;
 use crate::sinks::spool::Spool;
 use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
 use decode::{DecodeSettings, DecodedBatch, Decoder};
@@ -98,38 +97,9 @@ impl Sinks {
     fn start(config: &Config) -> anyhow::Result<Self> {
         let mc = &config.monitor;
         let mut influx = Vec::new();
-        let rejects = Arc::new(Mutex::new(None::<File>));
+        let rejects = Arc::new(Mutex::new(InfluxRejects::new(&mc.rejects_out)));
         for c in &config.influxdb {
-            let path = mc.rejects_out.clone();
-            let name = c.name.clone();
-            let rejects = rejects.clone();
-            let hook = Box::new(move |reason: &str, body: &[u8]| {
-                let mut f = rejects.lock().expect("rejects lock");
-                if f.is_none() {
-                    match OpenOptions::new().create(true).append(true).open(&path) {
-                        Ok(file) => *f = Some(file),
-                        Err(e) => tracing::error!(
-                            path = %path.display(), error = %e, sink = %name, %reason,
-                            lines = body.iter().filter(|b| **b == b'\n').count(),
-                            "cannot open the rejects file: the refused points are only in this log line's count"
-                        ),
-                    }
-                }
-                if let Some(file) = f.as_mut() {
-                    let line = serde_json::json!({
-                        "sink": name,
-                        "reason": reason,
-                        "lines": String::from_utf8_lossy(body),
-                    });
-                    if let Err(e) = writeln!(file, "{line}").and_then(|()| file.flush()) {
-                        tracing::error!(
-                            path = %path.display(), error = %e, sink = %name, %reason,
-                            "cannot write the rejects file"
-                        );
-                        *f = None; // reopen next time
-                    }
-                }
-            });
+            let hook = InfluxRejects::hook(rejects.clone(), c.name.clone());
             let spool = influxdb::start(c, &mc.state_dir, hook)?;
             tracing::info!(sink = %c.name, url = %c.url, api = ?c.api, "writing to InfluxDB");
             influx.push((c.name.clone(), spool));

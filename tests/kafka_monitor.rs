@@ -661,6 +661,14 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
                 .unwrap();
         }
     }
+    // An event from a producer whose clock is six hours fast.
+    let future = good(
+        infermon::monitor::http::now_ms() + 6 * 3_600_000,
+        "r-future",
+    );
+    producer
+        .send(BaseRecord::to(predictions).key("m").payload(&future))
+        .unwrap();
     // One more good event two minutes later closes the first window.
     let body = good(base + 200_000, "r-ok-late");
     producer
@@ -670,9 +678,9 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
     producer.flush(Duration::from_secs(10)).unwrap();
 
     let monitor = Monitor::start(&config, setup.path("monitor.log"));
-    monitor.wait_for(Duration::from_secs(90), "5 DLQ'd and 51 consumed", |m| {
-        m.metric("infermon_dlq_messages_total", &[]) >= 5.0
-            && m.metric("infermon_consumed_messages_total", &[]) >= (sent_good + 5) as f64
+    monitor.wait_for(Duration::from_secs(90), "6 DLQ'd and 51 consumed", |m| {
+        m.metric("infermon_dlq_messages_total", &[]) >= 6.0
+            && m.metric("infermon_consumed_messages_total", &[]) >= (sent_good + 6) as f64
     });
     let by_reason =
         |r: &str| monitor.metric("infermon_dlq_messages_total", &[&format!("reason=\"{r}\"")]);
@@ -680,6 +688,7 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
     assert_eq!(by_reason("empty"), 1.0, "{metrics}");
     assert_eq!(by_reason("too_large"), 1.0, "{metrics}");
     assert_eq!(by_reason("invalid_json"), 1.0, "{metrics}");
+    assert_eq!(by_reason("implausible_ts"), 1.0, "{metrics}");
     // Windows still close: the first minute's 50 good events are counted.
     monitor.wait_acked(base + 60_000, Duration::from_secs(30));
     let status = monitor.terminate();
@@ -703,7 +712,7 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
     consumer.subscribe(&[&setup.topics["dlq"]]).unwrap();
     let mut got = Vec::new();
     let until = Instant::now() + Duration::from_secs(60);
-    while got.len() < 5 && Instant::now() < until {
+    while got.len() < 6 && Instant::now() < until {
         if let Some(m) = consumer.poll(Duration::from_millis(500)) {
             let m = m.unwrap();
             let mut headers = BTreeMap::new();
@@ -716,7 +725,9 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
             got.push((m.payload().unwrap_or_default().to_vec(), headers));
         }
     }
-    assert_eq!(got.len(), 5, "DLQ messages");
+    assert_eq!(got.len(), 6, "DLQ messages");
+    let mut poison = poison;
+    poison.push(("future-dated", future));
     for (what, bad) in &poison {
         let (_, headers) = got
             .iter()
@@ -737,6 +748,7 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
             "wrong types" => "ts",
             "900 KB value" => "max_event_bytes",
             "empty value" => "empty",
+            "future-dated" => "ahead of the wall clock",
             _ => "missing field",
         };
         assert!(

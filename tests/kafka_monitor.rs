@@ -1278,3 +1278,277 @@ fn kill_9_during_a_firing_incident_sends_one_firing_and_one_resolved() {
         .collect();
     assert_eq!(statuses, ["firing", "resolved"], "{journal}");
 }
+
+/// A real Alertmanager 0.25 of the test's own, routing every alert to the
+/// HTTP receiver at `receiver` (grouped by alertname and model, 1 s waits).
+struct Alertmanager {
+    child: Child,
+    url: String,
+}
+
+impl Alertmanager {
+    fn start(dir: &Path, receiver: std::net::SocketAddr) -> Self {
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: test\n  group_by: [alertname, model]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: test\n    webhook_configs:\n      - url: http://{receiver}/alerts\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian's package) must be installed: bash .ci/run installs it");
+        let am = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/-/ready", am.url)).call().is_err() {
+            assert!(Instant::now() < until, "Alertmanager did not get ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        am
+    }
+
+    /// Alerts Alertmanager holds (active, suppressed), from its v2 API.
+    fn alerts(&self) -> Vec<Value> {
+        let text = ureq::get(&format!("{}/api/v2/alerts", self.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut ok: impl FnMut(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let alerts = self.alerts();
+            if ok(&alerts) {
+                return alerts;
+            }
+            assert!(
+                Instant::now() < until,
+                "Alertmanager: no {what} within {timeout:?}: {alerts:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alertmanager's own notifications as (alertname, status) of each alert.
+fn routed(log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>) -> Vec<(String, String)> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    (
+                        a["labels"]["alertname"].as_str().unwrap().to_string(),
+                        a["status"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn error_rate_high(alerts: &[Value]) -> Option<&Value> {
+    alerts.iter().find(|a| {
+        a["labels"]["alertname"] == "error_rate_high" && a["labels"]["model"] == "recsys-ranker"
+    })
+}
+
+/// The error-burst recording cut six minutes into its incident.
+fn error_burst_halves() -> (Vec<String>, usize) {
+    let lines = recording_lines("error-burst");
+    let incident_start = 1_763_649_360_000i64;
+    let ts = |l: &String| {
+        serde_json::from_str::<Value>(l).unwrap()["ts"]
+            .as_i64()
+            .unwrap()
+    };
+    let cut = lines
+        .iter()
+        .position(|l| ts(l) >= incident_start + 6 * 60_000)
+        .unwrap();
+    (lines, cut)
+}
+
+fn alertmanager_toml(am: &Alertmanager) -> String {
+    format!(
+        "[[alerts.alertmanagers]]\nname = \"sre\"\nurls = [{:?}]\nresend_delay = \"1s\"\ngenerator_url = \"https://grafana.example/d/infermon?var-model={{model}}\"\ninitial_backoff = \"100ms\"\n\n",
+        am.url
+    )
+}
+
+#[test]
+fn alerts_go_to_a_real_alertmanager_which_routes_silences_and_resolves_them() {
+    let setup = Setup::new("am");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let received = crate::webhook_delivery::receiver(listener.try_clone().unwrap(), Vec::new());
+    let am = Alertmanager::start(setup.dir.path(), listener.local_addr().unwrap());
+    let config = setup.config(
+        "monitor.toml",
+        &(alertmanager_toml(&am) + &setup.monitor_toml("a")),
+    );
+    let (lines, cut) = error_burst_halves();
+    setup.produce(&config, &lines[..cut]);
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+
+    // Alertmanager holds the alert with infermon's labels and annotations.
+    let alerts = am.wait_for("active error_rate_high", Duration::from_secs(120), |a| {
+        error_rate_high(a).is_some_and(|a| a["status"]["state"] == "active")
+    });
+    let alert = error_rate_high(&alerts).unwrap();
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["labels"]["model_version"], "7");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("recsys-ranker"),
+        "{alert}"
+    );
+    assert_eq!(alert["startsAt"], "2025-11-20T14:37:00.000Z", "{alert}");
+    assert_eq!(
+        alert["generatorURL"],
+        "https://grafana.example/d/infermon?var-model=recsys-ranker"
+    );
+    // ...and routes it (its own grouping) to the receiver.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !routed(&received).contains(&("error_rate_high".into(), "firing".into())) {
+        assert!(
+            Instant::now() < until,
+            "Alertmanager never notified: {:?}",
+            routed(&received)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A silence made through Alertmanager's API mutes it; deleting it
+    // brings it back.
+    let silence = serde_json::json!({
+        "matchers": [{"name": "alertname", "value": "error_rate_high", "isRegex": false, "isEqual": true}],
+        "startsAt": "2020-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+        "createdBy": "test", "comment": "maintenance"
+    });
+    let created: Value = serde_json::from_str(
+        &ureq::post(&format!("{}/api/v2/silences", am.url))
+            .set("Content-Type", "application/json")
+            .send_string(&silence.to_string())
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let id = created["silenceID"].as_str().unwrap().to_string();
+    am.wait_for("suppressed alert", Duration::from_secs(20), |a| {
+        error_rate_high(a).is_some_and(|a| {
+            a["status"]["state"] == "suppressed" && a["status"]["silencedBy"][0] == id.as_str()
+        })
+    });
+    ureq::delete(&format!("{}/api/v2/silence/{id}", am.url))
+        .call()
+        .unwrap();
+    am.wait_for("active alert again", Duration::from_secs(20), |a| {
+        error_rate_high(a).is_some_and(|a| a["status"]["state"] == "active")
+    });
+
+    // The incident ends: infermon resolves it, Alertmanager tells the receiver.
+    setup.produce(&config, &lines[cut..]);
+    let until = Instant::now() + Duration::from_secs(120);
+    while !routed(&received).contains(&("error_rate_high".into(), "resolved".into())) {
+        assert!(
+            Instant::now() < until,
+            "no resolve routed: {:?}\n{}",
+            routed(&received),
+            tail(&monitor.log_text(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        error_rate_high(&am.alerts()).is_none(),
+        "resolved alerts leave Alertmanager's list"
+    );
+    assert!(monitor.terminate().success());
+}
+
+#[test]
+fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
+    let setup = Setup::new("amkill");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let received = crate::webhook_delivery::receiver(listener.try_clone().unwrap(), Vec::new());
+    let am = Alertmanager::start(setup.dir.path(), listener.local_addr().unwrap());
+    let config = setup.config(
+        "monitor.toml",
+        &(alertmanager_toml(&am) + &setup.monitor_toml("a")),
+    );
+    let (lines, cut) = error_burst_halves();
+    setup.produce(&config, &lines[..cut]);
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    let alerts = am.wait_for("active error_rate_high", Duration::from_secs(120), |a| {
+        error_rate_high(a).is_some_and(|a| a["status"]["state"] == "active")
+    });
+    // Re-sent every second, so endsAt stays about four seconds ahead.
+    let ends_at = error_rate_high(&alerts).unwrap()["endsAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = am.alerts();
+    assert!(
+        error_rate_high(&later).unwrap()["endsAt"].as_str().unwrap() > ends_at.as_str(),
+        "not re-sent: {ends_at} then {later:#?}"
+    );
+    monitor.kill9();
+    let killed_at = Instant::now();
+    am.wait_for(
+        "the alert gone after its endsAt",
+        Duration::from_secs(60),
+        |a| error_rate_high(a).is_none(),
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(2),
+        "resolved before its endsAt"
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while !routed(&received).contains(&("error_rate_high".into(), "resolved".into())) {
+        assert!(
+            Instant::now() < until,
+            "no resolve routed: {:?}",
+            routed(&received)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

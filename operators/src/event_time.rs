@@ -12,12 +12,14 @@
 //! - It may be at most `max_event_age` behind the newest event time the
 //!   input has delivered.
 //! - It may be at most `max_future_skew` ahead of the wall clock (the live
-//!   monitor) or, offline, of the input's newest event time. Offline there
-//!   is no clock to trust, so an event that far ahead is
-//!   [`Check::Ahead`]: the caller holds it until the input shows whether
-//!   it jumped for real ([`JUMP_CONFIRMATION`] events in a row that far
-//!   ahead, e.g. traffic after a quiet night) or the event was an outlier
-//!   (the next event is back in line).
+//!   monitor), and at most that far ahead of the input's newest event time,
+//!   unless the input really jumped: [`JUMP_CONFIRMATION`] events in a row
+//!   that far ahead (traffic after a quiet night, a backfill's gap), or, live,
+//!   an event within `max_future_skew` of the wall clock (real-time traffic
+//!   after a quiet spell). Offline such an event is [`Check::Ahead`]: the
+//!   caller holds it until the input shows which it is, so nothing is lost
+//!   either way. Live nothing can be held (offsets are committed in order):
+//!   the events of an unconfirmed jump go to the DLQ with their reason.
 //!
 //! Kafka's own `message.timestamp.difference.max.ms` bounds broker-side
 //! timestamps against the broker clock the same way.
@@ -55,6 +57,8 @@ pub struct EventTimeGuard {
     max_age_ms: i64,
     /// Newest event time accepted.
     progress: Option<i64>,
+    /// Live: events in a row refused for being far ahead of `progress`.
+    ahead_run: usize,
 }
 
 impl EventTimeGuard {
@@ -64,6 +68,7 @@ impl EventTimeGuard {
             max_future_ms: max_future_skew.as_millis() as i64,
             max_age_ms: max_event_age.as_millis() as i64,
             progress: None,
+            ahead_run: 0,
         }
     }
 
@@ -93,10 +98,18 @@ impl EventTimeGuard {
                     span(self.max_age_ms)
                 ));
             }
-            if wall_now_ms.is_none() && ts - p > self.max_future_ms {
-                return Check::Ahead;
+            let real_time = wall_now_ms.is_some_and(|now| (now - ts).abs() <= self.max_future_ms);
+            if ts - p > self.max_future_ms && !real_time {
+                if wall_now_ms.is_none() {
+                    return Check::Ahead;
+                }
+                self.ahead_run += 1;
+                if self.ahead_run < JUMP_CONFIRMATION {
+                    return Check::Reject(self.ahead_reason(ts));
+                }
             }
         }
+        self.ahead_run = 0;
         self.progress = Some(self.progress.map_or(ts, |p| p.max(ts)));
         Check::Accept
     }
@@ -106,11 +119,11 @@ impl EventTimeGuard {
         self.progress = Some(self.progress.map_or(ts, |p| p.max(ts)));
     }
 
-    /// Why a held event at `ts` is rejected: the input went on without it.
+    /// Why an event at `ts`, far ahead of the input, is rejected.
     pub fn ahead_reason(&self, ts: i64) -> String {
         let p = self.progress.unwrap_or(ts);
         format!(
-            "ts: {} is {} ahead of this input's newest event time {} (max_future_skew {}), and the input went on without it: a skewed producer clock?",
+            "ts: {} is {} ahead of this input's newest event time {} (max_future_skew {}): a skewed producer clock?",
             rfc3339(ts),
             span(ts - p),
             rfc3339(p),
@@ -199,6 +212,29 @@ mod tests {
         assert_eq!(g.check(T0 - 2 * 86_400_000, Some(T0)), Check::Accept);
         let r = rejected(g.check(T0 - 9 * 86_400_000, Some(T0)));
         assert!(r.contains("behind this input's newest event time"), "{r}");
+    }
+
+    #[test]
+    fn live_a_far_ahead_event_of_a_backfill_is_refused_until_the_input_confirms_the_jump() {
+        // A backfill: the data is hours behind the wall clock.
+        let wall = T0 + 15 * 60 * MIN;
+        let mut g = guard();
+        assert_eq!(g.check(T0, Some(wall)), Check::Accept);
+        let r = rejected(g.check(T0 + 6 * 60 * MIN, Some(wall)));
+        assert!(r.contains("ahead of this input's newest event time"), "{r}");
+        assert_eq!(g.check(T0 + MIN, Some(wall)), Check::Accept);
+        // A real gap in the backfill: the first events of the run are
+        // refused, then the input has moved on.
+        let later = T0 + 3 * 60 * MIN;
+        for i in 0..JUMP_CONFIRMATION as i64 - 1 {
+            assert!(matches!(g.check(later + i, Some(wall)), Check::Reject(_)));
+        }
+        assert_eq!(g.check(later + 10, Some(wall)), Check::Accept);
+        assert_eq!(g.check(later + 11, Some(wall)), Check::Accept);
+        // Real-time traffic after a quiet spell is what the wall clock says.
+        let mut g = guard();
+        assert_eq!(g.check(wall - 60 * MIN, Some(wall)), Check::Accept);
+        assert_eq!(g.check(wall - 1000, Some(wall)), Check::Accept);
     }
 
     #[test]

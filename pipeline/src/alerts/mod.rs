@@ -5,6 +5,7 @@
 //! flapping, missing data) → [`Notification`]s → alerts log / `alerts` points
 //! (delivery to webhooks and email is the next step).
 
+pub mod alertmanager;
 pub mod delivery;
 pub mod email;
 pub mod engine;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use alertmanager::{AlertmanagerConfig, AlertmanagerSender};
 pub use delivery::DeliveryStats;
 pub use email::{EmailConfig, EmailSender};
 pub use engine::{AlertEngine, Flapping};
@@ -51,6 +53,10 @@ pub struct AlertsConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// Email receivers (`[[alerts.emails]]`); offline, only with `--send`.
     pub emails: Vec<EmailConfig>,
+    /// Alertmanagers (`[[alerts.alertmanagers]]`) that get every
+    /// notification before infermon's own silences, inhibition and
+    /// grouping (Alertmanager does its own); offline, only with `--send`.
+    pub alertmanagers: Vec<AlertmanagerConfig>,
     /// Silences written in the config (`[[alerts.silences]]`).
     pub silences: Vec<Silence>,
     /// The file `infermon silence add` appends to (JSON lines), read at
@@ -71,6 +77,7 @@ impl Default for AlertsConfig {
             flap_limit: 6,
             webhooks: Vec::new(),
             emails: Vec::new(),
+            alertmanagers: Vec::new(),
             silences: Vec::new(),
             silences_file: None,
             inhibit: true,

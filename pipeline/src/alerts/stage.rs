@@ -9,7 +9,8 @@ use infermon_schemas::Point;
 use super::engine::Restored;
 use super::grouping::Grouper;
 use super::{
-    AlertEngine, DeliveryStats, EmailSender, Notification, Policy, PolicyStats, WebhookSender,
+    AlertEngine, AlertmanagerSender, DeliveryStats, EmailSender, Notification, Policy, PolicyStats,
+    WebhookSender,
 };
 use crate::config::Config;
 use crate::sinks::alerts_file::AlertsFile;
@@ -21,6 +22,8 @@ struct Senders {
     grouper: Grouper,
     webhooks: Vec<(String, WebhookSender)>,
     emails: Vec<(String, EmailSender)>,
+    /// Alertmanagers: every notification, before silences and grouping.
+    alertmanagers: Vec<(String, AlertmanagerSender)>,
 }
 
 impl Senders {
@@ -56,6 +59,9 @@ impl Senders {
         }
         for (name, s) in self.emails {
             out.push((format!("email {name}"), s.close(deadline)));
+        }
+        for (name, s) in self.alertmanagers {
+            out.push((format!("alertmanager {name}"), s.close(deadline)));
         }
         out
     }
@@ -95,6 +101,10 @@ impl<'a> AlertStage<'a> {
                 let s = EmailSender::start(e.clone()).map_err(anyhow::Error::msg)?;
                 senders.emails.push((e.name.clone(), s));
             }
+            for a in &config.alerts.alertmanagers {
+                let s = AlertmanagerSender::start(a.clone()).map_err(anyhow::Error::msg)?;
+                senders.alertmanagers.push((a.name.clone(), s));
+            }
         }
         let window = &config.window;
         Ok(Self {
@@ -119,6 +129,10 @@ impl<'a> AlertStage<'a> {
         let mut fired = self.engine.observe(points);
         if let Some(end) = window_end {
             fired.extend(self.engine.tick(end, self.tick_ms));
+        }
+        // Alertmanager routes, silences and inhibits by itself.
+        for (_, am) in &self.senders.alertmanagers {
+            am.send(&fired);
         }
         let now = window_end
             .or_else(|| fired.iter().map(|n| n.at_ms).max())

@@ -178,27 +178,34 @@ impl Transport for HttpPost {
         if let Some(secret) = &self.secret {
             req = req.set("X-Infermon-Signature", &signature(secret, body));
         }
-        match req.send_bytes(body) {
-            Ok(r) if (200..300).contains(&r.status()) => Attempt::Delivered,
-            Ok(r) => Attempt::Retry(format!("HTTP {}", r.status()), None),
-            Err(ureq::Error::Status(code, r)) => {
-                let after = r
-                    .header("Retry-After")
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let text = r.into_string().unwrap_or_default();
-                let why = format!(
-                    "HTTP {code}: {}",
-                    text.chars().take(200).collect::<String>()
-                );
-                if code == 429 || code >= 500 {
-                    Attempt::Retry(why, after)
-                } else {
-                    Attempt::Reject(why)
-                }
+        attempt_of(req.send_bytes(body))
+    }
+}
+
+/// How an HTTP delivery went: only a 2xx is delivered; 5xx, 429 (with its
+/// `Retry-After` seconds) and network errors are retried; other statuses
+/// are refused for good.
+pub fn attempt_of(result: Result<ureq::Response, ureq::Error>) -> Attempt {
+    match result {
+        Ok(r) if (200..300).contains(&r.status()) => Attempt::Delivered,
+        Ok(r) => Attempt::Retry(format!("HTTP {}", r.status()), None),
+        Err(ureq::Error::Status(code, r)) => {
+            let after = r
+                .header("Retry-After")
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = r.into_string().unwrap_or_default();
+            let why = format!(
+                "HTTP {code}: {}",
+                text.chars().take(200).collect::<String>()
+            );
+            if code == 429 || code >= 500 {
+                Attempt::Retry(why, after)
+            } else {
+                Attempt::Reject(why)
             }
-            Err(e) => Attempt::Retry(e.to_string(), None),
         }
+        Err(e) => Attempt::Retry(e.to_string(), None),
     }
 }
 

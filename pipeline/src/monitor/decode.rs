@@ -213,9 +213,9 @@ fn decode_batch(
                         }
                     };
                     let guard = &mut guards[i].1;
+                    // Live, nothing is held: `check` never says Ahead here.
                     match guard.check(event.ts(), Some(wall_now)) {
                         Check::Reject(reason) => Err((EVENT_TIME, reason)),
-                        // Live, the wall clock decides: nothing is held.
                         Check::Accept | Check::Ahead => Ok(event),
                     }
                 })

@@ -309,7 +309,7 @@ impl Monitor {
     /// Wait until every sink has acknowledged `watermark`.
     fn wait_acked(&self, watermark: i64, timeout: Duration) {
         self.wait_for(timeout, &format!("acked watermark {watermark}"), |m| {
-            m.metric("infermon_acked_watermark_ms", &[]) >= watermark as f64
+            m.metric("infermon_acked_watermark_seconds", &[]) * 1000.0 >= watermark as f64
         });
     }
 
@@ -934,7 +934,7 @@ fn influxdb_outage_spools_pauses_and_then_delivers_every_point() {
         Duration::from_secs(90),
         "retries, a non-empty spool and backpressure",
         |m| {
-            m.metric("infermon_sink_retries", &[]) > 0.0
+            m.metric("infermon_sink_retries_total", &[]) > 0.0
                 && m.metric("infermon_spool_bytes", &[]) > 0.0
                 && m.metric("infermon_backpressure", &[]) == 1.0
         },
@@ -942,7 +942,7 @@ fn influxdb_outage_spools_pauses_and_then_delivers_every_point() {
     let (code, _) = monitor.get("/readyz").unwrap();
     assert_eq!(code, 503, "not ready while paused on a full spool");
     assert!(
-        monitor.metric("infermon_acked_watermark_ms", &[]) < last as f64,
+        monitor.metric("infermon_acked_watermark_seconds", &[]) * 1000.0 < last as f64,
         "nothing can be acknowledged while the server is down"
     );
 
@@ -1551,4 +1551,156 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `promtool` (Debian's `prometheus` package) on `args`, with `stdin`;
+/// its output, after requiring success.
+fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(crate::support::repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian's prometheus package) must be installed: bash .ci/run installs it",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_prometheus_rules_in_deploy_pass_promtool() {
+    promtool(
+        &["check", "rules", "deploy/prometheus/infermon-rules.yml"],
+        None,
+    );
+    promtool(
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        None,
+    );
+    let out = promtool(
+        &["test", "rules", "deploy/prometheus/infermon-rules.test.yml"],
+        None,
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn worker_metrics_follow_the_prometheus_conventions() {
+    use std::sync::Arc;
+    let m = Arc::new(infermon::worker::metrics::WorkerMetrics::default());
+    let l = infermon::worker::metrics::labels;
+    m.requests
+        .get_or_create(&l(&[("model", "ctr-ranker")]))
+        .inc();
+    m.predictions
+        .get_or_create(&l(&[
+            ("model", "ctr-ranker"),
+            ("model_version", "3"),
+            ("status", "ok"),
+        ]))
+        .inc();
+    m.batches
+        .get_or_create(&l(&[("model", "ctr-ranker")]))
+        .inc();
+    m.queued
+        .get_or_create(&l(&[("model", "ctr-ranker")]))
+        .set(2);
+    m.dlq.inc();
+    m.delivery_failures.inc();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+    let classic = infermon::monitor::http::classic_text(&text);
+    let lint = promtool(&["check", "metrics"], Some(&classic));
+    assert!(lint.trim().is_empty(), "{lint}\n{classic}");
+    assert!(
+        classic.contains("# TYPE infermon_worker_predictions_total counter"),
+        "{classic}"
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_a_monitor_whose_metrics_pass_promtool() {
+    let setup = Setup::new("prom");
+    let config = setup.config("monitor.toml", &setup.monitor_toml("a"));
+    let lines = recording_lines("error-burst");
+    setup.produce(&config, &lines[..2000]);
+    let monitor = Monitor::start(&config, setup.path("monitor.log"));
+    monitor.wait_for(Duration::from_secs(90), "the messages consumed", |m| {
+        m.metric("infermon_consumed_messages_total", &[]) >= 1500.0
+    });
+    std::thread::sleep(Duration::from_secs(2)); // all 2000 (requests are not read)
+    let (_, text) = monitor.get("/metrics").unwrap();
+    let lint = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        lint.trim().is_empty(),
+        "promtool check metrics:\n{lint}\n{text}"
+    );
+    let consumed = monitor.metric("infermon_consumed_messages_total", &[]);
+
+    let port = free_port();
+    let prom_config = setup.path("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: infermon-monitor\n    static_configs:\n      - targets: [{:?}]\n",
+            monitor.addr
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", prom_config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            setup.path("prom-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(setup.path("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus (Debian's package) must be installed: bash .ci/run installs it");
+    let query = |q: &str| -> Option<f64> {
+        let text = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query("query", q)
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut scraped = None;
+    while Instant::now() < until {
+        if query("up{job=\"infermon-monitor\"}") == Some(1.0) {
+            scraped = query("sum(infermon_consumed_messages_total)");
+            if scraped == Some(consumed) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(
+        scraped,
+        Some(consumed),
+        "Prometheus's view of the counter (up == 1 first)"
+    );
+    assert!(monitor.terminate().success());
 }

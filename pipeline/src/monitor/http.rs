@@ -3,7 +3,7 @@
 //! small blocking HTTP server on its own thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
@@ -24,7 +24,7 @@ pub struct MonitorMetrics {
     /// Messages sent to the DLQ, by topic and reason.
     pub dlq: Family<Labels, Counter>,
     /// DLQ messages the broker refused (each logged as an error).
-    pub dlq_failed: Gauge,
+    pub dlq_failed: Counter,
     /// Events that arrived after their window closed, by topic.
     pub late: Family<Labels, Counter>,
     /// Windows closed and emitted.
@@ -36,18 +36,19 @@ pub struct MonitorMetrics {
     /// Bytes waiting in each sink's spool.
     pub spool_bytes: Family<Labels, Gauge>,
     /// Write requests each sink completed.
-    pub sink_requests: Family<Labels, Gauge>,
+    pub sink_requests: Family<Labels, Counter>,
     /// Seconds spent in successful writes, per sink (with the request count,
-    /// the mean write latency), in microseconds.
-    pub sink_write_micros: Family<Labels, Gauge>,
+    /// the mean write latency).
+    pub sink_write_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     /// Failed writes that were retried, per sink.
-    pub sink_retries: Family<Labels, Gauge>,
+    pub sink_retries: Family<Labels, Counter>,
     /// Lines a sink's server refused for good.
-    pub sink_rejected_lines: Family<Labels, Gauge>,
-    /// Current watermark, ms since the epoch.
-    pub watermark_ms: Gauge,
-    /// Highest watermark every sink has acknowledged, ms.
-    pub acked_watermark_ms: Gauge,
+    pub sink_rejected_lines: Family<Labels, Counter>,
+    /// Current watermark, seconds since the epoch.
+    pub watermark_seconds: Gauge<f64, AtomicU64>,
+    /// Highest watermark every sink has acknowledged, seconds since the
+    /// epoch (-Inf while none is).
+    pub acked_watermark_seconds: Gauge<f64, AtomicU64>,
     /// 1 while consumption is paused because a spool is full.
     pub backpressure: Gauge,
     /// Alert notifications made (firing and resolved), by alert name.
@@ -92,9 +93,9 @@ impl MonitorMetrics {
             m.sink_requests.clone(),
         );
         r.register(
-            "sink_write_micros",
-            "Microseconds spent in completed writes",
-            m.sink_write_micros.clone(),
+            "sink_write_seconds",
+            "Seconds spent in completed writes",
+            m.sink_write_seconds.clone(),
         );
         r.register(
             "sink_retries",
@@ -107,14 +108,19 @@ impl MonitorMetrics {
             m.sink_rejected_lines.clone(),
         );
         r.register(
-            "watermark_ms",
-            "Current event-time watermark",
-            m.watermark_ms.clone(),
+            "watermark_seconds",
+            "Current event-time watermark, seconds since the epoch",
+            m.watermark_seconds.clone(),
         );
         r.register(
-            "acked_watermark_ms",
-            "Watermark every sink has acknowledged",
-            m.acked_watermark_ms.clone(),
+            "acked_watermark_seconds",
+            "Watermark every sink has acknowledged, seconds since the epoch",
+            m.acked_watermark_seconds.clone(),
+        );
+        r.register(
+            "dlq_failed_messages",
+            "DLQ messages the broker refused",
+            m.dlq_failed.clone(),
         );
         r.register(
             "backpressure",
@@ -153,6 +159,82 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Seconds since the epoch of a watermark in ms (`i64::MIN`, none yet, is
+/// -Inf).
+pub fn seconds(ms: i64) -> f64 {
+    if ms == i64::MIN {
+        f64::NEG_INFINITY
+    } else {
+        ms as f64 / 1000.0
+    }
+}
+
+/// Raise a counter to `total`, a cumulative count kept elsewhere (counters
+/// only go up; a smaller total, after a restart of its source, adds nothing).
+pub fn count_to(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// `/metrics` in the format the scraper asks for: OpenMetrics when its
+/// `Accept` names it (Prometheus does), else the classic text format 0.0.4
+/// (curl, `promtool check metrics`).
+///
+/// prometheus-client writes OpenMetrics only; the classic format differs in
+/// three things, rewritten here: counter families are named with their
+/// `_total` suffix in `# HELP` / `# TYPE`, and there are no `# UNIT` and
+/// `# EOF` lines.
+pub fn exposition(
+    registry: &Registry,
+    req: &tiny_http::Request,
+) -> Result<(String, &'static str), std::fmt::Error> {
+    let mut text = String::new();
+    encode(&mut text, registry)?;
+    let wants_openmetrics = req.headers().iter().any(|h| {
+        h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+    });
+    if wants_openmetrics {
+        return Ok((
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ));
+    }
+    Ok((
+        classic_text(&text),
+        "text/plain; version=0.0.4; charset=utf-8",
+    ))
+}
+
+/// OpenMetrics text as the classic Prometheus text format.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// A blocking HTTP server on `addr` (which may name port 0) and the
 /// address it bound.
 pub fn listen(addr: &str) -> anyhow::Result<(tiny_http::Server, std::net::SocketAddr)> {
@@ -179,17 +261,10 @@ pub fn serve(
         .spawn(move || {
             for req in server.incoming_requests() {
                 let (code, body, content_type) = match req.url() {
-                    "/metrics" => {
-                        let mut text = String::new();
-                        match encode(&mut text, &registry) {
-                            Ok(()) => (
-                                200,
-                                text,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                            Err(e) => (500, format!("encode: {e}\n"), "text/plain"),
-                        }
-                    }
+                    "/metrics" => match exposition(&registry, &req) {
+                        Ok((text, content_type)) => (200, text, content_type),
+                        Err(e) => (500, format!("encode: {e}\n"), "text/plain"),
+                    },
                     "/healthz" => {
                         let age = now_ms() - health.heartbeat_ms.load(Ordering::Relaxed);
                         if age <= stall_after.as_millis() as i64 {

@@ -20,13 +20,15 @@ pub mod watermark_store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use infermon_operators::{DriftOperator, GradientMonitor, LabelJoin, WindowEngine};
 use infermon_schemas::Point;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::{Deserialize, Serialize};
@@ -172,18 +174,15 @@ impl Sinks {
             m.spool_bytes
                 .get_or_create(&l)
                 .set(st.bytes.load(Ordering::Relaxed) as i64);
-            m.sink_requests
-                .get_or_create(&l)
-                .set(st.requests.load(Ordering::Relaxed) as i64);
-            m.sink_write_micros
-                .get_or_create(&l)
-                .set(st.write_micros.load(Ordering::Relaxed) as i64);
-            m.sink_retries
-                .get_or_create(&l)
-                .set(st.retries.load(Ordering::Relaxed) as i64);
-            m.sink_rejected_lines
-                .get_or_create(&l)
-                .set(st.rejected_lines.load(Ordering::Relaxed) as i64);
+            let count = |c: &Family<Labels, Counter>, n: &AtomicU64| {
+                http::count_to(&c.get_or_create(&l), n.load(Ordering::Relaxed));
+            };
+            count(&m.sink_requests, &st.requests);
+            count(&m.sink_retries, &st.retries);
+            count(&m.sink_rejected_lines, &st.rejected_lines);
+            let seconds = m.sink_write_seconds.get_or_create(&l);
+            let total = st.write_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            seconds.inc_by((total - seconds.get()).max(0.0));
         }
     }
 
@@ -328,7 +327,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 if assigned.is_some() {
                     health.ready.store(true, Ordering::Relaxed);
                     sinks.new_generation();
-                    metrics.acked_watermark_ms.set(i64::MIN);
+                    metrics.acked_watermark_seconds.set(f64::NEG_INFINITY);
                 }
             }
             match polled {
@@ -425,7 +424,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             sinks.push(&points, watermark)?;
             pushed = watermark;
         }
-        metrics.watermark_ms.set(watermark);
+        metrics.watermark_seconds.set(http::seconds(watermark));
 
         // Backpressure: a full spool pauses consumption until it drains.
         let full = sinks.full();
@@ -618,11 +617,11 @@ fn commit(
     mode: CommitMode,
 ) -> anyhow::Result<()> {
     let acked = sinks.acked();
-    metrics.acked_watermark_ms.set(acked);
+    metrics.acked_watermark_seconds.set(http::seconds(acked));
     a.tracker.release(acked);
     // DLQ'd messages must be in the DLQ before we commit past them.
     let flushed = dlq.flush(Duration::from_secs(10));
-    metrics.dlq_failed.set(dlq.failed() as i64);
+    http::count_to(&metrics.dlq_failed, dlq.failed());
     if let Err(e) = flushed {
         tracing::error!(error = %e, "DLQ not acknowledged; commit postponed");
         return Ok(());

@@ -190,12 +190,15 @@ pub fn serve_http(
         .name("worker-http".into())
         .spawn(move || {
             for mut req in server.incoming_requests() {
+                let mut content_type = "text/plain; charset=utf-8";
                 let (code, body) = match (req.method(), req.url()) {
                     (tiny_http::Method::Get, "/healthz") => (200, "ok\n".to_string()),
                     (tiny_http::Method::Get, "/metrics") => {
-                        let mut text = String::new();
-                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                            Ok(()) => (200, text),
+                        match crate::monitor::http::exposition(&registry, &req) {
+                            Ok((text, kind)) => {
+                                content_type = kind;
+                                (200, text)
+                            }
                             Err(e) => (500, format!("encode: {e}\n")),
                         }
                     }
@@ -205,7 +208,12 @@ pub fn serve_http(
                     },
                     _ => (404, "not found\n".to_string()),
                 };
-                let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code));
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
+                    .expect("static header");
+                let response = tiny_http::Response::from_string(body)
+                    .with_status_code(code)
+                    .with_header(header);
+                let _ = req.respond(response);
             }
         })?;
     Ok(bound)

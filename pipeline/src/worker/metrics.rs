@@ -31,7 +31,7 @@ pub struct WorkerMetrics {
     /// 1 per version serving, by model, version and role (stable, canary).
     pub serving: Family<Labels, Gauge>,
     /// Predictions the broker refused after librdkafka's retries.
-    pub delivery_failures: Gauge,
+    pub delivery_failures: Counter,
 }
 
 /// Label pairs from string slices.

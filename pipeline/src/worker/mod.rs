@@ -219,9 +219,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             send(&producer, &topics.predictions, &event, &mut buf)?;
         }
         if last_commit.elapsed() >= wc.commit_interval {
-            metrics
-                .delivery_failures
-                .set(producer.context().failed.load(Ordering::Relaxed) as i64);
+            crate::monitor::http::count_to(
+                &metrics.delivery_failures,
+                producer.context().failed.load(Ordering::Relaxed),
+            );
             for s in served.values() {
                 metrics
                     .queued

@@ -513,10 +513,17 @@ fn requests_by_window(out: &Replayed) -> BTreeMap<i64, f64> {
 
 #[test]
 fn a_future_dated_event_neither_blinds_the_monitor_nor_is_lost() {
-    for (ahead, after_minute) in [(6 * 60 * MIN, 5), (31 * MIN, 2), (3 * 24 * 60 * MIN, 12)] {
+    // (how far ahead, after which minute, at which line): mid-file, as the
+    // very first line, as the very last one.
+    for (ahead, after_minute, at) in [
+        (6 * 60 * MIN, 5, 5 * 120 + 7),
+        (31 * MIN, 2, 2 * 120 + 7),
+        (3 * 24 * 60 * MIN, 12, 12 * 120 + 7),
+        (6 * 60 * MIN, 0, 0),
+        (2 * 60 * MIN, 21, 21 * 120),
+    ] {
         let mut events = steady_traffic(0..21, 10..15);
         // One event from a producer whose clock is `ahead` fast.
-        let at = (after_minute * 120 + 7) as usize;
         let mut skewed = prediction(
             "r-skewed",
             T0 + after_minute * MIN + ahead,

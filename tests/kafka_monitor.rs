@@ -313,6 +313,13 @@ impl Monitor {
         });
     }
 
+    /// Wait until offsets up to `watermark` have been committed.
+    fn wait_committed(&self, watermark: i64, timeout: Duration) {
+        self.wait_for(timeout, &format!("committed watermark {watermark}"), |m| {
+            m.metric("infermon_committed_watermark_seconds", &[]) * 1000.0 >= watermark as f64
+        });
+    }
+
     /// SIGTERM and wait for a clean exit.
     fn terminate(mut self) -> ExitStatus {
         Command::new("kill")
@@ -794,7 +801,7 @@ fn kill_9_mid_stream_and_restart_lose_and_change_no_window() {
     setup.produce(&config, &lines[..half]);
     let monitor = Monitor::start(&config, setup.path("monitor-1.log"));
     let some = first_ts(&lines) + 15 * 60_000;
-    monitor.wait_acked(some, Duration::from_secs(90));
+    monitor.wait_committed(some, Duration::from_secs(90));
     monitor.kill9();
 
     // The rest arrives while it is down; the restart resumes from the

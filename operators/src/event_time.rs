@@ -17,9 +17,14 @@
 //!   that far ahead (traffic after a quiet night, a backfill's gap), or, live,
 //!   an event within `max_future_skew` of the wall clock (real-time traffic
 //!   after a quiet spell). Offline such an event is [`Check::Ahead`]: the
-//!   caller holds it until the input shows which it is, so nothing is lost
-//!   either way. Live nothing can be held (offsets are committed in order):
-//!   the events of an unconfirmed jump go to the DLQ with their reason.
+//!   caller holds it until the input shows which it is, and the median of
+//!   the held events decides ([`EventTimeGuard::settle`]); so are an input's
+//!   first events, so that a skewed first line cannot set its time. Live
+//!   nothing can be held (offsets are committed in order): the events of an
+//!   unconfirmed jump go to the DLQ with their reason.
+//!
+//! Known limit: a burst of [`JUMP_CONFIRMATION`] or more skewed events in a
+//! row is taken for a real jump.
 //!
 //! Kafka's own `message.timestamp.difference.max.ms` bounds broker-side
 //! timestamps against the broker clock the same way.
@@ -88,7 +93,16 @@ impl EventTimeGuard {
                 span(self.max_future_ms)
             ));
         }
-        if let Some(p) = self.progress {
+        let Some(p) = self.progress else {
+            // Offline, the first events are held until there are enough to
+            // tell the input's time from a skewed one (see `settle`).
+            return if wall_now_ms.is_none() {
+                Check::Ahead
+            } else {
+                self.accept(ts)
+            };
+        };
+        {
             if p - ts > self.max_age_ms {
                 return Check::Reject(format!(
                     "ts: {} is {} behind this input's newest event time {} (max_event_age {})",
@@ -109,23 +123,56 @@ impl EventTimeGuard {
                 }
             }
         }
+        self.accept(ts)
+    }
+
+    fn accept(&mut self, ts: i64) -> Check {
         self.ahead_run = 0;
         self.progress = Some(self.progress.map_or(ts, |p| p.max(ts)));
         Check::Accept
     }
 
-    /// The input went on from held events up to `ts`: accept them.
-    pub fn jump(&mut self, ts: i64) {
-        self.progress = Some(self.progress.map_or(ts, |p| p.max(ts)));
+    /// Whether the input's time is known yet (offline, the first events are
+    /// held until [`EventTimeGuard::settle`]).
+    pub fn has_progress(&self) -> bool {
+        self.progress.is_some()
     }
 
-    /// Why an event at `ts`, far ahead of the input, is rejected.
+    /// Offline: decide the held events (their event times, in order) once
+    /// the input confirmed a jump ([`JUMP_CONFIRMATION`] of them) or, for
+    /// the first events of an input, once there are that many or the input
+    /// ended. Those within `max_future_skew` of the held events' median are
+    /// the input's time and are kept (`true`); the rest are outliers, to be
+    /// rejected with [`EventTimeGuard::ahead_reason`].
+    pub fn settle(&mut self, held: &[i64]) -> Vec<bool> {
+        let mut sorted = held.to_vec();
+        sorted.sort_unstable();
+        let Some(&median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
+            return Vec::new();
+        };
+        let keep: Vec<bool> = held
+            .iter()
+            .map(|&ts| ts - median <= self.max_future_ms && median - ts <= self.max_age_ms)
+            .collect();
+        for (&ts, _) in held.iter().zip(&keep).filter(|(_, k)| **k) {
+            self.progress = Some(self.progress.map_or(ts, |p| p.max(ts)));
+        }
+        self.ahead_run = 0;
+        keep
+    }
+
+    /// Why an event at `ts`, far from the rest of the input, is rejected.
     pub fn ahead_reason(&self, ts: i64) -> String {
         let p = self.progress.unwrap_or(ts);
+        let (gap, side) = if ts >= p {
+            (ts - p, "ahead of")
+        } else {
+            (p - ts, "behind")
+        };
         format!(
-            "ts: {} is {} ahead of this input's newest event time {} (max_future_skew {}): a skewed producer clock?",
+            "ts: {} is {} {side} this input's newest event time {} (max_future_skew {}): a skewed producer clock?",
             rfc3339(ts),
-            span(ts - p),
+            span(gap),
             rfc3339(p),
             span(self.max_future_ms)
         )
@@ -198,7 +245,12 @@ mod tests {
         }
         let r = rejected(g.check(-5, None));
         assert!(r.contains("between 2000 and 2100"), "{r}");
-        assert_eq!(g.check(T0, None), Check::Accept);
+        assert_eq!(
+            g.check(T0, None),
+            Check::Ahead,
+            "offline, first events are held"
+        );
+        assert_eq!(g.check(T0, Some(T0)), Check::Accept);
     }
 
     #[test]
@@ -240,7 +292,9 @@ mod tests {
     #[test]
     fn offline_a_jump_is_held_until_the_input_confirms_it() {
         let mut g = guard();
-        assert_eq!(g.check(T0, None), Check::Accept);
+        // The first events are held until the input's time is known.
+        assert_eq!(g.check(T0, None), Check::Ahead);
+        assert_eq!(g.settle(&[T0]), vec![true]);
         assert_eq!(g.check(T0 + 6 * 60 * MIN, None), Check::Ahead);
         // The input goes on in line: that event was an outlier.
         assert_eq!(g.check(T0 + MIN, None), Check::Accept);
@@ -249,9 +303,31 @@ mod tests {
             r.contains("5h 59m ahead of this input's newest event time"),
             "{r}"
         );
-        // A real jump: the caller confirms it and goes on from there.
-        g.jump(T0 + 3 * 60 * MIN);
-        assert_eq!(g.check(T0 + 3 * 60 * MIN + 1, None), Check::Accept);
-        assert_eq!(g.check(T0 + 3 * 60 * MIN + 7 * MIN, None), Check::Ahead);
+        // A real jump, with an outlier of its own among the held events:
+        // the median decides.
+        let later = T0 + 3 * 60 * MIN;
+        let mut held: Vec<i64> = (0..7).map(|i| later + i * 1000).collect();
+        held.insert(3, later + 3 * 24 * 60 * MIN);
+        assert_eq!(
+            g.settle(&held),
+            vec![true, true, true, false, true, true, true, true]
+        );
+        assert_eq!(g.check(later + 10_000, None), Check::Accept);
+        assert_eq!(g.check(later + 17 * MIN, None), Check::Ahead);
+    }
+
+    #[test]
+    fn offline_a_skewed_first_event_is_told_by_the_ones_after_it() {
+        let mut g = guard();
+        let mut held = vec![T0 + 6 * 60 * MIN];
+        held.extend((0..7).map(|i| T0 + i * 1000));
+        for &ts in &held {
+            assert_eq!(g.check(ts, None), Check::Ahead);
+        }
+        assert_eq!(
+            g.settle(&held),
+            vec![false, true, true, true, true, true, true, true]
+        );
+        assert_eq!(g.check(T0 + 8000, None), Check::Accept);
     }
 }

@@ -20,6 +20,10 @@ pub enum SketchError {
     /// The bytes are not a serialized sketch.
     #[error("latency sketch state does not parse: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// The bins do not add up (counts, key range and bin vector disagree):
+    /// merging it would read outside its bins.
+    #[error("latency sketch state is inconsistent: {0}")]
+    Inconsistent(String),
     /// A sketch of another configuration (accuracy, bin cap or minimum):
     /// its bins do not line up with ours.
     #[error(
@@ -96,12 +100,58 @@ impl LatencySketch {
         serde_json::to_vec(&self.sketch).expect("DDSketch serializes")
     }
 
-    /// Inverse of [`LatencySketch::to_bytes`].
+    /// Inverse of [`LatencySketch::to_bytes`]. State from outside is checked
+    /// before anything reads it: each store's bins must cover its key range
+    /// and add up to its count.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        for name in ["store", "negative_store"] {
+            check_store(name, &value[name]).map_err(SketchError::Inconsistent)?;
+        }
         Ok(Self {
-            sketch: serde_json::from_slice(bytes)?,
+            sketch: serde_json::from_value(value)?,
         })
     }
+}
+
+/// A serialized DDSketch store (`bins`, `count`, `min_key`, `max_key`,
+/// `offset`) whose merge cannot index outside its bins.
+fn check_store(name: &str, store: &serde_json::Value) -> Result<(), String> {
+    let int = |field: &str| {
+        store[field]
+            .as_i64()
+            .ok_or_else(|| format!("{name}.{field} is not an integer"))
+    };
+    let bins: Vec<u64> = store["bins"]
+        .as_array()
+        .ok_or_else(|| format!("{name}.bins is not an array"))?
+        .iter()
+        .map(|b| {
+            b.as_u64()
+                .ok_or_else(|| format!("{name}.bins holds a non-count"))
+        })
+        .collect::<Result<_, _>>()?;
+    let (count, min_key, max_key, offset) = (
+        int("count")?,
+        int("min_key")?,
+        int("max_key")?,
+        int("offset")?,
+    );
+    let sum: u64 = bins.iter().sum();
+    if u64::try_from(count).ok() != Some(sum) {
+        return Err(format!(
+            "{name}.count is {count} but its bins add up to {sum}"
+        ));
+    }
+    let covered = count == 0
+        || (offset <= min_key && min_key <= max_key && max_key - offset < bins.len() as i64);
+    if !covered {
+        return Err(format!(
+            "{name}: keys {min_key}..={max_key} from offset {offset} do not fit its {} bins",
+            bins.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,7 +171,18 @@ mod tests {
         assert_eq!(ours.count(), 1, "left unchanged");
         assert!(matches!(
             LatencySketch::from_bytes(b"{\"not\": 1}"),
-            Err(SketchError::Corrupt(_))
+            Err(SketchError::Inconsistent(_) | SketchError::Corrupt(_))
         ));
+        // Our configuration, but bins that do not cover the key range.
+        let mut v: serde_json::Value = serde_json::from_slice(&ours.to_bytes()).unwrap();
+        v["store"]["bins"] = serde_json::json!([]);
+        v["store"]["min_key"] = serde_json::json!(10);
+        v["store"]["max_key"] = serde_json::json!(20);
+        let err = LatencySketch::from_bytes(v.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, SketchError::Inconsistent(_)), "{err}");
+        // Round trip of a real one still works and merges.
+        let copy = LatencySketch::from_bytes(&ours.to_bytes()).unwrap();
+        ours.merge(&copy).unwrap();
+        assert_eq!(ours.count(), 2);
     }
 }

@@ -132,9 +132,15 @@ fn parse(bytes: &[u8]) -> Result<AnyEvent, DecodeError> {
             // Infinity unquoted: read them as marked strings, which the
             // fields that allow non-finite values accept and the others
             // refuse by name.
-            Some(quoted) => {
-                serde_json::from_slice::<AnyEvent>(&quoted).map_err(|_| explain(&quoted))
-            }
+            Some(quoted) => serde_json::from_slice::<AnyEvent>(&quoted).map_err(|e| {
+                // A field error names the field; a syntax error is told on
+                // the bytes as they came.
+                if e.is_data() {
+                    explain(&quoted)
+                } else {
+                    explain(bytes)
+                }
+            }),
             None => Err(explain(bytes)),
         },
     }
@@ -149,13 +155,18 @@ fn bare_token(s: &str) -> Option<&str> {
     s.strip_prefix(BARE)
 }
 
-/// `bytes` with every bare `NaN`, `Infinity` and `-Infinity` token outside a
-/// string turned into a [`BARE`]-marked JSON string; `None` when there is
-/// none (the message is broken in some other way).
+/// `bytes` with every bare `NaN`, `Infinity` and `-Infinity` token in a
+/// value position (after `:`, or in an array) turned into a [`BARE`]-marked
+/// JSON string; `None` when there is none (the message is broken in some
+/// other way). A token where a key belongs stays as it is: still not JSON.
 fn quote_bare_tokens(bytes: &[u8]) -> Option<Vec<u8>> {
     const TOKENS: [&[u8]; 3] = [b"NaN", b"Infinity", b"-Infinity"];
     let mut out = Vec::with_capacity(bytes.len() + 16);
     let (mut in_string, mut escaped, mut found) = (false, false, false);
+    // Open containers (`{` / `[`) and the last byte outside strings and
+    // whitespace: together they say whether a value may start here.
+    let mut open: Vec<u8> = Vec::new();
+    let mut prev = 0u8;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -166,15 +177,31 @@ fn quote_bare_tokens(bytes: &[u8]) -> Option<Vec<u8>> {
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-        } else if b == b'"' {
-            in_string = true;
-        } else if let Some(t) = TOKENS.iter().find(|t| bytes[i..].starts_with(t)) {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let value_position =
+            prev == b':' || prev == b'[' || (prev == b',' && open.last() == Some(&b'['));
+        if value_position && let Some(t) = TOKENS.iter().find(|t| bytes[i..].starts_with(t)) {
             out.extend_from_slice(b"\"\\u0001");
             out.extend_from_slice(t);
             out.push(b'"');
             i += t.len();
             found = true;
+            prev = b'"';
             continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => open.push(b),
+            b'}' | b']' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        if !b.is_ascii_whitespace() {
+            prev = b;
         }
         out.push(b);
         i += 1;

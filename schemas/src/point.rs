@@ -11,9 +11,9 @@
 //! that position escapes, or before another backslash (InfluxDB 2.x and
 //! VictoriaMetrics read `\\` as one backslash). A lone backslash before an
 //! ordinary character is written as it is, which every reader, InfluxDB 1.x
-//! included, reads as itself. InfluxDB 1.x cannot store a tag value that
-//! ends in a backslash at all (its parser has no escape for it): such lines
-//! are refused by 1.x only.
+//! included, reads as itself. InfluxDB 1.x never unescapes `\\`: it refuses
+//! a tag value ending in a backslash (it has no escape for it) and keeps the
+//! doubled backslash before a separator or another backslash.
 
 use std::fmt::Write;
 

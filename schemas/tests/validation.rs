@@ -259,6 +259,9 @@ fn bare_nan_tokens_elsewhere_are_refused_by_field() {
         err(TopicKind::Training, &json),
         "lr: expected number, got a bare NaN token (not JSON)"
     );
+    // Where a key belongs, a token is not quoted: still not JSON.
+    let json = GOOD.replace(r#""price": 129.0"#, r#"NaN: 129.0"#);
+    assert!(err(TopicKind::Predictions, &json).starts_with("not valid JSON"));
     // Not a token: still invalid JSON with serde's own words.
     let json = GOOD.replace(r#""score": 0.0421"#, r#""score": Nope"#);
     assert!(err(TopicKind::Predictions, &json).starts_with("not valid JSON"));

@@ -44,8 +44,10 @@ struct Series {
 /// Where a series stood when the monitor last wrote its alerts log: read
 /// back at start-up so a restarted monitor neither re-notifies a firing
 /// alert as new nor forgets to resolve it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Restored {
+    /// The alert's labels.
+    pub labels: BTreeMap<String, String>,
     /// The last status notified.
     pub status: AlertStatus,
     /// `startsAt` of that notification, ms.
@@ -120,8 +122,57 @@ impl AlertEngine {
         }
     }
 
-    /// Take up series state from an earlier run (by fingerprint).
+    /// Take up series state from an earlier run (by fingerprint). Series
+    /// that were firing are set up at once, so that they resolve (missing
+    /// data, an event rule's quiet) even when no point of theirs comes
+    /// again; the others are taken up when their next point comes.
     pub fn restore(&mut self, restored: HashMap<String, Restored>) {
+        for r in restored
+            .values()
+            .filter(|r| r.status == AlertStatus::Firing)
+        {
+            let Some(idx) = self
+                .rules
+                .iter()
+                .position(|rule| r.labels.get("alertname") == Some(&rule.name))
+            else {
+                continue; // the rule is gone from the config
+            };
+            let rule = &self.rules[idx];
+            // The series key is the point's tags: the labels without what
+            // the rule added (see `labels_of`).
+            let tags: Vec<(String, String)> = r
+                .labels
+                .iter()
+                .filter(|(k, v)| {
+                    let added = matches!(k.as_str(), "alertname" | "severity")
+                        || rule.labels.contains_key(*k)
+                        || (k.as_str() == "model" && v.is_empty());
+                    !added
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let quiet = Verdict {
+                value: f64::NAN,
+                firing: true,
+                resolved: false,
+                bound: None,
+            };
+            let series = Series {
+                labels: r.labels.clone(),
+                state: State::Firing {
+                    since: r.starts_at_ms,
+                },
+                seen_at: r.at_ms,
+                last_true: r.at_ms,
+                last: quiet,
+                transitions: VecDeque::new(),
+                flapping: false,
+                fired_since: r.starts_at_ms,
+                resolved_at: r.at_ms,
+            };
+            self.series.insert((idx, tags), series);
+        }
         self.restored = restored;
     }
 
@@ -214,14 +265,10 @@ impl AlertEngine {
                 quiet
             } else {
                 match rule.no_data {
-                    NoData::Keep => {
-                        // Keep a firing alert, but a pending timer needs
-                        // the condition seen in every window.
-                        if matches!(series.state, State::Pending { .. }) {
-                            series.state = State::Inactive;
-                        }
-                        continue;
-                    }
+                    // A pending timer is reset by `observe` when the next
+                    // point comes after a gap: here the point may simply
+                    // be late (quality points come a label wait later).
+                    NoData::Keep => continue,
                     NoData::Resolve => quiet,
                     NoData::Alert => Verdict {
                         firing: true,

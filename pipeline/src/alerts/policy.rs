@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::Restored;
 use super::notification::{AlertStatus, Notification, rfc3339};
 
 /// One silence (`[[alerts.silences]]`, or a line of the silences file that
@@ -218,6 +219,20 @@ impl Policy {
             .map(|(f, _)| f.clone())
             .collect();
         out
+    }
+
+    /// Critical alerts still firing when an earlier run stopped go on
+    /// inhibiting their model's warnings.
+    pub fn restore<'a>(&mut self, alerts: impl IntoIterator<Item = &'a Restored>) {
+        for r in alerts {
+            if r.status == AlertStatus::Firing
+                && r.labels.get("severity").map(String::as_str) == Some("critical")
+            {
+                let model = r.labels.get("model").cloned().unwrap_or_default();
+                let fingerprint = super::notification::fingerprint(&r.labels);
+                self.critical.entry(model).or_default().insert(fingerprint);
+            }
+        }
     }
 
     /// Whether a critical alert of `model` fires.

@@ -77,6 +77,8 @@ pub struct AlertStage<'a> {
     log_receiver: &'static str,
     /// Windows close this often (the slide of hopping windows).
     tick_ms: i64,
+    /// Event time of the latest evaluation.
+    last_now: i64,
 }
 
 impl<'a> AlertStage<'a> {
@@ -114,6 +116,7 @@ impl<'a> AlertStage<'a> {
             log,
             log_receiver,
             tick_ms: window.slide.unwrap_or(window.size).as_millis() as i64,
+            last_now: i64::MIN,
         })
     }
 
@@ -134,9 +137,13 @@ impl<'a> AlertStage<'a> {
         for (_, am) in &self.senders.alertmanagers {
             am.send(&fired);
         }
+        // Evaluations without a time of their own (the end of a replay)
+        // happen at the latest one's.
         let now = window_end
             .or_else(|| fired.iter().map(|n| n.at_ms).max())
-            .unwrap_or(i64::MIN);
+            .unwrap_or(self.last_now)
+            .max(self.last_now);
+        self.last_now = now;
         let fired = self.policy.apply(fired, now);
         if !fired.is_empty() {
             // On disk before any receiver hears of it: the log is the
@@ -154,6 +161,7 @@ impl<'a> AlertStage<'a> {
 
     /// Take up alert state an earlier run left in its alerts log.
     pub fn restore(&mut self, restored: HashMap<String, Restored>) {
+        self.policy.restore(restored.values());
         self.engine.restore(restored);
     }
 

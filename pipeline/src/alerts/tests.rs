@@ -441,6 +441,7 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
     restored.insert(
         notification::fingerprint(&labels("m")),
         engine::Restored {
+            labels: labels("m"),
             status: AlertStatus::Firing,
             starts_at_ms: 3 * MIN,
             at_ms: 3 * MIN,
@@ -464,6 +465,7 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
     restored.insert(
         notification::fingerprint(&labels("m")),
         engine::Restored {
+            labels: labels("m"),
             status: AlertStatus::Resolved,
             starts_at_ms: 3 * MIN,
             at_ms: 5 * MIN,
@@ -476,4 +478,54 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
     assert_eq!(e.replayed(), 3);
     assert_eq!(e.observe(&[point(6, 0.0)]).len(), 0);
     assert_eq!(e.observe(&[point(8, 0.05)]).len(), 1);
+}
+
+#[test]
+fn a_restored_firing_alert_resolves_even_if_its_series_never_comes_back() {
+    let r: RuleConfig = toml::from_str(
+        r#"
+        name = "nan"
+        measurement = "gradient_anomalies"
+        field = "step"
+        op = ">="
+        threshold = 0.0
+        events = true
+        keep_firing_for = "2m"
+        severity = "critical"
+        labels = { team = "ml" }
+        summary = "{run_id}"
+    "#,
+    )
+    .unwrap();
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("alertname", "nan"),
+        ("model", "m"),
+        ("run_id", "r1"),
+        ("kind", "nonfinite"),
+        ("severity", "critical"),
+        ("team", "ml"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let mut e = engine(vec![r]);
+    let mut restored = std::collections::HashMap::new();
+    restored.insert(
+        notification::fingerprint(&labels),
+        engine::Restored {
+            labels: labels.clone(),
+            status: AlertStatus::Firing,
+            starts_at_ms: 30_500,
+            at_ms: 30_500,
+        },
+    );
+    e.restore(restored);
+    // No anomaly comes again: the event rule's quiet resolves it after
+    // keep_firing_for, with the labels it fired with.
+    assert!(e.tick(MIN, MIN).is_empty());
+    assert!(e.tick(2 * MIN, MIN).is_empty());
+    let n = e.tick(3 * MIN, MIN);
+    assert_eq!(n.len(), 1, "{n:#?}");
+    assert_eq!(n[0].status, AlertStatus::Resolved);
+    assert_eq!(n[0].labels, labels);
+    assert_eq!(n[0].starts_at_ms, 30_500);
 }

@@ -106,7 +106,13 @@ impl Decoder {
             .name("decode".into())
             .spawn(move || {
                 let mut guards = Guards::new();
+                let mut current = None;
                 for (generation, raw) in jobs {
+                    // A rebalance starts the partitions' progress afresh: a
+                    // partition may come back after hours elsewhere.
+                    if current.replace(generation) != Some(generation) {
+                        guards.clear();
+                    }
                     let batch = decode_batch(&settings, &mut guards, generation, raw);
                     if done.send(batch).is_err() {
                         return;

@@ -49,6 +49,9 @@ pub struct MonitorMetrics {
     /// Highest watermark every sink has acknowledged, seconds since the
     /// epoch (-Inf while none is).
     pub acked_watermark_seconds: Gauge<f64, AtomicU64>,
+    /// Watermark of the last offset commit requested (everything before it
+    /// is written and its offsets handed to the broker), seconds.
+    pub committed_watermark_seconds: Gauge<f64, AtomicU64>,
     /// 1 while consumption is paused because a spool is full.
     pub backpressure: Gauge,
     /// Alert notifications made (firing and resolved), by alert name.
@@ -116,6 +119,11 @@ impl MonitorMetrics {
             "acked_watermark_seconds",
             "Watermark every sink has acknowledged, seconds since the epoch",
             m.acked_watermark_seconds.clone(),
+        );
+        r.register(
+            "committed_watermark_seconds",
+            "Watermark of the last offset commit, seconds since the epoch",
+            m.committed_watermark_seconds.clone(),
         );
         r.register(
             "dlq_failed_messages",

@@ -645,5 +645,8 @@ fn commit(
     let watermarks: Vec<_> = with_floor.into_iter().map(|(tp, _, wm)| (tp, wm)).collect();
     store.save(&watermarks)?;
     *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
+    metrics
+        .committed_watermark_seconds
+        .set(http::seconds(acked));
     Ok(())
 }

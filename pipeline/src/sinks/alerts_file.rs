@@ -47,8 +47,15 @@ impl AlertsFile {
             .map_err(named)?;
         let mut restored = HashMap::new();
         let mut torn = 0;
-        for line in BufReader::new(&mut file).lines() {
-            let line = line.map_err(named)?;
+        let mut reader = BufReader::new(&mut file);
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            if reader.read_until(b'\n', &mut bytes).map_err(named)? == 0 {
+                break;
+            }
+            // A line torn by a crash may end inside a UTF-8 character.
+            let line = String::from_utf8_lossy(&bytes);
             if line.trim().is_empty() {
                 continue;
             }
@@ -108,7 +115,14 @@ fn journal_entry(line: &str) -> Option<(String, Restored)> {
     };
     let key = v.get("idempotencyKey")?.as_str()?;
     let at_ms = key.rsplit(':').next()?.parse().ok()?;
+    let labels = v
+        .get("labels")?
+        .as_object()?
+        .iter()
+        .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect::<Option<_>>()?;
     let restored = Restored {
+        labels,
         status,
         starts_at_ms: parse_ms(v.get("startsAt")?.as_str()?)?,
         at_ms,
@@ -157,7 +171,7 @@ mod tests {
         drop(log);
         // A crash in the middle of a line.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"status\":\"fir").unwrap();
+        f.write_all(b"{\"status\":\"fir\xe6\xa8").unwrap(); // inside a UTF-8 character
         drop(f);
 
         let (mut log, restored, torn) = AlertsFile::open_journal(&path).unwrap();
@@ -165,6 +179,7 @@ mod tests {
         assert_eq!(
             restored[&a.fingerprint()],
             Restored {
+                labels: a.labels.clone(),
                 status: AlertStatus::Firing,
                 starts_at_ms: 60_000,
                 at_ms: 120_000

@@ -187,14 +187,24 @@ fn decode_loop(
                         event,
                     });
                     if held.len() >= JUMP_CONFIRMATION {
-                        release(&mut held, &mut guard, &mut batch, &mut builder);
+                        settle(&mut held, &mut guard, &mut batch, &mut builder);
                     }
                 }
             }
         }
         if eof {
-            // Nothing came after them to say otherwise: keep them.
-            release(&mut held, &mut guard, &mut batch, &mut builder);
+            if guard.has_progress() {
+                // A jump the input never confirmed: outliers.
+                for h in held.drain(..) {
+                    let reason = guard.ahead_reason(h.event.ts());
+                    batch
+                        .rejects
+                        .push(reject(h.line, &h.bytes, reason, EVENT_TIME));
+                }
+            } else {
+                // A short input: its events are all there is to judge by.
+                settle(&mut held, &mut guard, &mut batch, &mut builder);
+            }
         }
         batch.predictions = builder.finish();
         let empty = lines == 0 && batch.events.iter().all(|n| *n == 0);
@@ -207,18 +217,25 @@ fn decode_loop(
     }
 }
 
-/// The input went on from the held events: accept them.
-fn release(
+/// Enough events are held to tell the input's time: those near their
+/// median are kept, the others rejected.
+fn settle(
     held: &mut Vec<Held>,
     guard: &mut infermon_operators::EventTimeGuard,
     batch: &mut DecodedBatch,
     builder: &mut PredictionBatchBuilder,
 ) {
-    if let Some(newest) = held.iter().map(|h| h.event.ts()).max() {
-        guard.jump(newest);
-    }
-    for h in held.drain(..) {
-        add(batch, builder, h.event);
+    let times: Vec<i64> = held.iter().map(|h| h.event.ts()).collect();
+    let keep = guard.settle(&times);
+    for (h, keep) in held.drain(..).zip(keep) {
+        if keep {
+            add(batch, builder, h.event);
+        } else {
+            let reason = guard.ahead_reason(h.event.ts());
+            batch
+                .rejects
+                .push(reject(h.line, &h.bytes, reason, EVENT_TIME));
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
 use crate::support::{
-    Line, create_topics, free_port, infermon, parse_lines, recordings, required_env, run_ok,
-    unique_id,
+    Alertmanager, Line, create_topics, free_port, infermon, parse_lines, recordings, required_env,
+    run_ok, unique_id,
 };
 
 /// Lateness that covers the recordings' 20–90 s late events, so the offline
@@ -1286,88 +1286,6 @@ fn kill_9_during_a_firing_incident_sends_one_firing_and_one_resolved() {
     assert_eq!(statuses, ["firing", "resolved"], "{journal}");
 }
 
-/// A real Alertmanager 0.25 of the test's own, routing every alert to the
-/// HTTP receiver at `receiver` (grouped by alertname and model, 1 s waits).
-struct Alertmanager {
-    child: Child,
-    url: String,
-}
-
-impl Alertmanager {
-    fn start(dir: &Path, receiver: std::net::SocketAddr) -> Self {
-        let config = dir.join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "route:\n  receiver: test\n  group_by: [alertname, model]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: test\n    webhook_configs:\n      - url: http://{receiver}/alerts\n        send_resolved: true\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian's package) must be installed: bash .ci/run installs it");
-        let am = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let until = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/-/ready", am.url)).call().is_err() {
-            assert!(Instant::now() < until, "Alertmanager did not get ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        am
-    }
-
-    /// Alerts Alertmanager holds (active, suppressed), from its v2 API.
-    fn alerts(&self) -> Vec<Value> {
-        let text = ureq::get(&format!("{}/api/v2/alerts", self.url))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        serde_json::from_str::<Value>(&text)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut ok: impl FnMut(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let until = Instant::now() + timeout;
-        loop {
-            let alerts = self.alerts();
-            if ok(&alerts) {
-                return alerts;
-            }
-            assert!(
-                Instant::now() < until,
-                "Alertmanager: no {what} within {timeout:?}: {alerts:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Alertmanager's own notifications as (alertname, status) of each alert.
 fn routed(log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>) -> Vec<(String, String)> {
     log.lock()
@@ -1424,7 +1342,10 @@ fn alerts_go_to_a_real_alertmanager_which_routes_silences_and_resolves_them() {
     let setup = Setup::new("am");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let received = crate::webhook_delivery::receiver(listener.try_clone().unwrap(), Vec::new());
-    let am = Alertmanager::start(setup.dir.path(), listener.local_addr().unwrap());
+    let am = Alertmanager::start(
+        setup.dir.path(),
+        &format!("url: http://{}/alerts", listener.local_addr().unwrap()),
+    );
     let config = setup.config(
         "monitor.toml",
         &(alertmanager_toml(&am) + &setup.monitor_toml("a")),
@@ -1516,7 +1437,10 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
     let setup = Setup::new("amkill");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let received = crate::webhook_delivery::receiver(listener.try_clone().unwrap(), Vec::new());
-    let am = Alertmanager::start(setup.dir.path(), listener.local_addr().unwrap());
+    let am = Alertmanager::start(
+        setup.dir.path(),
+        &format!("url: http://{}/alerts", listener.local_addr().unwrap()),
+    );
     let config = setup.config(
         "monitor.toml",
         &(alertmanager_toml(&am) + &setup.monitor_toml("a")),

@@ -1,7 +1,10 @@
 //! Shared helpers: the binary, required environment, line-protocol parsing.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The `infermon` binary built for these tests.
 pub fn infermon() -> Command {
@@ -137,4 +140,88 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A real Alertmanager 0.25 of the test's own, routing every alert to one
+/// webhook (`webhook`: the YAML of its `webhook_configs` entry, from `url:`;
+/// grouped by alertname and model, 1 s waits, resolves sent).
+pub struct Alertmanager {
+    child: Child,
+    pub url: String,
+}
+
+impl Alertmanager {
+    pub fn start(dir: &Path, webhook: &str) -> Self {
+        let config = dir.join("alertmanager.yml");
+        let webhook = webhook.replace('\n', "\n        ");
+        std::fs::write(
+            &config,
+            format!(
+                "route:\n  receiver: test\n  group_by: [alertname, model]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: test\n    webhook_configs:\n      - {webhook}\n        send_resolved: true\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian's package) must be installed: bash .ci/run installs it");
+        let am = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/-/ready", am.url)).call().is_err() {
+            assert!(Instant::now() < until, "Alertmanager did not get ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        am
+    }
+
+    /// Alerts Alertmanager holds (active, suppressed), from its v2 API.
+    pub fn alerts(&self) -> Vec<Value> {
+        let text = ureq::get(&format!("{}/api/v2/alerts", self.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        serde_json::from_str::<Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut ok: impl FnMut(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let alerts = self.alerts();
+            if ok(&alerts) {
+                return alerts;
+            }
+            assert!(
+                Instant::now() < until,
+                "Alertmanager: no {what} within {timeout:?}: {alerts:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

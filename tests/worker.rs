@@ -441,6 +441,9 @@ fn deploy_v2(dir: &std::path::Path) {
 }
 
 /// POST `body` (signed when `secret` is given); (status, response body).
+/// The bearer token the first worker's `/alerts` also takes.
+const HOOK_TOKEN: &str = "hook-token-for-tests";
+
 fn post(url: &str, body: &str, secret: Option<&[u8]>) -> (u16, String) {
     let mut req = ureq::post(url).set("Content-Type", "application/json");
     if let Some(secret) = secret {
@@ -489,7 +492,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         let dir = ctr_dir_with_v1(scratch.path(), &format!("models{w}"));
         let listen = if w == 0 {
             format!(
-                "listen = \"127.0.0.1:{port}\"\nalert_secret_env = \"INFERMON_TEST_HOOK_SECRET\"\n"
+                "listen = \"127.0.0.1:{port}\"\nalert_secret_env = \"INFERMON_TEST_HOOK_SECRET\"\nalert_bearer_token_env = \"INFERMON_TEST_HOOK_TOKEN\"\n"
             )
         } else {
             String::new()
@@ -511,7 +514,10 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         workers.push(spawn_worker(
             &config,
             &log,
-            &[("INFERMON_TEST_HOOK_SECRET", secret)],
+            &[
+                ("INFERMON_TEST_HOOK_SECRET", secret),
+                ("INFERMON_TEST_HOOK_TOKEN", HOOK_TOKEN),
+            ],
         ));
         dirs.push(dir);
         logs.push(log);
@@ -640,8 +646,29 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
     assert!(said.contains("larger than 1048576 bytes"), "{said}");
     let (code, said) = post(&url, &alert("LatencyP99"), Some(secret));
     assert_eq!((code, said.trim()), (200, "{\"rollbacks\": 0}"));
-    let (code, said) = post(&url, &alert("ScoreDrift"), Some(secret));
-    assert_eq!((code, said.trim()), (200, "{\"rollbacks\": 1}"));
+    let wrong_token = ureq::post(&url)
+        .set("Authorization", "Bearer not-the-token")
+        .send_string(&alert("ScoreDrift"));
+    assert!(
+        matches!(wrong_token, Err(ureq::Error::Status(401, _))),
+        "{wrong_token:?}"
+    );
+    // The firing alert comes through a real Alertmanager, which cannot sign
+    // bodies: its webhook_config sends the bearer token instead.
+    let am = crate::support::Alertmanager::start(
+        scratch.path(),
+        &format!(
+            "url: {url}\nhttp_config:\n  authorization:\n    type: Bearer\n    credentials: {HOOK_TOKEN}"
+        ),
+    );
+    let postable = serde_json::json!([{
+        "labels": {"alertname": "ScoreDrift", "severity": "critical", "model": "ctr-ranker", "model_version": "2"},
+        "annotations": {"summary": "score PSI 0.41 > 0.25"},
+    }]);
+    ureq::post(&format!("{}/api/v2/alerts", am.url))
+        .set("Content-Type", "application/json")
+        .send_string(&postable.to_string())
+        .unwrap();
     for log in &logs {
         wait_for_log(log, "model version rolled back", 1);
     }

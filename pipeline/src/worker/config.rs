@@ -138,6 +138,11 @@ pub struct WorkerConfig {
     /// Environment variable holding the HMAC secret `/alerts` bodies must
     /// be signed with (`X-Infermon-Signature`); the secret is never logged.
     pub alert_secret_env: Option<String>,
+    /// Environment variable holding a bearer token that also admits a
+    /// request (`Authorization: Bearer <token>`): what an Alertmanager
+    /// `webhook_config` sends (`http_config.authorization`), as it cannot
+    /// sign bodies. Never logged.
+    pub alert_bearer_token_env: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -150,6 +155,7 @@ impl Default for WorkerConfig {
             reload_interval: Duration::from_secs(5),
             listen: None,
             alert_secret_env: None,
+            alert_bearer_token_env: None,
         }
     }
 }

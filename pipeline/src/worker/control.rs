@@ -182,7 +182,7 @@ pub fn serve_http(
     addr: &str,
     registry: prometheus_client::registry::Registry,
     rules: RollbackRules,
-    secret: Option<Vec<u8>>,
+    auth: HookAuth,
     tx: mpsc::Sender<ControlCommand>,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let (server, bound) = crate::monitor::http::listen(addr)?;
@@ -204,7 +204,7 @@ pub fn serve_http(
                     }
                     (tiny_http::Method::Post, "/alerts") => match read_body(&mut req) {
                         Err(refusal) => refusal,
-                        Ok(bytes) => handle_alerts(&req, &bytes, &rules, secret.as_deref(), &tx),
+                        Ok(bytes) => handle_alerts(&req, &bytes, &rules, &auth, &tx),
                     },
                     _ => (404, "not found\n".to_string()),
                 };
@@ -219,26 +219,57 @@ pub fn serve_http(
     Ok(bound)
 }
 
+/// Who may post to `/alerts`: with neither set, anyone on the network.
+#[derive(Debug, Clone, Default)]
+pub struct HookAuth {
+    /// HMAC secret of `X-Infermon-Signature` (infermon's own webhooks).
+    pub secret: Option<Vec<u8>>,
+    /// Bearer token (an Alertmanager `webhook_config`).
+    pub bearer_token: Option<String>,
+}
+
+impl HookAuth {
+    /// Whether the request proves one of the configured credentials.
+    fn admits(&self, req: &tiny_http::Request, body: &[u8]) -> bool {
+        if self.secret.is_none() && self.bearer_token.is_none() {
+            return true;
+        }
+        let header = |name: &'static str| {
+            req.headers()
+                .iter()
+                .find(|h| h.field.equiv(name))
+                .map(|h| h.value.as_str().to_string())
+                .unwrap_or_default()
+        };
+        // The same signature the alert engine's webhooks carry.
+        let signed = self.secret.as_ref().is_some_and(|secret| {
+            let expected = crate::alerts::webhook::signature(secret, body);
+            constant_time_eq(
+                header("X-Infermon-Signature").as_bytes(),
+                expected.as_bytes(),
+            )
+        });
+        let bearer = self.bearer_token.as_ref().is_some_and(|token| {
+            let expected = format!("Bearer {token}");
+            constant_time_eq(header("Authorization").as_bytes(), expected.as_bytes())
+        });
+        signed || bearer
+    }
+}
+
 fn handle_alerts(
     req: &tiny_http::Request,
     body: &[u8],
     rules: &RollbackRules,
-    secret: Option<&[u8]>,
+    auth: &HookAuth,
     tx: &mpsc::Sender<ControlCommand>,
 ) -> (u16, String) {
-    if let Some(secret) = secret {
-        let given = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Infermon-Signature"))
-            .map(|h| h.value.as_str().to_string())
-            .unwrap_or_default();
-        // The same signature the alert engine's webhooks carry.
-        let expected = crate::alerts::webhook::signature(secret, body);
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            tracing::warn!("alert hook: missing or wrong X-Infermon-Signature; refused");
-            return (401, "missing or wrong X-Infermon-Signature\n".into());
-        }
+    if !auth.admits(req, body) {
+        tracing::warn!("alert hook: no valid X-Infermon-Signature or bearer token; refused");
+        return (
+            401,
+            "missing or wrong X-Infermon-Signature (or bearer token)\n".into(),
+        );
     }
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,

@@ -108,15 +108,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .iter()
             .map(|m| (m.name.clone(), m.rollback_on.clone()))
             .collect();
-        let secret = match &wc.alert_secret_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| anyhow::anyhow!("[worker] alert_secret_env: ${var} is not set"))?
-                    .into_bytes(),
-            ),
-            None => None,
+        let env = |key: &str, var: &Option<String>| -> anyhow::Result<Option<String>> {
+            var.as_ref()
+                .map(|var| {
+                    std::env::var(var)
+                        .map_err(|_| anyhow::anyhow!("[worker] {key}: ${var} is not set"))
+                })
+                .transpose()
         };
-        let bound = control::serve_http(addr, metrics.registry(), rules, secret, hook_tx)?;
+        let auth = control::HookAuth {
+            secret: env("alert_secret_env", &wc.alert_secret_env)?.map(String::into_bytes),
+            bearer_token: env("alert_bearer_token_env", &wc.alert_bearer_token_env)?,
+        };
+        let bound = control::serve_http(addr, metrics.registry(), rules, auth, hook_tx)?;
         tracing::info!(%bound, "listening: GET /metrics, GET /healthz, POST /alerts");
     }
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");

@@ -22,8 +22,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
 use crate::support::{
-    Alertmanager, Line, create_topics, free_port, infermon, parse_lines, recordings, required_env,
-    run_ok, unique_id,
+    Alertmanager, Line, Prometheus, create_topics, free_port, infermon, parse_lines, promtool,
+    recordings, required_env, run_ok, unique_id,
 };
 
 /// Lateness that covers the recordings' 20–90 s late events, so the offline
@@ -1484,36 +1484,6 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
     }
 }
 
-/// `promtool` (Debian's `prometheus` package) on `args`, with `stdin`;
-/// its output, after requiring success.
-fn promtool(args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new("promtool")
-        .args(args)
-        .current_dir(crate::support::repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "promtool (Debian's prometheus package) must be installed: bash .ci/run installs it",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
-    text
-}
-
 #[test]
 fn the_prometheus_rules_in_deploy_pass_promtool() {
     promtool(
@@ -1584,50 +1554,12 @@ fn a_real_prometheus_scrapes_a_monitor_whose_metrics_pass_promtool() {
     );
     let consumed = monitor.metric("infermon_consumed_messages_total", &[]);
 
-    let port = free_port();
-    let prom_config = setup.path("prometheus.yml");
-    std::fs::write(
-        &prom_config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: infermon-monitor\n    static_configs:\n      - targets: [{:?}]\n",
-            monitor.addr
-        ),
-    )
-    .unwrap();
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", prom_config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            setup.path("prom-data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(setup.path("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus (Debian's package) must be installed: bash .ci/run installs it");
-    let query = |q: &str| -> Option<f64> {
-        let text = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
-            .query("query", q)
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    };
-    let until = Instant::now() + Duration::from_secs(60);
-    let mut scraped = None;
-    while Instant::now() < until {
-        if query("up{job=\"infermon-monitor\"}") == Some(1.0) {
-            scraped = query("sum(infermon_consumed_messages_total)");
-            if scraped == Some(consumed) {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    let prometheus = Prometheus::start(setup.dir.path(), "infermon-monitor", &monitor.addr);
+    let scraped = prometheus.scraped(
+        "infermon-monitor",
+        "sum(infermon_consumed_messages_total)",
+        consumed,
+    );
     assert_eq!(
         scraped,
         Some(consumed),

@@ -225,3 +225,101 @@ impl Drop for Alertmanager {
         let _ = self.child.wait();
     }
 }
+
+/// `promtool` (Debian's `prometheus` package) on `args`, with `stdin`;
+/// its output, after requiring success.
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian's prometheus package) must be installed: bash .ci/run installs it",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+/// A real Prometheus of the test's own scraping one target every second.
+pub struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    pub fn start(dir: &Path, job: &str, target: &str) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("prometheus-{job}.yml"));
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{target:?}]\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join(format!("prom-{job}")).display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("prometheus-{job}.log"))).unwrap())
+            .spawn()
+            .expect("prometheus (Debian's package) must be installed: bash .ci/run installs it");
+        Self { child, port }
+    }
+
+    /// The first value of an instant query, if any.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let text = ureq::get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query("query", q)
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Wait (up to a minute) until `job` is up and `q` gives `want`; the last
+    /// value `q` gave.
+    pub fn scraped(&self, job: &str, q: &str, want: f64) -> Option<f64> {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut got = None;
+        while Instant::now() < until {
+            if self.query(&format!("up{{job=\"{job}\"}}")) == Some(1.0) {
+                got = self.query(q);
+                if got == Some(want) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        got
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -702,6 +702,30 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         assert!(metrics.contains(want), "{want} not in /metrics:\n{metrics}");
     }
     assert!(!metrics.contains("role=\"canary\""), "{metrics}");
+    // The conventions promtool checks, and a real Prometheus scraping it.
+    let lint = crate::support::promtool(&["check", "metrics"], Some(&metrics));
+    assert!(lint.trim().is_empty(), "promtool check metrics:\n{lint}");
+    let predictions: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("infermon_worker_predictions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let prometheus = crate::support::Prometheus::start(
+        scratch.path(),
+        "infermon-worker",
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_eq!(
+        prometheus.scraped(
+            "infermon-worker",
+            "sum(infermon_worker_predictions_total)",
+            predictions
+        ),
+        Some(predictions),
+        "Prometheus's view of the worker's predictions (up == 1 first)"
+    );
+    drop(prometheus);
+
     assert_eq!(commands[0]["command"], "rollback");
     assert_eq!(commands[0]["model"], "ctr-ranker");
     assert_eq!(commands[0]["from_version"], "2");

@@ -1441,10 +1441,18 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
         setup.dir.path(),
         &format!("url: http://{}/alerts", listener.local_addr().unwrap()),
     );
-    let config = setup.config(
-        "monitor.toml",
-        &(alertmanager_toml(&am) + &setup.monitor_toml("a")),
+    // Two members of one HA cluster (not peered here): each gets every alert.
+    let other = tempfile::tempdir().unwrap();
+    let am2 = Alertmanager::start(
+        other.path(),
+        &format!("url: http://{}/alerts", listener.local_addr().unwrap()),
     );
+    let toml = alertmanager_toml(&am).replace(
+        &format!("urls = [{:?}]", am.url),
+        &format!("urls = [{:?}, {:?}]", am.url, am2.url),
+    );
+    assert!(toml.contains(&am2.url), "{toml}");
+    let config = setup.config("monitor.toml", &(toml + &setup.monitor_toml("a")));
     let (lines, cut) = error_burst_halves();
     setup.produce(&config, &lines[..cut]);
     let monitor = Monitor::start(&config, setup.path("monitor.log"));
@@ -1461,6 +1469,11 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
     assert!(
         error_rate_high(&later).unwrap()["endsAt"].as_str().unwrap() > ends_at.as_str(),
         "not re-sent: {ends_at} then {later:#?}"
+    );
+    am2.wait_for(
+        "the alert on the second member",
+        Duration::from_secs(30),
+        |a| error_rate_high(a).is_some_and(|a| a["status"]["state"] == "active"),
     );
     monitor.kill9();
     let killed_at = Instant::now();

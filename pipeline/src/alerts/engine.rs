@@ -152,7 +152,9 @@ impl AlertEngine {
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let quiet = Verdict {
+            // The condition held when the alert was last notified; its
+            // value is not in the journal.
+            let held = Verdict {
                 value: f64::NAN,
                 firing: true,
                 resolved: false,
@@ -165,7 +167,7 @@ impl AlertEngine {
                 },
                 seen_at: r.at_ms,
                 last_true: r.at_ms,
-                last: quiet,
+                last: held,
                 transitions: VecDeque::new(),
                 flapping: false,
                 fired_since: r.starts_at_ms,

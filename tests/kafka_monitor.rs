@@ -1413,6 +1413,24 @@ fn alerts_go_to_a_real_alertmanager_which_routes_silences_and_resolves_them() {
         error_rate_high(a).is_some_and(|a| a["status"]["state"] == "active")
     });
 
+    // A restart (a deploy) while it fires: the restarted monitor goes on
+    // re-sending it, so Alertmanager never lets it expire (endsAt is 4 s
+    // ahead; wait past that).
+    assert!(monitor.terminate().success());
+    let monitor = Monitor::start(&config, setup.path("monitor-2.log"));
+    std::thread::sleep(Duration::from_secs(6));
+    let alerts = am.alerts();
+    let alert = error_rate_high(&alerts).expect("still held by Alertmanager after the restart");
+    assert_eq!(alert["status"]["state"], "active", "{alert}");
+    assert_eq!(
+        routed(&received)
+            .iter()
+            .filter(|(a, s)| a == "error_rate_high" && s == "resolved")
+            .count(),
+        0,
+        "nothing resolved it during the restart"
+    );
+
     // The incident ends: infermon resolves it, Alertmanager tells the receiver.
     setup.produce(&config, &lines[cut..]);
     let until = Instant::now() + Duration::from_secs(120);

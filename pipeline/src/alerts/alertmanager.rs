@@ -216,6 +216,8 @@ impl AlertmanagerSender {
         if notifications.is_empty() {
             return;
         }
+        // Queued under the lock the resend loop takes too, so a resolve can
+        // never be overtaken by a resend of the alert it resolves.
         let mut active = self.active.lock().expect("active alerts lock");
         for n in notifications {
             match n.status {
@@ -223,8 +225,16 @@ impl AlertmanagerSender {
                 AlertStatus::Resolved => active.remove(&n.fingerprint()),
             };
         }
-        drop(active);
         push(&self.config, &self.queues, notifications);
+    }
+
+    /// Alerts an earlier run left firing: re-sent from the next resend on,
+    /// so Alertmanager does not let them expire while they still fire.
+    pub fn resume(&self, firing: impl IntoIterator<Item = Notification>) {
+        let mut active = self.active.lock().expect("active alerts lock");
+        for n in firing {
+            active.insert(n.fingerprint(), n);
+        }
     }
 
     /// Stop re-sending, deliver what is queued (at most `deadline` for each
@@ -278,13 +288,9 @@ fn resend_loop(
             continue;
         }
         next = Instant::now() + config.resend_delay;
-        let firing: Vec<Notification> = active
-            .lock()
-            .expect("active alerts lock")
-            .values()
-            .cloned()
-            .collect();
-        if !firing.is_empty() {
+        let active = active.lock().expect("active alerts lock");
+        if !active.is_empty() {
+            let firing: Vec<Notification> = active.values().cloned().collect();
             push(config, queues, &firing);
         }
     }

@@ -48,6 +48,8 @@ struct Series {
 pub struct Restored {
     /// The alert's labels.
     pub labels: BTreeMap<String, String>,
+    /// Its annotations as last notified.
+    pub annotations: BTreeMap<String, String>,
     /// The last status notified.
     pub status: AlertStatus,
     /// `startsAt` of that notification, ms.
@@ -458,5 +460,20 @@ fn notify(
         ends_at_ms: (status == AlertStatus::Resolved).then_some(s.resolved_at),
         value: v.value,
         at_ms: now,
+    }
+}
+
+impl Restored {
+    /// The notification this state was last told as.
+    pub fn notification(&self) -> Notification {
+        Notification {
+            status: self.status,
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            starts_at_ms: self.starts_at_ms,
+            ends_at_ms: (self.status == AlertStatus::Resolved).then_some(self.at_ms),
+            value: f64::NAN,
+            at_ms: self.at_ms,
+        }
     }
 }

@@ -9,8 +9,8 @@ use infermon_schemas::Point;
 use super::engine::Restored;
 use super::grouping::Grouper;
 use super::{
-    AlertEngine, AlertmanagerSender, DeliveryStats, EmailSender, Notification, Policy, PolicyStats,
-    WebhookSender,
+    AlertEngine, AlertStatus, AlertmanagerSender, DeliveryStats, EmailSender, Notification, Policy,
+    PolicyStats, WebhookSender,
 };
 use crate::config::Config;
 use crate::sinks::alerts_file::AlertsFile;
@@ -162,6 +162,14 @@ impl<'a> AlertStage<'a> {
     /// Take up alert state an earlier run left in its alerts log.
     pub fn restore(&mut self, restored: HashMap<String, Restored>) {
         self.policy.restore(restored.values());
+        let firing: Vec<Notification> = restored
+            .values()
+            .filter(|r| r.status == AlertStatus::Firing)
+            .map(Restored::notification)
+            .collect();
+        for (_, am) in &self.senders.alertmanagers {
+            am.resume(firing.iter().cloned());
+        }
         self.engine.restore(restored);
     }
 

@@ -442,6 +442,7 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
         notification::fingerprint(&labels("m")),
         engine::Restored {
             labels: labels("m"),
+            annotations: Default::default(),
             status: AlertStatus::Firing,
             starts_at_ms: 3 * MIN,
             at_ms: 3 * MIN,
@@ -466,6 +467,7 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
         notification::fingerprint(&labels("m")),
         engine::Restored {
             labels: labels("m"),
+            annotations: Default::default(),
             status: AlertStatus::Resolved,
             starts_at_ms: 3 * MIN,
             at_ms: 5 * MIN,
@@ -513,6 +515,7 @@ fn a_restored_firing_alert_resolves_even_if_its_series_never_comes_back() {
         notification::fingerprint(&labels),
         engine::Restored {
             labels: labels.clone(),
+            annotations: Default::default(),
             status: AlertStatus::Firing,
             starts_at_ms: 30_500,
             at_ms: 30_500,

@@ -115,14 +115,16 @@ fn journal_entry(line: &str) -> Option<(String, Restored)> {
     };
     let key = v.get("idempotencyKey")?.as_str()?;
     let at_ms = key.rsplit(':').next()?.parse().ok()?;
-    let labels = v
-        .get("labels")?
-        .as_object()?
-        .iter()
-        .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-        .collect::<Option<_>>()?;
+    let strings = |field: &str| {
+        v.get(field)?
+            .as_object()?
+            .iter()
+            .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect::<Option<_>>()
+    };
     let restored = Restored {
-        labels,
+        labels: strings("labels")?,
+        annotations: strings("annotations").unwrap_or_default(),
         status,
         starts_at_ms: parse_ms(v.get("startsAt")?.as_str()?)?,
         at_ms,
@@ -180,6 +182,7 @@ mod tests {
             restored[&a.fingerprint()],
             Restored {
                 labels: a.labels.clone(),
+                annotations: a.annotations.clone(),
                 status: AlertStatus::Firing,
                 starts_at_ms: 60_000,
                 at_ms: 120_000

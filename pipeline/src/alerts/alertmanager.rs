@@ -105,15 +105,19 @@ pub const ENDS_AT_RESENDS: u32 = 4;
 
 /// One alert of Alertmanager's v2 API (`postableAlert`). A firing alert
 /// ends `ends_in` after `now_ms` (wall clock) unless re-sent; a resolved
-/// one carries its real end.
+/// one carries its real end. Event times ahead of the wall clock (a producer
+/// clock up to `max_future_skew` fast) are brought back to it, since
+/// Alertmanager refuses an alert that starts after it ends, and keeps a
+/// resolved one active until its end.
 pub fn postable_alert(
     n: &Notification,
     now_ms: i64,
     ends_in: Duration,
     generator_url: Option<&str>,
 ) -> Value {
+    let starts_at = n.starts_at_ms.min(now_ms);
     let ends_at = match (n.status, n.ends_at_ms) {
-        (AlertStatus::Resolved, Some(end)) => end,
+        (AlertStatus::Resolved, Some(end)) => end.clamp(starts_at, now_ms.max(starts_at)),
         _ => now_ms + ends_in.as_millis() as i64,
     };
     // Label values go into a URL: percent-encoded.
@@ -125,7 +129,7 @@ pub fn postable_alert(
     json!({
         "labels": n.labels,
         "annotations": n.annotations,
-        "startsAt": rfc3339(n.starts_at_ms),
+        "startsAt": rfc3339(starts_at),
         "endsAt": rfc3339(ends_at),
         "generatorURL": link,
     })
@@ -137,9 +141,8 @@ type Active = Arc<Mutex<BTreeMap<String, Notification>>>;
 /// An Alertmanager receiver: one delivery queue per Alertmanager and a
 /// thread re-sending firing alerts.
 pub struct AlertmanagerSender {
-    config: AlertmanagerConfig,
     active: Active,
-    queues: Arc<Vec<DeliveryQueue<Vec<u8>>>>,
+    queues: Arc<Vec<DeliveryQueue<Vec<Notification>>>>,
     stop: Arc<AtomicBool>,
     resender: Option<JoinHandle<()>>,
 }
@@ -151,6 +154,11 @@ impl AlertmanagerSender {
         let name = &config.name;
         if config.urls.is_empty() {
             return Err(format!("alertmanager {name}: `urls` is empty"));
+        }
+        if config.resend_delay < Duration::from_secs(1) {
+            return Err(format!(
+                "alertmanager {name}: resend_delay must be at least 1s (endsAt is 4 of them ahead)"
+            ));
         }
         let env = |var: &str| {
             std::env::var(var).map_err(|_| format!("alertmanager {name}: {var} is not set"))
@@ -180,6 +188,8 @@ impl AlertmanagerSender {
         let mut queues = Vec::new();
         for url in &config.urls {
             let transport = PostAlerts {
+                ends_in: config.resend_delay * ENDS_AT_RESENDS,
+                generator_url: config.generator_url.clone(),
                 url: format!(
                     "{}{}/api/v2/alerts",
                     url.trim_end_matches('/'),
@@ -203,7 +213,6 @@ impl AlertmanagerSender {
                 .map_err(|e| format!("alertmanager {name}: {e}"))?
         };
         Ok(Self {
-            config,
             active,
             queues,
             stop,
@@ -225,16 +234,20 @@ impl AlertmanagerSender {
                 AlertStatus::Resolved => active.remove(&n.fingerprint()),
             };
         }
-        push(&self.config, &self.queues, notifications);
+        push(&self.queues, notifications);
     }
 
     /// Alerts an earlier run left firing: re-sent from the next resend on,
     /// so Alertmanager does not let them expire while they still fire.
     pub fn resume(&self, firing: impl IntoIterator<Item = Notification>) {
         let mut active = self.active.lock().expect("active alerts lock");
-        for n in firing {
-            active.insert(n.fingerprint(), n);
+        let firing: Vec<Notification> = firing.into_iter().collect();
+        for n in &firing {
+            active.insert(n.fingerprint(), n.clone());
         }
+        // At once: the last resend before the restart may be close to
+        // expiring.
+        push(&self.queues, &firing);
     }
 
     /// Stop re-sending, deliver what is queued (at most `deadline` for each
@@ -260,25 +273,21 @@ impl AlertmanagerSender {
     }
 }
 
-/// One request with these alerts to every Alertmanager.
-fn push(config: &AlertmanagerConfig, queues: &[DeliveryQueue<Vec<u8>>], alerts: &[Notification]) {
-    let now = wall_ms();
-    let ends_in = config.resend_delay * ENDS_AT_RESENDS;
-    let link = config.generator_url.as_deref();
-    let body: Vec<Value> = alerts
-        .iter()
-        .map(|n| postable_alert(n, now, ends_in, link))
-        .collect();
-    let bytes = Value::Array(body).to_string().into_bytes();
+/// One request with these alerts to every Alertmanager (its body is made
+/// when it is sent, so a retried resend still ends ahead of the clock).
+fn push(queues: &[DeliveryQueue<Vec<Notification>>], alerts: &[Notification]) {
+    if alerts.is_empty() {
+        return;
+    }
     for q in queues {
-        q.push(bytes.clone());
+        q.push(alerts.to_vec());
     }
 }
 
 fn resend_loop(
     config: &AlertmanagerConfig,
     active: &Active,
-    queues: &[DeliveryQueue<Vec<u8>>],
+    queues: &[DeliveryQueue<Vec<Notification>>],
     stop: &AtomicBool,
 ) {
     let mut next = Instant::now() + config.resend_delay;
@@ -289,10 +298,8 @@ fn resend_loop(
         }
         next = Instant::now() + config.resend_delay;
         let active = active.lock().expect("active alerts lock");
-        if !active.is_empty() {
-            let firing: Vec<Notification> = active.values().cloned().collect();
-            push(config, queues, &firing);
-        }
+        let firing: Vec<Notification> = active.values().cloned().collect();
+        push(queues, &firing);
     }
 }
 
@@ -307,12 +314,20 @@ struct PostAlerts {
     url: String,
     authorization: Option<String>,
     agent: ureq::Agent,
+    ends_in: Duration,
+    generator_url: Option<String>,
 }
 
 impl Transport for PostAlerts {
-    type Item = Vec<u8>;
+    type Item = Vec<Notification>;
 
-    fn attempt(&mut self, body: &Vec<u8>) -> Attempt {
+    fn attempt(&mut self, alerts: &Vec<Notification>) -> Attempt {
+        let now = wall_ms();
+        let link = self.generator_url.as_deref();
+        let body: Vec<Value> = alerts
+            .iter()
+            .map(|n| postable_alert(n, now, self.ends_in, link))
+            .collect();
         let mut req = self
             .agent
             .post(&self.url)
@@ -320,7 +335,7 @@ impl Transport for PostAlerts {
         if let Some(auth) = &self.authorization {
             req = req.set("Authorization", auth);
         }
-        attempt_of(req.send_bytes(body))
+        attempt_of(req.send_string(&Value::Array(body).to_string()))
     }
 }
 
@@ -363,6 +378,16 @@ mod tests {
         let resolved = postable_alert(&n(AlertStatus::Resolved), now, ends_in, None);
         assert_eq!(resolved["endsAt"], "2025-11-20T14:46:00.000Z");
         assert_eq!(resolved["generatorURL"], "");
+
+        // Event time ahead of the wall clock (a fast producer clock):
+        // startsAt never after endsAt, a resolve ends now at the latest.
+        let early = 1_763_649_420_000 - 60_000;
+        let firing = postable_alert(&n(AlertStatus::Firing), early, ends_in, None);
+        assert_eq!(firing["startsAt"], rfc3339(early));
+        assert_eq!(firing["endsAt"], rfc3339(early + 240_000));
+        let resolved = postable_alert(&n(AlertStatus::Resolved), early, ends_in, None);
+        assert_eq!(resolved["startsAt"], rfc3339(early));
+        assert_eq!(resolved["endsAt"], rfc3339(early));
     }
 
     #[test]

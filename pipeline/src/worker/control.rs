@@ -249,9 +249,15 @@ impl HookAuth {
                 expected.as_bytes(),
             )
         });
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
         let bearer = self.bearer_token.as_ref().is_some_and(|token| {
-            let expected = format!("Bearer {token}");
-            constant_time_eq(header("Authorization").as_bytes(), expected.as_bytes())
+            let authorization = header("Authorization");
+            authorization
+                .split_once(' ')
+                .is_some_and(|(scheme, given)| {
+                    scheme.eq_ignore_ascii_case("bearer")
+                        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+                })
         });
         signed || bearer
     }

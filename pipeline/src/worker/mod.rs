@@ -110,9 +110,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .collect();
         let env = |key: &str, var: &Option<String>| -> anyhow::Result<Option<String>> {
             var.as_ref()
-                .map(|var| {
-                    std::env::var(var)
-                        .map_err(|_| anyhow::anyhow!("[worker] {key}: ${var} is not set"))
+                .map(|var| match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => Ok(v),
+                    _ => Err(anyhow::anyhow!(
+                        "[worker] {key}: ${var} is not set (or empty)"
+                    )),
                 })
                 .transpose()
         };
@@ -187,9 +189,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                         Ok(Decoded::Request(req)) => {
                             match request_counters.get(&req.model) {
                                 Some(c) => c.inc(),
+                                // A name from outside never becomes a label
+                                // (unbounded series, characters a scrape
+                                // cannot parse).
                                 None => metrics
                                     .requests
-                                    .get_or_create(&labels(&[("model", &req.model)]))
+                                    .get_or_create(&labels(&[("model", UNKNOWN_MODEL)]))
                                     .inc(),
                             };
                             match served.get_mut(&req.model) {
@@ -218,7 +223,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     .inc();
             }
         }
-        count_predictions(&metrics, &out);
+        count_predictions(&metrics, &out, &served);
         for event in out.drain(..) {
             send(&producer, &topics.predictions, &event, &mut buf)?;
         }
@@ -241,7 +246,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     for s in served.values_mut() {
         s.drain(&wc.id, &mut out);
     }
-    count_predictions(&metrics, &out);
+    count_predictions(&metrics, &out, &served);
     for event in out.drain(..) {
         send(&producer, &topics.predictions, &event, &mut buf)?;
     }
@@ -252,7 +257,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// Count predictions by model, version and status; one counter lookup per
 /// run of equal labels (a batch's events mostly share them).
-fn count_predictions(metrics: &WorkerMetrics, events: &[PredictionEvent]) {
+/// The `model` label of requests and predictions for models this worker
+/// does not serve.
+pub const UNKNOWN_MODEL: &str = "(unknown)";
+
+fn count_predictions(
+    metrics: &WorkerMetrics,
+    events: &[PredictionEvent],
+    served: &BTreeMap<String, ServedModel>,
+) {
     let status = |e: &PredictionEvent| match e.status {
         infermon_schemas::Status::Ok => "ok",
         infermon_schemas::Status::Error => "error",
@@ -261,11 +274,16 @@ fn count_predictions(metrics: &WorkerMetrics, events: &[PredictionEvent]) {
         a.model == b.model && a.model_version == b.model_version && a.status == b.status
     }) {
         let e = &run[0];
+        let (model, version) = if served.contains_key(&e.model) {
+            (e.model.as_str(), e.model_version.as_str())
+        } else {
+            (UNKNOWN_MODEL, UNKNOWN_MODEL)
+        };
         metrics
             .predictions
             .get_or_create(&labels(&[
-                ("model", &e.model),
-                ("version", &e.model_version),
+                ("model", model),
+                ("version", version),
                 ("status", status(e)),
             ]))
             .inc_by(run.len() as u64);

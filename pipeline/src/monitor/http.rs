@@ -309,3 +309,53 @@ pub fn serve(
         })?;
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_the_classic_text_format() {
+        let m = Arc::new(MonitorMetrics::default());
+        let topic: Labels = vec![("topic".into(), "inference.predictions".into())];
+        m.consumed.get_or_create(&topic).inc_by(3);
+        m.watermark_seconds.set(1_763_649_360.5);
+        let mut text = String::new();
+        encode(&mut text, &m.registry()).unwrap();
+        assert!(
+            text.contains("# TYPE infermon_consumed_messages counter"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+
+        let classic = classic_text(&text);
+        assert!(
+            classic.contains("# HELP infermon_consumed_messages_total Kafka messages consumed"),
+            "{classic}"
+        );
+        assert!(classic.contains("# TYPE infermon_consumed_messages_total counter\n"));
+        assert!(
+            classic
+                .contains("infermon_consumed_messages_total{topic=\"inference.predictions\"} 3\n")
+        );
+        // Gauges keep their names; nothing OpenMetrics-only is left.
+        assert!(classic.contains("# TYPE infermon_watermark_seconds gauge\n"));
+        assert!(classic.contains("infermon_watermark_seconds 1763649360.5\n"));
+        assert!(
+            !classic.contains("# EOF") && !classic.contains("# UNIT"),
+            "{classic}"
+        );
+    }
+
+    #[test]
+    fn counters_follow_a_total_kept_elsewhere() {
+        let c = Counter::default();
+        count_to(&c, 5);
+        count_to(&c, 7);
+        assert_eq!(c.get(), 7);
+        count_to(&c, 2); // the source restarted: counters never go down
+        assert_eq!(c.get(), 7);
+        assert_eq!(seconds(i64::MIN), f64::NEG_INFINITY);
+        assert_eq!(seconds(1_500), 1.5);
+    }
+}

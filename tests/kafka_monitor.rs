@@ -1206,24 +1206,60 @@ fn a_burst_of_bad_messages_larger_than_the_dlq_queue_loses_nothing() {
     );
 }
 
+/// `(alertname, status)` of each alert in every body the receiver took.
+fn routed(log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>) -> Vec<(String, String)> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    (
+                        a["labels"]["alertname"].as_str().unwrap().to_string(),
+                        a["status"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// `(firing, resolved)` counts of `alertname` over every delivered body.
 fn delivered(
     log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>,
     alertname: &str,
 ) -> (usize, usize) {
-    let mut counts = (0, 0);
-    for r in log.lock().unwrap().iter().filter(|r| r.status == 200) {
-        let body: Value = serde_json::from_slice(&r.body).unwrap();
-        for a in body["alerts"].as_array().unwrap() {
-            if a["labels"]["alertname"] == alertname {
-                match a["status"].as_str().unwrap() {
-                    "firing" => counts.0 += 1,
-                    _ => counts.1 += 1,
-                }
-            }
-        }
-    }
-    counts
+    let alerts = routed(log);
+    let count = |status: &str| {
+        alerts
+            .iter()
+            .filter(|(a, s)| a == alertname && s == status)
+            .count()
+    };
+    (count("firing"), count("resolved"))
+}
+
+/// The error-burst recording cut six minutes into its incident (the
+/// documented one, recordings/incidents.json: 8 % errors on recsys-ranker
+/// from 1763649360000 for 9 minutes).
+fn error_burst_halves() -> (Vec<String>, usize) {
+    let lines = recording_lines("error-burst");
+    let incident_start = 1_763_649_360_000i64;
+    let ts = |l: &String| {
+        serde_json::from_str::<Value>(l).unwrap()["ts"]
+            .as_i64()
+            .unwrap()
+    };
+    let cut = lines
+        .iter()
+        .position(|l| ts(l) >= incident_start + 6 * 60_000)
+        .unwrap();
+    (lines, cut)
 }
 
 #[test]
@@ -1236,19 +1272,7 @@ fn kill_9_during_a_firing_incident_sends_one_firing_and_one_resolved() {
         "[[alerts.webhooks]]\nname = \"oncall\"\nurl = \"http://{addr}/alerts\"\ninitial_backoff = \"50ms\"\nmax_backoff = \"200ms\"\ntimeout = \"2s\"\n\n"
     );
     let config = setup.config("monitor.toml", &(webhook + &setup.monitor_toml("a")));
-    let lines = recording_lines("error-burst");
-    // The documented incident (recordings/incidents.json): 8 % errors on
-    // recsys-ranker from 1763649360000 for 9 minutes.
-    let incident_start = 1_763_649_360_000i64;
-    let ts = |l: &String| {
-        serde_json::from_str::<Value>(l).unwrap()["ts"]
-            .as_i64()
-            .unwrap()
-    };
-    let cut = lines
-        .iter()
-        .position(|l| ts(l) >= incident_start + 6 * 60_000)
-        .unwrap();
+    let (lines, cut) = error_burst_halves();
     setup.produce(&config, &lines[..cut]);
     let monitor = Monitor::start(&config, setup.path("monitor-1.log"));
     monitor.wait_for(
@@ -1286,48 +1310,28 @@ fn kill_9_during_a_firing_incident_sends_one_firing_and_one_resolved() {
     assert_eq!(statuses, ["firing", "resolved"], "{journal}");
 }
 
-/// Alertmanager's own notifications as (alertname, status) of each alert.
-fn routed(log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>) -> Vec<(String, String)> {
-    log.lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            let body: Value = serde_json::from_slice(&r.body).unwrap();
-            body["alerts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| {
-                    (
-                        a["labels"]["alertname"].as_str().unwrap().to_string(),
-                        a["status"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// Wait until the receiver got `error_rate_high` with `status`.
+fn wait_routed(
+    log: &std::sync::Mutex<Vec<crate::webhook_delivery::Received>>,
+    status: &str,
+    timeout: Duration,
+) {
+    let want = ("error_rate_high".to_string(), status.to_string());
+    let until = Instant::now() + timeout;
+    while !routed(log).contains(&want) {
+        assert!(
+            Instant::now() < until,
+            "no {status} routed: {:?}",
+            routed(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn error_rate_high(alerts: &[Value]) -> Option<&Value> {
     alerts.iter().find(|a| {
         a["labels"]["alertname"] == "error_rate_high" && a["labels"]["model"] == "recsys-ranker"
     })
-}
-
-/// The error-burst recording cut six minutes into its incident.
-fn error_burst_halves() -> (Vec<String>, usize) {
-    let lines = recording_lines("error-burst");
-    let incident_start = 1_763_649_360_000i64;
-    let ts = |l: &String| {
-        serde_json::from_str::<Value>(l).unwrap()["ts"]
-            .as_i64()
-            .unwrap()
-    };
-    let cut = lines
-        .iter()
-        .position(|l| ts(l) >= incident_start + 6 * 60_000)
-        .unwrap();
-    (lines, cut)
 }
 
 fn alertmanager_toml(am: &Alertmanager) -> String {
@@ -1374,15 +1378,7 @@ fn alerts_go_to_a_real_alertmanager_which_routes_silences_and_resolves_them() {
         "https://grafana.example/d/infermon?var-model=recsys-ranker"
     );
     // ...and routes it (its own grouping) to the receiver.
-    let until = Instant::now() + Duration::from_secs(30);
-    while !routed(&received).contains(&("error_rate_high".into(), "firing".into())) {
-        assert!(
-            Instant::now() < until,
-            "Alertmanager never notified: {:?}",
-            routed(&received)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_routed(&received, "firing", Duration::from_secs(30));
 
     // A silence made through Alertmanager's API mutes it; deleting it
     // brings it back.
@@ -1433,16 +1429,7 @@ fn alerts_go_to_a_real_alertmanager_which_routes_silences_and_resolves_them() {
 
     // The incident ends: infermon resolves it, Alertmanager tells the receiver.
     setup.produce(&config, &lines[cut..]);
-    let until = Instant::now() + Duration::from_secs(120);
-    while !routed(&received).contains(&("error_rate_high".into(), "resolved".into())) {
-        assert!(
-            Instant::now() < until,
-            "no resolve routed: {:?}\n{}",
-            routed(&received),
-            tail(&monitor.log_text(), 20)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_routed(&received, "resolved", Duration::from_secs(120));
     assert!(
         error_rate_high(&am.alerts()).is_none(),
         "resolved alerts leave Alertmanager's list"
@@ -1510,15 +1497,7 @@ fn alertmanager_resolves_the_alerts_of_a_killed_monitor_at_their_ends_at() {
         std::time::SystemTime::now() >= ends_at,
         "resolved before its endsAt {last_ends_at}"
     );
-    let until = Instant::now() + Duration::from_secs(30);
-    while !routed(&received).contains(&("error_rate_high".into(), "resolved".into())) {
-        assert!(
-            Instant::now() < until,
-            "no resolve routed: {:?}",
-            routed(&received)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_routed(&received, "resolved", Duration::from_secs(30));
 }
 
 #[test]

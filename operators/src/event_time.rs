@@ -102,25 +102,23 @@ impl EventTimeGuard {
                 self.accept(ts)
             };
         };
-        {
-            if p - ts > self.max_age_ms {
-                return Check::Reject(format!(
-                    "ts: {} is {} behind this input's newest event time {} (max_event_age {})",
-                    rfc3339(ts),
-                    span(p - ts),
-                    rfc3339(p),
-                    span(self.max_age_ms)
-                ));
+        if p - ts > self.max_age_ms {
+            return Check::Reject(format!(
+                "ts: {} is {} behind this input's newest event time {} (max_event_age {})",
+                rfc3339(ts),
+                span(p - ts),
+                rfc3339(p),
+                span(self.max_age_ms)
+            ));
+        }
+        let real_time = wall_now_ms.is_some_and(|now| (now - ts).abs() <= self.max_future_ms);
+        if ts - p > self.max_future_ms && !real_time {
+            if wall_now_ms.is_none() {
+                return Check::Ahead;
             }
-            let real_time = wall_now_ms.is_some_and(|now| (now - ts).abs() <= self.max_future_ms);
-            if ts - p > self.max_future_ms && !real_time {
-                if wall_now_ms.is_none() {
-                    return Check::Ahead;
-                }
-                self.ahead_run += 1;
-                if self.ahead_run < JUMP_CONFIRMATION {
-                    return Check::Reject(self.ahead_reason(ts));
-                }
+            self.ahead_run += 1;
+            if self.ahead_run < JUMP_CONFIRMATION {
+                return Check::Reject(self.ahead_reason(ts));
             }
         }
         self.accept(ts)

@@ -14,14 +14,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport};
+use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
 use super::notification::{AlertStatus, Notification, rfc3339};
 use super::webhook::attempt_of;
 
@@ -43,7 +43,7 @@ pub struct AlertmanagerConfig {
     #[serde(default = "default_resend_delay", with = "humantime_serde")]
     pub resend_delay: Duration,
     /// Per-request timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Environment variable holding a bearer token (`Authorization: Bearer`).
     #[serde(default)]
@@ -57,13 +57,13 @@ pub struct AlertmanagerConfig {
     #[serde(default)]
     pub generator_url: Option<String>,
     /// First retry delay; doubles up to `max_backoff`.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[serde(default = "defaults::initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// Longest delay between retries.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[serde(default = "defaults::max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Requests waiting per Alertmanager; beyond this the oldest is dropped.
-    #[serde(default = "default_queue")]
+    #[serde(default = "defaults::queue")]
     pub queue_capacity: usize,
 }
 
@@ -79,18 +79,6 @@ pub struct BasicAuth {
 
 fn default_resend_delay() -> Duration {
     Duration::from_secs(60)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_queue() -> usize {
-    1000
 }
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded.
@@ -303,12 +291,6 @@ fn resend_loop(
     }
 }
 
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// One `POST /api/v2/alerts`.
 struct PostAlerts {
     url: String,
@@ -322,7 +304,7 @@ impl Transport for PostAlerts {
     type Item = Vec<Notification>;
 
     fn attempt(&mut self, alerts: &Vec<Notification>) -> Attempt {
-        let now = wall_ms();
+        let now = crate::monitor::http::now_ms();
         let link = self.generator_url.as_deref();
         let body: Vec<Value> = alerts
             .iter()

@@ -13,6 +13,28 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+/// Serde defaults every receiver's config shares.
+pub(super) mod defaults {
+    use std::time::Duration;
+
+    /// Per-request (or per-connection) timeout.
+    pub fn timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// First retry delay.
+    pub fn initial_backoff() -> Duration {
+        Duration::from_millis(500)
+    }
+    /// Longest delay between retries (HTTP receivers).
+    pub fn max_backoff() -> Duration {
+        Duration::from_secs(30)
+    }
+    /// Items waiting in a receiver's queue.
+    pub fn queue() -> usize {
+        1000
+    }
+}
+
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {

@@ -14,7 +14,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport as _};
 use serde::{Deserialize, Serialize};
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport};
+use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
 use super::notification::{AlertStatus, Notification, rfc3339};
 
 /// How the SMTP connection is secured.
@@ -65,16 +65,16 @@ pub struct EmailConfig {
     #[serde(default = "yes")]
     pub send_resolved: bool,
     /// Per-connection timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// First retry delay.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[serde(default = "defaults::initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// Longest retry delay.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Mails waiting; beyond this the oldest is dropped.
-    #[serde(default = "default_queue")]
+    #[serde(default = "defaults::queue")]
     pub queue_capacity: usize,
     /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
     #[serde(default)]
@@ -84,17 +84,8 @@ pub struct EmailConfig {
 fn yes() -> bool {
     true
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(500)
-}
 fn default_max_backoff() -> Duration {
     Duration::from_secs(60)
-}
-fn default_queue() -> usize {
-    1000
 }
 
 /// An email receiver with its delivery thread.

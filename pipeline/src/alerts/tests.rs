@@ -424,6 +424,23 @@ fn windows_without_data_reset_a_pending_timer() {
     assert_eq!(got[0].starts_at_ms, MIN);
 }
 
+/// A journal of one alert, as the monitor reads it back at start-up.
+fn journal(
+    labels: &std::collections::BTreeMap<String, String>,
+    status: AlertStatus,
+    starts_at_ms: i64,
+    at_ms: i64,
+) -> std::collections::HashMap<String, engine::Restored> {
+    let restored = engine::Restored {
+        labels: labels.clone(),
+        annotations: Default::default(),
+        status,
+        starts_at_ms,
+        at_ms,
+    };
+    [(notification::fingerprint(labels), restored)].into()
+}
+
 #[test]
 fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
     let labels = |model: &str| -> std::collections::BTreeMap<String, String> {
@@ -437,18 +454,7 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
         .into()
     };
     let mut e = engine(vec![rule("")]);
-    let mut restored = std::collections::HashMap::new();
-    restored.insert(
-        notification::fingerprint(&labels("m")),
-        engine::Restored {
-            labels: labels("m"),
-            annotations: Default::default(),
-            status: AlertStatus::Firing,
-            starts_at_ms: 3 * MIN,
-            at_ms: 3 * MIN,
-        },
-    );
-    e.restore(restored);
+    e.restore(journal(&labels("m"), AlertStatus::Firing, 3 * MIN, 3 * MIN));
     // Windows re-read after the restart, and new ones still breaching.
     for m in 2..=6 {
         assert!(e.observe(&[point(m, 0.05)]).is_empty(), "minute {m}");
@@ -462,18 +468,12 @@ fn restored_state_neither_renotifies_nor_forgets_to_resolve() {
     // Resolved before the crash: the re-read breaching windows up to the
     // resolve do not fire again; a new breach later does.
     let mut e = engine(vec![rule("")]);
-    let mut restored = std::collections::HashMap::new();
-    restored.insert(
-        notification::fingerprint(&labels("m")),
-        engine::Restored {
-            labels: labels("m"),
-            annotations: Default::default(),
-            status: AlertStatus::Resolved,
-            starts_at_ms: 3 * MIN,
-            at_ms: 5 * MIN,
-        },
-    );
-    e.restore(restored);
+    e.restore(journal(
+        &labels("m"),
+        AlertStatus::Resolved,
+        3 * MIN,
+        5 * MIN,
+    ));
     for m in 3..=5 {
         assert!(e.observe(&[point(m, 0.05)]).is_empty(), "minute {m}");
     }
@@ -510,18 +510,7 @@ fn a_restored_firing_alert_resolves_even_if_its_series_never_comes_back() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .into();
     let mut e = engine(vec![r]);
-    let mut restored = std::collections::HashMap::new();
-    restored.insert(
-        notification::fingerprint(&labels),
-        engine::Restored {
-            labels: labels.clone(),
-            annotations: Default::default(),
-            status: AlertStatus::Firing,
-            starts_at_ms: 30_500,
-            at_ms: 30_500,
-        },
-    );
-    e.restore(restored);
+    e.restore(journal(&labels, AlertStatus::Firing, 30_500, 30_500));
     // No anomaly comes again: the event rule's quiet resolves it after
     // keep_firing_for, with the labels it fired with.
     assert!(e.tick(MIN, MIN).is_empty());

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport};
+use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
 use super::notification::{AlertStatus, Notification};
 
 /// One webhook receiver (`[[alerts.webhooks]]`).
@@ -31,33 +31,20 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub secret_env: Option<String>,
     /// Per-request timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// First retry delay; doubles up to `max_backoff`.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[serde(default = "defaults::initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// Longest delay between retries.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[serde(default = "defaults::max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Groups waiting for delivery; beyond this the oldest is dropped.
-    #[serde(default = "default_queue")]
+    #[serde(default = "defaults::queue")]
     pub queue_capacity: usize,
     /// Rate limit of this receiver (0 = none); excess waits, is not dropped.
     #[serde(default)]
     pub max_per_minute: u32,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_queue() -> usize {
-    1000
 }
 
 /// The Alertmanager v4 webhook body for one group.

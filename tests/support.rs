@@ -6,9 +6,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `infermon` binary built for these tests.
+/// The `infermon` binary built for these tests, run in a scratch folder
+/// outside the source tree: whatever a command writes to its default paths
+/// (`infermon-alerts.jsonl`, `infermon-rejects.jsonl`, ...) lands there.
+/// Every path a test reads is given explicitly and absolute.
 pub fn infermon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_infermon"))
+    let scratch = std::env::temp_dir().join("infermon-e2e-scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch folder for the binary's default outputs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infermon"));
+    cmd.current_dir(scratch);
+    cmd
 }
 
 /// Run and require success, showing stderr when it fails.

@@ -669,10 +669,7 @@ fn poison_messages_go_to_the_dlq_with_reasons_and_the_stream_goes_on() {
         }
     }
     // An event from a producer whose clock is six hours fast.
-    let future = good(
-        infermon::monitor::http::now_ms() + 6 * 3_600_000,
-        "r-future",
-    );
+    let future = good(infermon::telemetry::now_ms() + 6 * 3_600_000, "r-future");
     producer
         .send(BaseRecord::to(predictions).key("m").payload(&future))
         .unwrap();
@@ -1542,7 +1539,7 @@ fn worker_metrics_follow_the_prometheus_conventions() {
     m.delivery_failures.inc();
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
-    let classic = infermon::monitor::http::classic_text(&text);
+    let classic = infermon::telemetry::classic_text(&text);
     let lint = promtool(&["check", "metrics"], Some(&classic));
     assert!(lint.trim().is_empty(), "{lint}\n{classic}");
     assert!(

@@ -1,4 +1,9 @@
-//! Stream operators of infermon over Arrow record batches.
+//! Stream operators of infermon over Arrow record batches: judgements in
+//! event time, from events to points and alert notifications. Owns the
+//! windows, the statistics and the alert rules; never does I/O (no files,
+//! sockets or clocks: the pipeline reads, writes and says what time it is).
+//!
+//! [`topology::Topology`] is the one path the monitor and the replay share.
 //!
 //! Flow: prediction batches → [`engine::WindowEngine`] (event-time windows,
 //! [`watermark`]s, late-data counting) → per-(window, series) DataFusion
@@ -10,6 +15,7 @@
 //! anomalies, judged per step) and [`quality`] (feedback joined to
 //! predictions, emitted once the label wait is over).
 
+pub mod alerts;
 pub mod drift;
 pub mod engine;
 pub mod event_time;
@@ -19,6 +25,7 @@ pub mod quality;
 pub mod sketch;
 pub mod sql;
 pub mod throughput;
+pub mod topology;
 pub mod watermark;
 pub mod window;
 
@@ -32,4 +39,5 @@ pub use event_time::{Check, EventTimeGuard};
 pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
 pub use quality::{LabelJoin, QualityConfig};
 pub use sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
+pub use topology::{Emitted, Sections, Topology, TopologyError};
 pub use window::{WindowConfig, WindowSpec};

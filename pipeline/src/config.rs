@@ -5,13 +5,14 @@ use std::path::Path;
 
 use anyhow::Context;
 use infermon_operators::{
-    DriftConfig, GradientConfig, QualityConfig, SqlMetricConfig, WindowConfig,
+    DriftConfig, GradientConfig, QualityConfig, Sections, SqlMetricConfig, Topology, WindowConfig,
 };
 use infermon_schemas::TopicNames;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertsConfig;
 use crate::monitor::MonitorConfig;
+use crate::references::{ProfileSettings, load_references};
 use crate::sinks::influxdb::InfluxDbConfig;
 use crate::sources::kafka::KafkaConfig;
 use crate::worker::WorkerConfig;
@@ -62,6 +63,40 @@ impl Config {
     /// Parse TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The sections the operators read.
+    pub fn sections(&self) -> Sections<'_> {
+        Sections {
+            window: &self.window,
+            drift: &self.drift,
+            gradients: self.gradients,
+            quality: self.quality,
+            sql_metrics: &self.sql_metrics,
+        }
+    }
+
+    /// What reading recordings for a drift profile takes.
+    pub fn profile_settings(&self) -> ProfileSettings<'_> {
+        ProfileSettings {
+            drift: &self.drift,
+            topics: &self.topics,
+            window: &self.window,
+        }
+    }
+
+    /// The topology the monitor and the replay share: operators, SQL
+    /// metrics and alert rules, with the drift references of
+    /// `[drift.reference_files]` read.
+    pub async fn topology(&self) -> anyhow::Result<Topology> {
+        let references = match self.drift.enabled {
+            true => Some(load_references(self.profile_settings())?),
+            false => None,
+        };
+        let window = &self.window;
+        let tick = window.slide.unwrap_or(window.size);
+        let rules = self.alerts.rules(tick).map_err(anyhow::Error::msg)?;
+        Ok(Topology::new(self.sections(), references, rules).await?)
     }
 }
 

@@ -1,10 +1,15 @@
-//! The `infermon` application: configuration, sources, sinks and the
-//! commands that wire them to the operators. `main.rs` is only the CLI.
+//! The `infermon` application: all the I/O and the wiring. Owns the
+//! configuration, the sources (Kafka, recorded files), the sinks (files,
+//! InfluxDB), alert delivery, telemetry and the inference worker's Kafka
+//! loop; never judges an event itself (that is `infermon_operators`) nor
+//! runs a model (that is `infermon_inference`).
+//!
+//! `commands` has one module per subcommand; `main.rs` is only the CLI.
 
 pub mod alerts;
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod bench_drift;
-pub mod bench_ingest;
+pub mod commands;
 pub mod config;
 pub mod generate;
 pub mod monitor;
@@ -14,4 +19,5 @@ pub mod replay;
 pub mod replay_to_kafka;
 pub mod sinks;
 pub mod sources;
+pub mod telemetry;
 pub mod worker;

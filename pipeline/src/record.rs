@@ -17,17 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 
+use crate::sources::kafka::KafkaConfig;
+
 /// What to record and when to stop.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
-    /// `bootstrap.servers`.
-    pub brokers: String,
+    /// `[kafka]`: brokers and the user's client properties.
+    pub kafka: KafkaConfig,
     /// Topics to record.
     pub topics: Vec<String>,
     /// Output directory; the file is `recording-<unix seconds>.jsonl.zst`.
@@ -53,12 +54,16 @@ pub struct RecordReport {
 
 /// Record until a stop condition; `stop` is set by SIGTERM/SIGINT.
 pub fn record(opts: &RecordOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RecordReport> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        // Assignment only: the group id is never joined or committed.
-        .set("group.id", "infermon-record")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+    // Assignment only: the group id is never joined or committed.
+    let consumer: BaseConsumer = opts
+        .kafka
+        .consumer_config(
+            "infermon-record",
+            &[
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "false"),
+            ],
+        )?
         .create()?;
     let start = if opts.from_beginning {
         Offset::Beginning

@@ -8,24 +8,36 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
-use infermon_operators::{Profile, ProfileCollector, read_profile_file};
+use infermon_operators::{DriftConfig, Profile, ProfileCollector, WindowConfig, read_profile_file};
+use infermon_schemas::TopicNames;
 
-use crate::config::Config;
 use crate::sources::recording::RecordingSource;
+
+/// What reading recordings for a profile takes: the `[drift]` binning, the
+/// topic names and the `[window]` event-time checks.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileSettings<'a> {
+    /// `[drift]`.
+    pub drift: &'a DriftConfig,
+    /// `[topics]`.
+    pub topics: &'a TopicNames,
+    /// `[window]`.
+    pub window: &'a WindowConfig,
+}
 
 /// Profiles per model built from every prediction in `files` (rejected
 /// lines are skipped; `infermon replay` is the place to inspect them).
 pub fn profile_recordings(
-    config: &Config,
+    settings: ProfileSettings<'_>,
     files: &[impl AsRef<Path>],
 ) -> anyhow::Result<BTreeMap<String, Profile>> {
-    let mut collector = ProfileCollector::new(&config.drift)?;
+    let mut collector = ProfileCollector::new(settings.drift)?;
     for path in files {
         let path = path.as_ref();
         let mut source = RecordingSource::open(
             path,
-            config.topics.clone(),
-            &config.window,
+            settings.topics.clone(),
+            settings.window,
             Arc::new(AtomicU64::new(0)),
         )?;
         while let Some(batch) = source.next_batch() {
@@ -43,11 +55,11 @@ fn is_recording(path: &Path) -> bool {
 }
 
 /// The fixed references of `[drift.reference_files]`, by model.
-pub fn load_references(config: &Config) -> anyhow::Result<BTreeMap<String, Profile>> {
+pub fn load_references(settings: ProfileSettings<'_>) -> anyhow::Result<BTreeMap<String, Profile>> {
     let mut out = BTreeMap::new();
-    for (model, path) in &config.drift.reference_files {
+    for (model, path) in &settings.drift.reference_files {
         let profile = if is_recording(path) {
-            profile_recordings(config, &[path])?
+            profile_recordings(settings, &[path])?
                 .remove(model)
                 .with_context(|| {
                     format!(

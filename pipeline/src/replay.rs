@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use infermon_operators::{
-    ClosedWindow, DriftOperator, GradientMonitor, LabelJoin, SqlMetrics, WindowEngine,
-    engine::engine_schema,
-};
+use infermon_operators::alerts::{AlertStatus, PolicyStats};
+use infermon_operators::{Emitted, WindowEngine};
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
-use crate::alerts::{AlertStage, AlertStatus, DeliveryStats, Notification, PolicyStats};
+use crate::alerts::{AlertOutputs, DeliveryStats};
 use crate::config::Config;
-use crate::references::load_references;
+use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
-use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::rejects_file::RejectsFile;
 use crate::sources::recording::{DecodedBatch, RecordingSource};
 
@@ -116,42 +113,23 @@ impl Input {
     }
 }
 
-/// The configured custom SQL metrics, planned once for the window table
-/// (the monitor and the offline replay share them).
-pub async fn window_sql_metrics(config: &Config) -> anyhow::Result<SqlMetrics> {
-    let window = &config.window;
-    Ok(SqlMetrics::new(
-        &config.sql_metrics,
-        engine_schema(window),
-        window.size.as_millis() as i64,
-    )
-    .await?)
-}
-
-/// Run the replay, writing points to `sink` and bad lines to `rejects`.
+/// Run the replay, writing points to `sinks` and bad lines to `rejects`.
 pub async fn replay(
     config: &Config,
     opts: &ReplayOptions,
-    sink: &mut LineProtocolFile,
+    sinks: &mut Sinks,
     rejects: &mut RejectsFile,
-    alerts_out: &mut AlertsFile,
+    alerts_log: &mut AlertsFile,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
-    let mut alerting = AlertStage::new(config, opts.send.is_some(), OFFLINE_RECEIVER, alerts_out)?;
-    let window = &config.window;
-    let sql = window_sql_metrics(config).await?;
-    let window_ms = window.size.as_millis() as i64;
-    let drift = if config.drift.enabled {
-        let references = load_references(config)?;
-        Some(DriftOperator::new(&config.drift, window_ms, references)?)
-    } else {
-        None
-    };
-    let mut engine = WindowEngine::new(window, !sql.is_empty())?.with_operators(
-        drift,
-        Some(GradientMonitor::new(config.gradients)),
-        Some(LabelJoin::new(config.quality)),
-    );
+    let mut topology = config.topology().await?;
+    let mut alerts = AlertOutputs::new(
+        &config.alerts,
+        opts.send.is_some(),
+        OFFLINE_RECEIVER,
+        alerts_log,
+    )?;
+    let mut engine = topology.engine(Vec::new())?;
     let mut report = ReplayReport::default();
 
     let bytes_read = Arc::new(AtomicU64::new(0));
@@ -161,8 +139,12 @@ pub async fn replay(
         total_bytes += std::fs::metadata(path)
             .with_context(|| format!("{}", path.display()))?
             .len();
-        let mut source =
-            RecordingSource::open(path, config.topics.clone(), window, bytes_read.clone())?;
+        let mut source = RecordingSource::open(
+            path,
+            config.topics.clone(),
+            &config.window,
+            bytes_read.clone(),
+        )?;
         let id = engine.add_input(0);
         let pending = source.next_batch().transpose()?;
         match pending.as_ref().and_then(|b| b.ts_range) {
@@ -181,71 +163,32 @@ pub async fn replay(
     let bar = progress_bar(opts.progress, total_bytes);
     // Offline, processing time stands still: inputs end, they never idle.
     let now = 0;
+    let mut out = |emitted: Emitted, watermark: i64, report: &mut ReplayReport| {
+        report.add(&emitted);
+        sinks.push(&emitted.points, watermark)?;
+        alerts.deliver(&emitted.evaluations)
+    };
     while let Some(input) = inputs
         .iter_mut()
         .filter(|i| i.pending.is_some())
         .min_by_key(|i| i.next_ts())
     {
-        let batch = input.pending.take().expect("filtered on pending");
-        let file = input.source.path.display().to_string();
-        for (kind, n) in TopicKind::ALL.iter().zip(batch.events) {
-            *report.events.entry(kind.as_str()).or_default() += n;
-        }
-        for r in &batch.rejects {
-            rejects.write(&file, r)?;
-            *report.rejected.entry(r.reason_code).or_default() += 1;
-            let key = r
-                .model
-                .clone()
-                .unwrap_or_else(|| ("(unparsed)".into(), String::new()));
-            report.series.entry(key).or_default().rejected += 1;
-        }
-        engine.push_predictions(input.id, &batch.predictions, now)?;
-        engine.push_feedback(&batch.feedback);
-        let anomalies = engine.push_training(input.id, &batch.training, now);
-        if !anomalies.is_empty() {
-            // Anomalies are events, written as soon as they are judged.
-            let points: Vec<Point> = anomalies.iter().map(|a| a.point()).collect();
-            for a in &anomalies {
-                *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
-            }
-            sink.write(&points)?;
-            record_alerts(&alerting.points(&points, None)?, sink, &mut report)?;
-        }
-        if let Some((_, hi)) = batch.ts_range {
-            engine.observe(input.id, hi, now);
-        }
-        input.pending = input.source.next_batch().transpose()?;
-        match input.pending.as_ref() {
-            None => engine.finish_input(input.id),
-            Some(next) => {
-                if let Some((lo, _)) = next.ts_range {
-                    engine.observe(input.id, lo, now);
-                }
-            }
-        }
-        for closed in engine.fire(now) {
-            let end = closed.end;
-            let points = emit(closed, &sql, sink, &mut report).await?;
-            record_alerts(&alerting.points(&points, Some(end))?, sink, &mut report)?;
+        let anomalies = step(input, &mut engine, rejects, &mut report, now)?;
+        let closed = engine.fire(now);
+        if !anomalies.is_empty() || !closed.is_empty() {
+            let emitted = topology.emit(anomalies, closed).await?;
+            out(emitted, engine.watermark().unwrap_or(i64::MIN), &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
         bar.set_message(format!("{} events", report.total_events()));
     }
-    for closed in engine.flush() {
-        let end = closed.end;
-        let points = emit(closed, &sql, sink, &mut report).await?;
-        record_alerts(&alerting.points(&points, Some(end))?, sink, &mut report)?;
-    }
-    let pending = engine.take_pending_points();
-    sink.write(&pending)?;
-    record_alerts(&alerting.points(&pending, None)?, sink, &mut report)?;
-    (report.receivers, report.muted) = alerting.finish(opts.send.unwrap_or_default())?;
+    out(topology.finish(&mut engine).await?, i64::MAX, &mut report)?;
+    report.receivers = alerts.finish(opts.send.unwrap_or_default())?;
+    report.muted = topology.muted();
     if let Some(stats) = engine.label_stats() {
         report.labels = (stats.matched, stats.unmatched);
     }
     report.late_training_steps = engine.late_training_steps();
-    sink.flush()?;
     rejects.flush()?;
     bar.finish_and_clear();
 
@@ -257,73 +200,99 @@ pub async fn replay(
         s.events += stats.events;
         s.late += stats.late;
     }
-    report.points = sink.points;
+    report.points = sinks.points;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-/// Write fired notifications as `alerts` points and count them.
-fn record_alerts(
-    fired: &[Notification],
-    sink: &mut LineProtocolFile,
+/// One batch of one input into the engine: events counted, rejected lines
+/// to the rejects file, the input's next batch read ahead. Returns the
+/// gradient anomalies it judged, as points.
+fn step(
+    input: &mut Input,
+    engine: &mut WindowEngine,
+    rejects: &mut RejectsFile,
     report: &mut ReplayReport,
-) -> anyhow::Result<()> {
-    let alert_points: Vec<Point> = fired.iter().map(Notification::point).collect();
-    sink.write(&alert_points)?;
-    for n in fired.iter().filter(|n| n.status == AlertStatus::Firing) {
-        *report
-            .alerts_fired
-            .entry(n.labels["alertname"].clone())
-            .or_default() += 1;
+    now: i64,
+) -> anyhow::Result<Vec<Point>> {
+    let batch = input.pending.take().expect("filtered on pending");
+    let file = input.source.path.display().to_string();
+    for (kind, n) in TopicKind::ALL.iter().zip(batch.events) {
+        *report.events.entry(kind.as_str()).or_default() += n;
     }
-    Ok(())
+    for r in &batch.rejects {
+        rejects.write(&file, r)?;
+        *report.rejected.entry(r.reason_code).or_default() += 1;
+        let key = r
+            .model
+            .clone()
+            .unwrap_or_else(|| ("(unparsed)".into(), String::new()));
+        report.series.entry(key).or_default().rejected += 1;
+    }
+    engine.push_predictions(input.id, &batch.predictions, now)?;
+    engine.push_feedback(&batch.feedback);
+    let anomalies = engine.push_training(input.id, &batch.training, now);
+    for a in &anomalies {
+        *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
+    }
+    if let Some((_, hi)) = batch.ts_range {
+        engine.observe(input.id, hi, now);
+    }
+    input.pending = input.source.next_batch().transpose()?;
+    match input.pending.as_ref() {
+        None => engine.finish_input(input.id),
+        Some(next) => {
+            if let Some((lo, _)) = next.ts_range {
+                engine.observe(input.id, lo, now);
+            }
+        }
+    }
+    Ok(anomalies.iter().map(|a| a.point()).collect())
 }
 
-/// Write a closed window's points; returns them for the alert rules.
-async fn emit(
-    mut closed: ClosedWindow,
-    sql: &SqlMetrics,
-    sink: &mut LineProtocolFile,
-    report: &mut ReplayReport,
-) -> anyhow::Result<Vec<Point>> {
-    report.windows += 1;
-    let mut points = closed.points()?;
-    if !sql.is_empty() {
-        let batches = std::mem::take(&mut closed.batches);
-        points.extend(sql.evaluate(closed.end, batches).await?);
+impl ReplayReport {
+    /// Count what the topology emitted: windows per series, drifted
+    /// windows, the p99 range, firing notifications.
+    fn add(&mut self, emitted: &Emitted) {
+        self.windows += emitted.windows as u64;
+        let mut seen = BTreeSet::new();
+        let mut drifted = BTreeSet::new();
+        for p in &emitted.points {
+            let (Some(model), Some(version)) = (p.tag_value("model"), p.tag_value("model_version"))
+            else {
+                continue;
+            };
+            let key = (model, version, p.timestamp_ns);
+            let s = self
+                .series
+                .entry((model.to_string(), version.to_string()))
+                .or_default();
+            if p.measurement == "throughput" && seen.insert(key) {
+                s.windows += 1;
+            }
+            if p.measurement == "drift"
+                && p.field_value("drifted") == Some(&FieldValue::Bool(true))
+                && drifted.insert(key)
+            {
+                s.drifted_windows += 1;
+            }
+            if p.measurement == "latency"
+                && p.tag_value("stage") == Some("total")
+                && let Some(FieldValue::Float(p99)) = p.field_value("p99")
+            {
+                s.p99_range = Some(match s.p99_range {
+                    None => (*p99, *p99),
+                    Some((lo, hi)) => (lo.min(*p99), hi.max(*p99)),
+                });
+            }
+        }
+        for n in emitted.passed().filter(|n| n.status == AlertStatus::Firing) {
+            *self
+                .alerts_fired
+                .entry(n.labels["alertname"].clone())
+                .or_default() += 1;
+        }
     }
-    let mut seen = BTreeSet::new();
-    let mut drifted = BTreeSet::new();
-    for p in &points {
-        let (Some(model), Some(version)) = (p.tag_value("model"), p.tag_value("model_version"))
-        else {
-            continue;
-        };
-        let s = report
-            .series
-            .entry((model.to_string(), version.to_string()))
-            .or_default();
-        if p.measurement == "throughput" && seen.insert((model, version)) {
-            s.windows += 1;
-        }
-        if p.measurement == "drift"
-            && p.field_value("drifted") == Some(&FieldValue::Bool(true))
-            && drifted.insert((model, version))
-        {
-            s.drifted_windows += 1;
-        }
-        if p.measurement == "latency"
-            && p.tag_value("stage") == Some("total")
-            && let Some(FieldValue::Float(p99)) = p.field_value("p99")
-        {
-            s.p99_range = Some(match s.p99_range {
-                None => (*p99, *p99),
-                Some((lo, hi)) => (lo.min(*p99), hi.max(*p99)),
-            });
-        }
-    }
-    sink.write(&points)?;
-    Ok(points)
 }
 
 fn progress_bar(enabled: bool, total_bytes: u64) -> ProgressBar {

@@ -15,21 +15,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::sources::kafka::DeliveryCounter;
+use infermon_schemas::TopicNames;
+
+use crate::sources::kafka::{DeliveryCounter, KafkaConfig};
 
 /// What to send where.
 #[derive(Debug, Clone)]
 pub struct ToKafkaOptions {
     /// Recorded traffic files (JSON Lines, optionally .zst).
     pub files: Vec<PathBuf>,
-    /// `bootstrap.servers`.
-    pub brokers: String,
     /// Pacing factor: 1 = recorded pace, 10 = ten times faster, 0 = no pacing.
     pub speed: f64,
 }
@@ -56,16 +54,18 @@ fn lines(path: &Path) -> io::Result<Box<dyn BufRead>> {
 }
 
 /// Send the files; fails if any message was not acknowledged.
-pub fn replay_to_kafka(config: &Config, opts: &ToKafkaOptions) -> anyhow::Result<ToKafkaReport> {
-    let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        .set("enable.idempotence", "true")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
+pub fn replay_to_kafka(
+    kafka: &KafkaConfig,
+    t: &TopicNames,
+    opts: &ToKafkaOptions,
+) -> anyhow::Result<ToKafkaReport> {
+    let mut producer = kafka.idempotent_producer_config()?;
+    if producer.get("message.timeout.ms").is_none() {
+        producer.set("message.timeout.ms", "60000");
+    }
+    let producer: ThreadedProducer<DeliveryCounter> = producer
         .create_with_context(DeliveryCounter::default())
         .context("creating the Kafka producer")?;
-    let t = &config.topics;
     // Recorded `topic` values → (topic to produce to, key field).
     let routes: BTreeMap<&str, (&str, &str)> = [
         (t.requests.as_str(), "request_id"),

@@ -3,7 +3,7 @@
 Evidently's DataDriftPreset when it is importable), on the same numbers, in
 one run. Not a test: its figures go to docs/benchmarks.md.
 
-    python tests/reference/drift_bench.py INFERMON_BINARY [--rows 1000000]
+    python tests/reference/drift_bench.py INFERMON_BENCH_BINARY [--rows 1000000]
         [--reference-rows 100000] [--features 20]
 
 Prints a table of timings, the speed-up, and how far infermon's binned
@@ -69,7 +69,7 @@ def main():
         ref.astype("<f8").tofile(f"{d}/ref.f64")
         cur.astype("<f8").tofile(f"{d}/cur.f64")
         ours = json.loads(subprocess.run(
-            [a.infermon, "bench-drift", "--reference", f"{d}/ref.f64", "--current", f"{d}/cur.f64",
+            [a.infermon, "drift", "--reference", f"{d}/ref.f64", "--current", f"{d}/cur.f64",
              "--features", str(a.features), "--rounds", str(a.rounds)],
             check=True, capture_output=True, text=True).stdout)
     best = float("inf")

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
-use super::notification::{AlertStatus, Notification, rfc3339};
 use super::webhook::attempt_of;
+use infermon_operators::alerts::notification::{AlertStatus, Notification, rfc3339};
 
 /// One Alertmanager cluster (`[[alerts.alertmanagers]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,7 +304,7 @@ impl Transport for PostAlerts {
     type Item = Vec<Notification>;
 
     fn attempt(&mut self, alerts: &Vec<Notification>) -> Attempt {
-        let now = crate::monitor::http::now_ms();
+        let now = crate::telemetry::now_ms();
         let link = self.generator_url.as_deref();
         let body: Vec<Value> = alerts
             .iter()

@@ -15,7 +15,7 @@ use lettre::{Message, SmtpTransport, Transport as _};
 use serde::{Deserialize, Serialize};
 
 use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
-use super::notification::{AlertStatus, Notification, rfc3339};
+use infermon_operators::alerts::notification::{AlertStatus, Notification, rfc3339};
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ impl EmailSender {
         })
     }
 
-    /// Queue one group (made by [`super::grouping::Grouper`]) as one mail.
+    /// Queue one group (made by [`infermon_operators::alerts::Grouper`]) as one mail.
     pub fn send(&self, alerts: &[Notification]) {
         let wanted: Vec<Notification> = alerts
             .iter()

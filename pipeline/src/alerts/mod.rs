@@ -1,38 +1,27 @@
-//! Alerts: rules over the measurements and anomaly events, a state machine
-//! per rule × series, and notifications in the Alertmanager format.
-//!
-//! points → [`AlertEngine`] (rules, `for`, hysteresis, `keep_firing_for`,
-//! flapping, missing data) → [`Notification`]s → alerts log / `alerts` points
-//! (delivery to webhooks and email is the next step).
+//! Alert delivery: the `[alerts]` settings, and the receivers the rules'
+//! notifications go to (alerts log, webhooks, email, Alertmanager). The
+//! rules themselves are pure logic in `infermon_operators::alerts`.
 
 pub mod alertmanager;
 pub mod delivery;
 pub mod email;
-pub mod engine;
-pub mod grouping;
-pub mod notification;
-pub mod policy;
-pub mod rule;
-pub mod stage;
+pub mod outputs;
+pub mod silences_file;
 pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use infermon_operators::alerts::{
+    AlertEngine, AlertRules, Flapping, GroupingConfig, Policy, RuleConfig, Silence, rules_in_force,
+};
 use serde::{Deserialize, Serialize};
 
 pub use alertmanager::{AlertmanagerConfig, AlertmanagerSender};
 pub use delivery::DeliveryStats;
 pub use email::{EmailConfig, EmailSender};
-pub use engine::{AlertEngine, Flapping};
-pub use notification::{AlertStatus, Notification};
-pub use policy::{Policy, PolicyStats, Silence};
-pub use rule::RuleConfig;
-pub use stage::AlertStage;
+pub use outputs::AlertOutputs;
 pub use webhook::{WebhookConfig, WebhookSender};
-
-/// The built-in rules, documented.
-pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
 
 /// Alert settings (`[alerts]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +54,7 @@ pub struct AlertsConfig {
     /// A firing critical alert mutes warnings of the same model.
     pub inhibit: bool,
     /// How notifications are grouped and paced for receivers.
-    pub grouping: grouping::GroupingConfig,
+    pub grouping: GroupingConfig,
 }
 
 impl Default for AlertsConfig {
@@ -81,38 +70,16 @@ impl Default for AlertsConfig {
             silences: Vec::new(),
             silences_file: None,
             inhibit: true,
-            grouping: grouping::GroupingConfig::default(),
+            grouping: GroupingConfig::default(),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    rules: Vec<RuleConfig>,
-}
-
-/// The built-in rules.
-pub fn default_rules() -> Vec<RuleConfig> {
-    toml::from_str::<RuleFile>(DEFAULT_RULES_TOML)
-        .expect("default_rules.toml parses (checked by a test)")
-        .rules
 }
 
 impl AlertsConfig {
     /// The rules in force: built-in ones (unless replaced or turned off),
     /// then the user's.
     pub fn effective_rules(&self) -> Vec<RuleConfig> {
-        let mut rules: Vec<RuleConfig> = if self.default_rules {
-            default_rules()
-                .into_iter()
-                .filter(|d| self.rules.iter().all(|r| r.name != d.name))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        rules.extend(self.rules.iter().cloned());
-        rules
+        rules_in_force(self.default_rules, &self.rules)
     }
 
     /// Silences from the config and the silences file.
@@ -122,7 +89,7 @@ impl AlertsConfig {
             s.validate()?;
         }
         if let Some(path) = &self.silences_file {
-            all.extend(policy::read_silences_file(path)?);
+            all.extend(silences_file::read_silences_file(path)?);
         }
         Ok(all)
     }
@@ -130,6 +97,15 @@ impl AlertsConfig {
     /// The policy stage (silences, inhibition) for these settings.
     pub fn policy(&self) -> Result<Policy, String> {
         Ok(Policy::new(self.all_silences()?, self.inhibit))
+    }
+
+    /// The rules and policy in force, for windows that close every `tick`.
+    pub fn rules(&self, tick: Duration) -> Result<AlertRules, String> {
+        Ok(AlertRules::new(
+            self.engine(),
+            self.policy()?,
+            tick.as_millis() as i64,
+        ))
     }
 
     /// An engine for the rules in force.
@@ -143,6 +119,3 @@ impl AlertsConfig {
         )
     }
 }
-
-#[cfg(test)]
-mod tests;

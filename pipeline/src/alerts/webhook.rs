@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
-use super::notification::{AlertStatus, Notification};
+use infermon_operators::alerts::notification::{AlertStatus, Notification};
 
 /// One webhook receiver (`[[alerts.webhooks]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,9 +94,21 @@ pub fn body(receiver: &str, group_by: &[String], alerts: &[Notification]) -> Val
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether `header` is `sha256=<hex>` of the HMAC-SHA256 of `body` under
+/// `secret`, compared in constant time (`hmac`'s `verify_slice`).
+pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(tag) = header
+        .strip_prefix("sha256=")
+        .and_then(|h| hex::decode(h).ok())
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.verify_slice(&tag).is_ok()
 }
 
 /// A webhook receiver: notifications grouped into Alertmanager bodies and
@@ -134,7 +146,7 @@ impl WebhookSender {
         Ok(Self { config, queue })
     }
 
-    /// Queue one group (made by [`super::grouping::Grouper`] over
+    /// Queue one group (made by [`infermon_operators::alerts::Grouper`] over
     /// `group_by`) as one request; never blocks on the receiver.
     pub fn send(&self, group_by: &[String], alerts: &[Notification]) {
         let bytes = body(&self.config.name, group_by, alerts).to_string();

@@ -17,9 +17,9 @@ use infermon_schemas::{
     decode_event,
 };
 
-use super::http::now_ms;
-use super::offsets::TopicPartition;
 use crate::sources::kafka::RawMessage;
+use crate::sources::offsets::TopicPartition;
+use crate::telemetry::now_ms;
 
 /// What the decoder needs to know of the config.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::offsets::TopicPartition;
+use crate::sources::offsets::TopicPartition;
 
 /// Per-partition watermark files under `<state_dir>/watermarks/<group>/`.
 #[derive(Debug, Clone)]

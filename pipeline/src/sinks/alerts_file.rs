@@ -9,9 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::alerts::engine::Restored;
-use crate::alerts::policy::parse_ms;
-use crate::alerts::{AlertStatus, Notification};
+use infermon_operators::alerts::policy::parse_ms;
+use infermon_operators::alerts::{AlertStatus, Notification, Restored};
 
 /// The alerts log.
 pub struct AlertsFile {

@@ -9,12 +9,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::spool::{Backoff, LineWriter, RejectHook, Spool, WriteOutcome};
+use super::Sink;
+use super::spool::{Backoff, LineWriter, RejectHook, Spool, SpoolStats, WriteOutcome};
 
 /// Which write API the server speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,8 +273,65 @@ impl LineWriter for HttpWriter {
     }
 }
 
-/// Start a sink: its spool (default `<state_dir>/spool/<name>`) and writer.
-pub fn start(
+/// An InfluxDB server behind its on-disk spool.
+pub struct InfluxSink {
+    name: String,
+    spool: Spool,
+    /// The first segment of the current window state.
+    generation_start: u64,
+}
+
+impl InfluxSink {
+    /// Start the spool (default `<state_dir>/spool/<name>`) and its writer.
+    ///
+    /// # Errors
+    /// Bad URL or missing secret, or a spool that cannot be opened.
+    pub fn start(
+        c: &InfluxDbConfig,
+        state_dir: &std::path::Path,
+        on_reject: RejectHook,
+    ) -> Result<Self, InfluxDbError> {
+        Ok(Self {
+            name: c.name.clone(),
+            spool: start(c, state_dir, on_reject)?,
+            generation_start: 0,
+        })
+    }
+}
+
+impl Sink for InfluxSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn push(&mut self, lines: &[u8], watermark: i64) -> std::io::Result<()> {
+        self.spool.push(lines, watermark)
+    }
+
+    fn acked(&self) -> i64 {
+        let stats = self.spool.stats();
+        stats.acked_since(self.generation_start).unwrap_or(i64::MIN)
+    }
+
+    fn new_generation(&mut self) {
+        self.generation_start = self.spool.next_seq();
+    }
+
+    fn full(&self) -> bool {
+        self.spool.is_full()
+    }
+
+    fn spool_stats(&self) -> Option<Arc<SpoolStats>> {
+        Some(self.spool.stats())
+    }
+
+    fn close(self: Box<Self>, deadline: std::time::Duration) -> u64 {
+        self.spool.close(deadline)
+    }
+}
+
+/// Start a sink's spool (default `<state_dir>/spool/<name>`) and writer.
+fn start(
     c: &InfluxDbConfig,
     state_dir: &std::path::Path,
     on_reject: RejectHook,

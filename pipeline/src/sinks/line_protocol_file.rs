@@ -5,7 +5,11 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+use std::time::Duration;
+
 use infermon_schemas::Point;
+
+use super::Sink;
 
 /// Appends points to a file, one line each.
 pub struct LineProtocolFile {
@@ -13,6 +17,10 @@ pub struct LineProtocolFile {
     buf: String,
     /// Points written so far.
     pub points: u64,
+    /// The watermark of the last push, flushed (the file's acknowledgement).
+    acked: i64,
+    /// The path, as logs and the replay's summary name the sink.
+    name: String,
 }
 
 impl LineProtocolFile {
@@ -20,7 +28,9 @@ impl LineProtocolFile {
     pub fn create(path: &Path) -> io::Result<Self> {
         let file = File::create(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(Self::new(Box::new(file)))
+        let mut out = Self::new(Box::new(file));
+        out.name = path.display().to_string();
+        Ok(out)
     }
 
     /// Write to any writer (benchmarks use `io::sink()`).
@@ -29,6 +39,8 @@ impl LineProtocolFile {
             out: BufWriter::with_capacity(1 << 16, out),
             buf: String::with_capacity(1 << 12),
             points: 0,
+            acked: i64::MIN,
+            name: "file".into(),
         }
     }
 
@@ -46,5 +58,33 @@ impl LineProtocolFile {
     /// Flush to disk.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl Sink for LineProtocolFile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn push(&mut self, lines: &[u8], watermark: i64) -> io::Result<()> {
+        self.out.write_all(lines)?;
+        self.out.flush()?;
+        self.acked = self.acked.max(watermark);
+        Ok(())
+    }
+
+    fn acked(&self) -> i64 {
+        self.acked
+    }
+
+    fn new_generation(&mut self) {
+        self.acked = i64::MIN;
+    }
+
+    fn close(mut self: Box<Self>, _deadline: Duration) -> u64 {
+        if let Err(e) = self.out.flush() {
+            tracing::error!(error = %e, "line-protocol file: the last points could not be written");
+        }
+        0
     }
 }

@@ -18,8 +18,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::monitor::http::{Labels, MonitorMetrics};
-use crate::monitor::offsets::TopicPartition;
+use crate::sources::offsets::TopicPartition;
+use crate::telemetry::{Labels, MonitorMetrics};
 
 /// How to reach the brokers and read from them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,22 +89,59 @@ const CONSUMER_ONLY: [&str; 22] = [
     "queued.max.messages.kbytes",
 ];
 
+/// The one place Kafka clients are configured: brokers, then the role's
+/// defaults, then the user's `properties` and `properties_env` (the user's
+/// word wins over ours).
 impl KafkaConfig {
-    /// The settings of a producer: [`Self::client_config`] without the
-    /// consumer-only properties.
+    /// A consumer in `group`, with `defaults` for its role.
+    ///
+    /// # Errors
+    /// A `properties_env` variable that is not set (named).
+    pub fn consumer_config(
+        &self,
+        group: &str,
+        defaults: &[(&str, &str)],
+    ) -> anyhow::Result<ClientConfig> {
+        let mut role = vec![("group.id", group)];
+        role.extend_from_slice(defaults);
+        self.client_config(&role)
+    }
+
+    /// A plain producer (DLQ, control commands).
+    ///
+    /// # Errors
+    /// As [`Self::consumer_config`].
     pub fn producer_config(&self) -> anyhow::Result<ClientConfig> {
-        let mut c = self.client_config()?;
+        self.producer_with(&[])
+    }
+
+    /// An idempotent, zstd-compressed producer for event streams (worker
+    /// predictions, `replay --to-kafka`).
+    ///
+    /// # Errors
+    /// As [`Self::consumer_config`].
+    pub fn idempotent_producer_config(&self) -> anyhow::Result<ClientConfig> {
+        self.producer_with(&[
+            ("enable.idempotence", "true"),
+            ("compression.type", "zstd"),
+            ("linger.ms", "5"),
+        ])
+    }
+
+    fn producer_with(&self, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
+        let mut c = self.client_config(defaults)?;
         for k in CONSUMER_ONLY {
             c.remove(k);
         }
         Ok(c)
     }
 
-    /// The librdkafka settings shared by consumers and producers (brokers,
-    /// `properties`, `properties_env`).
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+    fn client_config(&self, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -219,17 +256,17 @@ pub fn consumer(
     topics: &[&str],
     metrics: Arc<MonitorMetrics>,
 ) -> anyhow::Result<MonitorConsumer> {
-    let mut c = config.client_config()?;
-    c.set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Lag (for /metrics and for telling idle partitions from lagging ones).
-        .set("statistics.interval.ms", "1000");
-    for (k, v) in &config.properties {
-        c.set(k, v); // the user's word wins over our defaults
-    }
+    let c = config.consumer_config(
+        &config.group_id,
+        &[
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            // Lag (for /metrics and for telling idle partitions from lagging ones).
+            ("statistics.interval.ms", "1000"),
+        ],
+    )?;
     let context = MonitorContext {
         events: Mutex::new(Vec::new()),
         safe: Mutex::new(None),
@@ -468,7 +505,9 @@ mod tests {
         assert_eq!(p.get("session.timeout.ms"), None);
         assert_eq!(p.get("sasl.username"), Some("u"));
         assert_eq!(
-            k.client_config().unwrap().get("session.timeout.ms"),
+            k.consumer_config("g", &[])
+                .unwrap()
+                .get("session.timeout.ms"),
             Some("6000")
         );
     }

@@ -2,4 +2,5 @@
 //! monitor).
 
 pub mod kafka;
+pub mod offsets;
 pub mod recording;

@@ -18,9 +18,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use subtle::ConstantTimeEq as _;
 
-use crate::monitor::http::now_ms;
 use crate::sources::kafka::KafkaConfig;
+use crate::telemetry::now_ms;
 
 /// One command on the control topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,14 +64,15 @@ pub struct ControlConsumer {
 impl ControlConsumer {
     /// Subscribe to `topic` as `<group_id>.control.<worker id>`.
     pub fn new(kafka: &KafkaConfig, topic: &str, group: &str) -> anyhow::Result<Self> {
-        let mut cc = kafka.client_config()?;
-        cc.set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("auto.offset.reset", "earliest");
-        for (k, v) in &kafka.properties {
-            cc.set(k, v);
-        }
-        let consumer: BaseConsumer = cc.create()?;
+        let consumer: BaseConsumer = kafka
+            .consumer_config(
+                group,
+                &[
+                    ("enable.auto.commit", "true"),
+                    ("auto.offset.reset", "earliest"),
+                ],
+            )?
+            .create()?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
             consumer,
@@ -143,80 +145,22 @@ pub fn commands_for_alerts(
     Ok(out)
 }
 
-/// The largest `POST /alerts` body read: an Alertmanager group of a few
-/// hundred alerts is well under it.
-pub const MAX_ALERTS_BODY: u64 = 1 << 20;
-
-/// A request body of at most [`MAX_ALERTS_BODY`] bytes, or the response
-/// refusing it (413 when larger, whatever `Content-Length` claims).
-fn read_body(req: &mut tiny_http::Request) -> Result<Vec<u8>, (u16, String)> {
-    let too_large = || {
-        (
-            413,
-            format!("body larger than {MAX_ALERTS_BODY} bytes: refused\n"),
-        )
-    };
-    if req
-        .body_length()
-        .is_some_and(|n| n as u64 > MAX_ALERTS_BODY)
-    {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(req.as_reader(), MAX_ALERTS_BODY + 1),
-        &mut bytes,
-    )
-    .map_err(|e| (400, format!("reading the body: {e}\n")))?;
-    if bytes.len() as u64 > MAX_ALERTS_BODY {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-/// Serve `GET /metrics`, `GET /healthz` and `POST /alerts` on `addr` from a
-/// thread; rollback commands go to `tx`. With a `secret`, bodies without a
-/// valid `X-Infermon-Signature: sha256=<hex>` are refused (401). Returns
-/// the bound address (`addr` may name port 0).
-pub fn serve_http(
-    addr: &str,
-    registry: prometheus_client::registry::Registry,
+/// The worker's `POST /alerts` hook: rollback commands for firing alerts
+/// that match `rules` go to `tx`. With a secret, bodies without a valid
+/// `X-Infermon-Signature: sha256=<hex>` are refused (401), with a bearer
+/// token, requests without it.
+pub fn alerts_hook(
     rules: RollbackRules,
     auth: HookAuth,
     tx: mpsc::Sender<ControlCommand>,
-) -> anyhow::Result<std::net::SocketAddr> {
-    let (server, bound) = crate::monitor::http::listen(addr)?;
-    std::thread::Builder::new()
-        .name("worker-http".into())
-        .spawn(move || {
-            for mut req in server.incoming_requests() {
-                let mut content_type = "text/plain; charset=utf-8";
-                let (code, body) = match (req.method(), req.url()) {
-                    (tiny_http::Method::Get, "/healthz") => (200, "ok\n".to_string()),
-                    (tiny_http::Method::Get, "/metrics") => {
-                        match crate::monitor::http::exposition(&registry, &req) {
-                            Ok((text, kind)) => {
-                                content_type = kind;
-                                (200, text)
-                            }
-                            Err(e) => (500, format!("encode: {e}\n")),
-                        }
-                    }
-                    (tiny_http::Method::Post, "/alerts") => match read_body(&mut req) {
-                        Err(refusal) => refusal,
-                        Ok(bytes) => handle_alerts(&req, &bytes, &rules, &auth, &tx),
-                    },
-                    _ => (404, "not found\n".to_string()),
-                };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
-                    .expect("static header");
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                let _ = req.respond(response);
-            }
-        })?;
-    Ok(bound)
+) -> crate::telemetry::AlertsHook {
+    // tiny_http's handler thread owns the hook; the sender is behind a
+    // mutex because mpsc::Sender is not Sync.
+    let tx = std::sync::Mutex::new(tx);
+    Box::new(move |req, body| {
+        let tx = tx.lock().expect("hook sender lock");
+        handle_alerts(req, body, &rules, &auth, &tx)
+    })
 }
 
 /// Who may post to `/alerts`: with neither set, anyone on the network.
@@ -243,11 +187,7 @@ impl HookAuth {
         };
         // The same signature the alert engine's webhooks carry.
         let signed = self.secret.as_ref().is_some_and(|secret| {
-            let expected = crate::alerts::webhook::signature(secret, body);
-            constant_time_eq(
-                header("X-Infermon-Signature").as_bytes(),
-                expected.as_bytes(),
-            )
+            crate::alerts::webhook::verify(secret, body, &header("X-Infermon-Signature"))
         });
         // The scheme's name is case-insensitive (RFC 9110 §11.1).
         let bearer = self.bearer_token.as_ref().is_some_and(|token| {
@@ -256,7 +196,7 @@ impl HookAuth {
                 .split_once(' ')
                 .is_some_and(|(scheme, given)| {
                     scheme.eq_ignore_ascii_case("bearer")
-                        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+                        && bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
                 })
         });
         signed || bearer
@@ -294,12 +234,6 @@ fn handle_alerts(
     }
 }
 
-/// Equality that takes as long for every wrong guess (no timing oracle
-/// for the signature).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,8 +255,13 @@ mod tests {
         assert!(c[0].reason.contains("ScoreDrift") && c[0].reason.contains("psi 0.4"));
         let err = commands_for_alerts(&serde_json::json!({"x": 1}), &rules).unwrap_err();
         assert!(err.contains("alerts"), "{err}");
-        assert!(constant_time_eq(b"sha256=ab", b"sha256=ab"));
-        assert!(!constant_time_eq(b"sha256=ab", b"sha256=ac"));
-        assert!(!constant_time_eq(b"sha256=ab", b"sha256=a"));
+        let signed = crate::alerts::webhook::signature(b"k", b"body");
+        assert!(crate::alerts::webhook::verify(b"k", b"body", &signed));
+        assert!(!crate::alerts::webhook::verify(b"k", b"bodY", &signed));
+        assert!(!crate::alerts::webhook::verify(
+            b"k",
+            b"body",
+            &signed[..signed.len() - 1]
+        ));
     }
 }

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::monitor::http::Labels;
+use crate::telemetry::Labels;
 
 /// Every metric the worker exports (under `infermon_worker_`; counters get
 /// `_total`).

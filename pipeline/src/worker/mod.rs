@@ -15,7 +15,6 @@
 //! version, a canary, a rollback from the control topic or the alert hook)
 //! happen between two batches.
 
-pub mod bench;
 pub mod config;
 pub mod control;
 pub mod metrics;
@@ -29,25 +28,27 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use infermon_inference::{Environment, ort_environment};
-use infermon_schemas::{Decoded, PredictionEvent, TopicKind, decode_event};
+use infermon_schemas::{Decoded, PredictionEvent, TopicKind, TopicNames, decode_event};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-pub use bench::{WorkerBenchOptions, bench};
 pub use config::{ModelConfig, WorkerConfig};
 pub use control::ControlCommand;
 pub use served::{Change, ServedModel};
 pub use versions::{PIN_FILE, rollback, wanted_version};
 
-use crate::config::Config;
-use crate::sources::kafka::{DeliveryCounter, Dlq, RawMessage};
+use crate::sources::kafka::{DeliveryCounter, Dlq, KafkaConfig, RawMessage};
 use infermon_inference::answer::error_event;
 use metrics::{WorkerMetrics, labels};
 
 /// Run until `stop` is set.
-pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let wc = &config.worker;
+pub fn run(
+    wc: &WorkerConfig,
+    kafka: &KafkaConfig,
+    topics: &TopicNames,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !wc.models.is_empty(),
         "[[worker.models]]: no model to serve"
@@ -60,31 +61,26 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         served.insert(m.name.clone(), s);
     }
 
-    let topics = &config.topics;
-    let mut cc = config.kafka.client_config()?;
-    cc.set("group.id", &wc.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest");
-    for (k, v) in &config.kafka.properties {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer = cc.create()?;
+    let consumer: BaseConsumer = kafka
+        .consumer_config(
+            &wc.group_id,
+            &[
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+            ],
+        )?
+        .create()?;
     consumer.subscribe(&[&topics.requests])?;
-    let producer: ThreadedProducer<DeliveryCounter> = config
-        .kafka
-        .producer_config()?
-        .set("enable.idempotence", "true")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "5")
+    let producer: ThreadedProducer<DeliveryCounter> = kafka
+        .idempotent_producer_config()?
         .create_with_context(DeliveryCounter::default())?;
-    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    let mut dlq = Dlq::new(kafka, &topics.dlq)?;
     // Its own producer: a refused command must not count as a lost prediction.
-    let command_producer: ThreadedProducer<DeliveryCounter> = config
-        .kafka
+    let command_producer: ThreadedProducer<DeliveryCounter> = kafka
         .producer_config()?
         .create_with_context(DeliveryCounter::default())?;
     let control = control::ControlConsumer::new(
-        &config.kafka,
+        kafka,
         &topics.control,
         &format!("{}.control.{}", wc.group_id, wc.id),
     )?;
@@ -122,7 +118,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             secret: env("alert_secret_env", &wc.alert_secret_env)?.map(String::into_bytes),
             bearer_token: env("alert_bearer_token_env", &wc.alert_bearer_token_env)?,
         };
-        let bound = control::serve_http(addr, metrics.registry(), rules, auth, hook_tx)?;
+        let health = Arc::new(crate::telemetry::Health::default());
+        health.ready.store(true, Ordering::Relaxed);
+        let telemetry = crate::telemetry::Telemetry {
+            registry: metrics.registry(),
+            health,
+            stall_after: None,
+            alerts: Some(control::alerts_hook(rules, auth, hook_tx)),
+        };
+        let bound = crate::telemetry::serve(addr, telemetry)?;
         tracing::info!(%bound, "listening: GET /metrics, GET /healthz, POST /alerts");
     }
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
@@ -228,7 +232,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             send(&producer, &topics.predictions, &event, &mut buf)?;
         }
         if last_commit.elapsed() >= wc.commit_interval {
-            crate::monitor::http::count_to(
+            crate::telemetry::count_to(
                 &metrics.delivery_failures,
                 producer.context().failed.load(Ordering::Relaxed),
             );

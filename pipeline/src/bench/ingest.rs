@@ -46,7 +46,7 @@ pub struct IngestRun {
     pub peak_rss_kib: u64,
 }
 
-/// The bare consumer, run as `infermon bench-ingest --bare-topic T`: read
+/// The bare consumer, run as `infermon-bench ingest --bare-topic T`: read
 /// `messages` messages of `topic` in a fresh consumer group and report.
 pub fn bare_consumer(brokers: &str, topic: &str, messages: u64) -> anyhow::Result<IngestRun> {
     let group = format!("bench-bare-{}", unique());
@@ -209,7 +209,8 @@ fn monitor_run(opts: &IngestBenchOptions, base: &str, round: usize) -> anyhow::R
             dir.join("alerts.jsonl"),
         ),
     )?;
-    let exe = std::env::current_exe()?;
+    // The shipped binary, beside this one in the target directory.
+    let exe = std::env::current_exe()?.with_file_name("infermon");
     let mut child = Command::new(exe)
         .arg("--config")
         .arg(&config)
@@ -266,7 +267,7 @@ fn monitor_run(opts: &IngestBenchOptions, base: &str, round: usize) -> anyhow::R
 
 fn bare_run(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<IngestRun> {
     let out = Command::new(std::env::current_exe()?)
-        .args(["bench-ingest", "--brokers", &opts.brokers])
+        .args(["ingest", "--brokers", &opts.brokers])
         .args(["--messages", &opts.messages.to_string()])
         .args(["--bare-topic", &format!("{base}.predictions")])
         .stderr(Stdio::inherit())

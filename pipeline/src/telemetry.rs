@@ -1,6 +1,8 @@
-//! The monitor's own health: Prometheus `/metrics`, `/healthz` (the loop is
-//! alive) and `/readyz` (partitions assigned and consuming), served by a
-//! small blocking HTTP server on its own thread.
+//! A process's own health, for the monitor and the workers alike:
+//! Prometheus `/metrics`, `/healthz` (the loop is alive), `/readyz`
+//! (partitions assigned and consuming) and, in a worker, `POST /alerts`
+//! (the rollback hook), served by one small blocking HTTP server on its own
+//! thread.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -255,50 +257,40 @@ pub fn listen(addr: &str) -> anyhow::Result<(tiny_http::Server, std::net::Socket
     Ok((server, bound))
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` from a thread.
-/// Returns the bound address (`addr` may name port 0).
-pub fn serve(
-    addr: &str,
-    registry: Registry,
-    health: Arc<Health>,
-    stall_after: Duration,
-) -> anyhow::Result<std::net::SocketAddr> {
+/// The largest `POST /alerts` body read: an Alertmanager group of a few
+/// hundred alerts is well under it.
+pub const MAX_ALERTS_BODY: u64 = 1 << 20;
+
+/// Handles a `POST /alerts` request and its body (at most
+/// [`MAX_ALERTS_BODY`] bytes): the response's status code and body.
+pub type AlertsHook = Box<dyn Fn(&tiny_http::Request, &[u8]) -> (u16, String) + Send>;
+
+/// What the telemetry server answers.
+pub struct Telemetry {
+    /// `GET /metrics`.
+    pub registry: Registry,
+    /// `GET /healthz` and `GET /readyz`.
+    pub health: Arc<Health>,
+    /// `/healthz` fails once the loop's heartbeat is older than this
+    /// (`None`: it never does).
+    pub stall_after: Option<Duration>,
+    /// `POST /alerts`, where the process takes alert notifications.
+    pub alerts: Option<AlertsHook>,
+}
+
+/// Serve `/metrics`, `/healthz`, `/readyz` and (with a hook) `POST
+/// /alerts` on `addr` from a thread. Returns the bound address (`addr` may
+/// name port 0).
+///
+/// # Errors
+/// `addr` cannot be bound.
+pub fn serve(addr: &str, t: Telemetry) -> anyhow::Result<std::net::SocketAddr> {
     let (server, bound) = listen(addr)?;
     std::thread::Builder::new()
-        .name("http".into())
+        .name("telemetry".into())
         .spawn(move || {
-            for req in server.incoming_requests() {
-                let (code, body, content_type) = match req.url() {
-                    "/metrics" => match exposition(&registry, &req) {
-                        Ok((text, content_type)) => (200, text, content_type),
-                        Err(e) => (500, format!("encode: {e}\n"), "text/plain"),
-                    },
-                    "/healthz" => {
-                        let age = now_ms() - health.heartbeat_ms.load(Ordering::Relaxed);
-                        if age <= stall_after.as_millis() as i64 {
-                            (200, "ok\n".into(), "text/plain")
-                        } else {
-                            (
-                                503,
-                                format!("main loop stalled for {age} ms\n"),
-                                "text/plain",
-                            )
-                        }
-                    }
-                    "/readyz" => {
-                        if health.ready.load(Ordering::Relaxed) {
-                            (200, "ready\n".into(), "text/plain")
-                        } else {
-                            (
-                                503,
-                                "not consuming (no partitions yet, or paused on a full spool)\n"
-                                    .into(),
-                                "text/plain",
-                            )
-                        }
-                    }
-                    _ => (404, "not found\n".into(), "text/plain"),
-                };
+            for mut req in server.incoming_requests() {
+                let (code, body, content_type) = respond(&t, &mut req);
                 let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
                     .expect("static header");
                 let resp = tiny_http::Response::from_string(body)
@@ -308,6 +300,70 @@ pub fn serve(
             }
         })?;
     Ok(bound)
+}
+
+fn respond(t: &Telemetry, req: &mut tiny_http::Request) -> (u16, String, &'static str) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let health = &t.health;
+    match (req.method(), req.url()) {
+        (tiny_http::Method::Get, "/metrics") => match exposition(&t.registry, req) {
+            Ok((text, content_type)) => (200, text, content_type),
+            Err(e) => (500, format!("encode: {e}\n"), TEXT),
+        },
+        (tiny_http::Method::Get, "/healthz") => {
+            let age = now_ms() - health.heartbeat_ms.load(Ordering::Relaxed);
+            match t.stall_after {
+                Some(stall) if age > stall.as_millis() as i64 => {
+                    (503, format!("main loop stalled for {age} ms\n"), TEXT)
+                }
+                _ => (200, "ok\n".into(), TEXT),
+            }
+        }
+        (tiny_http::Method::Get, "/readyz") => {
+            if health.ready.load(Ordering::Relaxed) {
+                (200, "ready\n".into(), TEXT)
+            } else {
+                let why = "not consuming (no partitions yet, or paused on a full spool)\n";
+                (503, why.into(), TEXT)
+            }
+        }
+        (tiny_http::Method::Post, "/alerts") if t.alerts.is_some() => {
+            let hook = t.alerts.as_ref().expect("matched on is_some");
+            let (code, body) = match read_body(req) {
+                Err(refusal) => refusal,
+                Ok(bytes) => hook(req, &bytes),
+            };
+            (code, body, TEXT)
+        }
+        _ => (404, "not found\n".into(), TEXT),
+    }
+}
+
+/// A request body of at most [`MAX_ALERTS_BODY`] bytes, or the response
+/// refusing it (413 when larger, whatever `Content-Length` claims).
+fn read_body(req: &mut tiny_http::Request) -> Result<Vec<u8>, (u16, String)> {
+    let too_large = || {
+        (
+            413,
+            format!("body larger than {MAX_ALERTS_BODY} bytes: refused\n"),
+        )
+    };
+    if req
+        .body_length()
+        .is_some_and(|n| n as u64 > MAX_ALERTS_BODY)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(req.as_reader(), MAX_ALERTS_BODY + 1),
+        &mut bytes,
+    )
+    .map_err(|e| (400, format!("reading the body: {e}\n")))?;
+    if bytes.len() as u64 > MAX_ALERTS_BODY {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

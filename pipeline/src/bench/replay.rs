@@ -15,6 +15,7 @@ use infermon_schemas::{Decoded, PredictionBatchBuilder, TopicNames, decode_recor
 
 use crate::config::Config;
 use crate::replay::{ReplayOptions, replay};
+use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::line_protocol_file::LineProtocolFile;
 use crate::sinks::rejects_file::RejectsFile;
@@ -151,7 +152,8 @@ pub async fn run_bench(config: &Config, opts: &BenchOptions) -> anyhow::Result<S
                 1 => typed_to_arrow(&opts.file, &config.topics)?,
                 2 => arrow_json(&opts.file)?,
                 _ => {
-                    let mut sink = LineProtocolFile::new(Box::new(io::sink()));
+                    let file = LineProtocolFile::new(Box::new(io::sink()));
+                    let mut sinks = Sinks::of(vec![Box::new(file)]);
                     let mut rejects = RejectsFile::new(Path::new("/dev/null"));
                     let mut alerts = AlertsFile::create(Path::new("/dev/null"))?;
                     let r = replay(
@@ -161,7 +163,7 @@ pub async fn run_bench(config: &Config, opts: &BenchOptions) -> anyhow::Result<S
                             progress: false,
                             send: None,
                         },
-                        &mut sink,
+                        &mut sinks,
                         &mut rejects,
                         &mut alerts,
                     )

@@ -3,7 +3,6 @@
 //! critical alert mutes warnings of the same model), as in Alertmanager.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,39 +70,6 @@ pub fn parse_ms(t: &str) -> Option<i64> {
     let st = humantime::parse_rfc3339_weak(t).ok()?;
     let d = st.duration_since(std::time::UNIX_EPOCH).ok()?;
     i64::try_from(d.as_millis()).ok()
-}
-
-/// Silences from a JSON-lines file (one [`Silence`] per line); a missing
-/// file means none.
-pub fn read_silences_file(path: &Path) -> Result<Vec<Silence>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let s: Silence = serde_json::from_str(l)
-                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
-            s.validate()?;
-            Ok(s)
-        })
-        .collect()
-}
-
-/// Append a silence to the file.
-pub fn append_silence(path: &Path, s: &Silence) -> Result<(), String> {
-    use std::io::Write as _;
-    s.validate()?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let line = serde_json::to_string(s).map_err(|e| e.to_string())?;
-    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Counters of the policy stage.
@@ -480,19 +446,5 @@ mod tests {
             err.contains("\"tomorrow\" is not an RFC 3339 time"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn silences_file_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("silences.jsonl");
-        assert!(read_silences_file(&path).unwrap().is_empty());
-        let s = silence(&[("model", "m")], "2030-01-01T00:00:00Z");
-        append_silence(&path, &s).unwrap();
-        append_silence(&path, &s).unwrap();
-        assert_eq!(read_silences_file(&path).unwrap(), vec![s.clone(), s]);
-        std::fs::write(&path, "{not json}\n").unwrap();
-        let err = read_silences_file(&path).unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
     }
 }

@@ -18,9 +18,9 @@ use infermon_inference::{Scorer, SessionOptions, ort_environment};
 use infermon_schemas::{Feature, PredictionEvent, RequestEvent};
 use rdkafka::producer::{Producer, ThreadedProducer};
 
-use super::send;
-use super::versions::highest_version;
-use crate::sources::kafka::DeliveryCounter;
+use crate::sources::kafka::{DeliveryCounter, KafkaConfig};
+use crate::worker::send;
+use crate::worker::versions::highest_version;
 use infermon_inference::answer::{Queued, score};
 
 /// What `infermon bench-worker` measures.
@@ -150,12 +150,12 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
     let requests = requests(&model, text, opts.requests);
     let producer: Option<(ThreadedProducer<DeliveryCounter>, String)> = match &opts.kafka {
         Some((brokers, topic)) => Some((
-            rdkafka::config::ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("enable.idempotence", "true")
-                .set("compression.type", "zstd")
-                .set("linger.ms", "5")
-                .create_with_context(DeliveryCounter::default())?,
+            KafkaConfig {
+                brokers: brokers.clone(),
+                ..KafkaConfig::default()
+            }
+            .idempotent_producer_config()?
+            .create_with_context(DeliveryCounter::default())?,
             topic.clone(),
         )),
         None => None,

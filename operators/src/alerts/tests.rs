@@ -59,9 +59,7 @@ fn run(engine: &mut AlertEngine, rates: &[Option<f64>]) -> Vec<(i64, &'static st
 
 #[test]
 fn default_rules_parse_and_can_be_replaced_or_turned_off() {
-    let config = AlertsConfig::default();
-    let names: Vec<String> = config
-        .effective_rules()
+    let names: Vec<String> = rules_in_force(true, &[])
         .into_iter()
         .map(|r| r.name)
         .collect();
@@ -77,24 +75,17 @@ fn default_rules_parse_and_can_be_replaced_or_turned_off() {
             "{name} missing from {names:?}"
         );
     }
-    let mine = AlertsConfig {
-        rules: vec![RuleConfig {
-            name: "error_rate_high".into(),
-            ..rule("")
-        }],
-        ..AlertsConfig::default()
-    };
-    let rules = mine.effective_rules();
+    let mine = vec![RuleConfig {
+        name: "error_rate_high".into(),
+        ..rule("")
+    }];
+    let rules = rules_in_force(true, &mine);
     assert_eq!(
         rules.iter().filter(|r| r.name == "error_rate_high").count(),
         1
     );
     assert_eq!(rules.last().unwrap().threshold, Some(0.02));
-    let off = AlertsConfig {
-        default_rules: false,
-        ..AlertsConfig::default()
-    };
-    assert!(off.effective_rules().is_empty());
+    assert!(rules_in_force(false, &[]).is_empty());
 }
 
 #[test]

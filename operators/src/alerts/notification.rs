@@ -2,6 +2,7 @@
 //! Alertmanager webhook format of the contract (§3) and as an `alerts` point.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use infermon_schemas::{FieldValue, Point};
@@ -102,17 +103,15 @@ impl Notification {
 }
 
 /// Alertmanager's fingerprint: FNV-1a 64 over the sorted label pairs, each
-/// name and value followed by 0xff, as 16 hex digits. (Eight lines of
-/// arithmetic, so no crate for it.)
+/// name and value followed by 0xff, as 16 hex digits.
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = fnv::FnvHasher::default();
     for (k, v) in labels {
-        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        for part in [k.as_bytes(), &[0xff], v.as_bytes(), &[0xff]] {
+            h.write(part);
         }
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 /// Event time as RFC 3339 with milliseconds (UTC).

@@ -1,0 +1,487 @@
+//! `infermon monitor`: the production path.
+//!
+//! Kafka (consumer group) → decode (bad messages → DLQ) → window engine →
+//! closed windows → points → sinks (InfluxDB behind on-disk spools, or a
+//! line-protocol file) and the alert stage. Offsets are committed only up
+//! to what every sink has acknowledged ([`offsets`]), with the acknowledged
+//! watermark in the commit metadata so a restarted or new owner skips the
+//! windows already written instead of overwriting them with partial ones.
+//!
+//! A rebalance rebuilds the window state from the committed offsets: the
+//! safe offsets are committed on revoke, and on assign the engine starts
+//! fresh from them. That re-reads at most a window plus the label wait per
+//! rebalance, and no window is ever written from half its data.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use infermon_operators::{Topology, WindowEngine};
+use infermon_schemas::Point;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::alerts::AlertOutputs;
+use crate::config::Config;
+use crate::monitor::decode::{DecodeSettings, DecodedBatch, Decoder};
+use crate::monitor::watermark_store::WatermarkStore;
+use crate::monitor::{MONITOR_RECEIVER, references_store};
+use crate::sinks::alerts_file::AlertsFile;
+use crate::sinks::{SinkSettings, Sinks};
+use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
+use crate::sources::offsets::{OffsetTracker, TopicPartition};
+use crate::telemetry::{self as http, Health, Labels, MonitorMetrics, now_ms};
+
+/// Spool counters of the sinks into `/metrics`.
+fn export(sinks: &Sinks, m: &MonitorMetrics) {
+    for (name, st) in sinks.spool_stats() {
+        let l: Labels = vec![("sink".into(), name.to_string())];
+        m.spool_bytes
+            .get_or_create(&l)
+            .set(st.bytes.load(Ordering::Relaxed) as i64);
+        let count = |c: &Family<Labels, Counter>, n: &AtomicU64| {
+            http::count_to(&c.get_or_create(&l), n.load(Ordering::Relaxed));
+        };
+        count(&m.sink_requests, &st.requests);
+        count(&m.sink_retries, &st.retries);
+        count(&m.sink_rejected_lines, &st.rejected_lines);
+        let seconds = m.sink_write_seconds.get_or_create(&l);
+        let total = st.write_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        seconds.inc_by((total - seconds.get()).max(0.0));
+    }
+}
+
+/// Window state for the partitions currently assigned.
+struct Assigned {
+    /// Which rebalance this state belongs to.
+    generation: u64,
+    engine: WindowEngine,
+    inputs: HashMap<TopicPartition, usize>,
+    /// Per partition: windows ending at or before this were written by an
+    /// earlier owner.
+    floors: HashMap<TopicPartition, i64>,
+    tracker: OffsetTracker,
+    late_seen: u64,
+}
+
+/// Run until `stop` is set (SIGTERM/SIGINT in the binary).
+pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mc = &config.monitor;
+    let metrics = Arc::new(MonitorMetrics::default());
+    let health = Arc::new(Health::default());
+    health.beat();
+    let telemetry = http::Telemetry {
+        registry: metrics.registry(),
+        health: health.clone(),
+        stall_after: Some(Duration::from_secs(30)),
+        alerts: None,
+    };
+    let addr = http::serve(&mc.listen, telemetry)?;
+    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+
+    let window = &config.window;
+    let mut topology = config.topology().await?;
+
+    let mut sinks = Sinks::open(&SinkSettings {
+        influxdb: &config.influxdb,
+        metrics_out: mc.metrics_out.clone(),
+        state_dir: &mc.state_dir,
+        rejects_out: &mc.rejects_out,
+    })?;
+    // The alerts log is also the journal of alert state: a restarted
+    // monitor goes on from where its alerts stood.
+    let (mut alerts_log, restored, torn) = AlertsFile::open_journal(&mc.alerts_out)
+        .with_context(|| format!("alerts_out {}", mc.alerts_out.display()))?;
+    if torn > 0 {
+        tracing::warn!(path = %mc.alerts_out.display(), lines = torn, "alerts log: skipped lines that do not parse");
+    }
+    tracing::info!(
+        alerts = restored.len(),
+        "alert state restored from the alerts log"
+    );
+    let mut alerts = AlertOutputs::new(
+        &config.alerts,
+        mc.send_alerts,
+        MONITOR_RECEIVER,
+        &mut alerts_log,
+    )?;
+    alerts.resume(&restored);
+    topology.restore_alerts(restored);
+
+    let topics = &config.topics;
+    let names = [
+        topics.predictions.as_str(),
+        topics.feedback.as_str(),
+        topics.training.as_str(),
+    ];
+    let consumer = kafka::consumer(&config.kafka, &names, metrics.clone())?;
+    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
+    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?names, "consuming");
+
+    let mut decoder = Decoder::start(DecodeSettings {
+        topics: config.topics.clone(),
+        segment_keys: window.segment_keys.clone(),
+        max_event_bytes: config.kafka.max_event_bytes,
+        spec: infermon_operators::window::WindowSpec::new(window)?,
+        label_wait_ms: config.quality.label_wait.as_millis() as i64,
+        event_time: window.event_time_guard(),
+    })?;
+    // Bumped on every rebalance: decoded batches of an older window state
+    // are dropped.
+    let mut generation = 0u64;
+
+    let kc = &config.kafka;
+    let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
+    let mut assigned: Option<Assigned> = None;
+    let mut paused = false;
+    let mut last_commit = Instant::now();
+    let mut anomaly_points: Vec<Point> = Vec::new();
+    let mut anomalies_since = Instant::now();
+    // Anomaly events wait at most the shortest sink linger to be batched.
+    let anomaly_linger = config
+        .influxdb
+        .iter()
+        .map(|c| c.linger)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    // Watermark of the last points handed to the sinks.
+    let mut pushed = i64::MIN;
+    while !stop.load(Ordering::Relaxed) {
+        health.beat();
+        let mut raw = Vec::new();
+        let linger_until = Instant::now() + kc.batch_linger;
+        while raw.len() < kc.batch_size {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            let polled = consumer.poll(left.max(Duration::from_millis(1)));
+            if rebalanced(
+                &consumer,
+                &mut assigned,
+                (&topology, &mc.state_dir),
+                &mut paused,
+                &store,
+                &mut generation,
+            )? {
+                // What was read for the old window state is re-read.
+                raw.clear();
+                if assigned.is_some() {
+                    health.ready.store(true, Ordering::Relaxed);
+                    sinks.new_generation();
+                    metrics.acked_watermark_seconds.set(f64::NEG_INFINITY);
+                }
+            }
+            match polled {
+                None => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Ok(msg)) if assigned.is_some() => raw.push(RawMessage::of(&msg)),
+                Some(Ok(_)) => {}
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        if let Some(a) = assigned.as_ref()
+            && !raw.is_empty()
+        {
+            decoder.send(a.generation, raw)?;
+        }
+
+        // Decode runs one batch ahead: take what is ready (wait when two
+        // are in flight).
+        let now = now_ms();
+        while let Some(decoded) = decoder.next(1)? {
+            for (topic, n) in &decoded.consumed {
+                let l: Labels = vec![("topic".into(), topic.clone())];
+                metrics.consumed.get_or_create(&l).inc_by(*n);
+            }
+            let Some(a) = assigned
+                .as_mut()
+                .filter(|a| a.generation == decoded.generation)
+            else {
+                continue; // read before a rebalance
+            };
+            apply(decoded, a, &dlq, &metrics, now, &mut anomaly_points)?;
+        }
+        let Some(a) = assigned.as_mut() else {
+            continue;
+        };
+        if let Some(d) = a.engine.drift_mut() {
+            references_store::save(&mc.state_dir, &d.take_frozen())?;
+        }
+
+        // A partition is idle only when it is caught up: one with lag still
+        // holds the watermark.
+        // While paused the cached lag goes stale: every partition holds.
+        let holding: Vec<usize> = if paused {
+            a.inputs.values().copied().collect()
+        } else {
+            lagging(&consumer, &a.inputs)
+        };
+        for &input in &holding {
+            a.engine.touch_input(input, now);
+        }
+        // Windows the watermark has passed, in order, then their alerts.
+        let closed = a.engine.fire(now);
+        let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        if !closed.is_empty() {
+            tracing::debug!(
+                watermark,
+                windows = closed.len(),
+                first_end = closed[0].end,
+                holding = holding.len(),
+                "windows closed"
+            );
+        }
+        // Quality of windows whose label wait ended with no window closing.
+        let waiting = a.engine.take_pending_points();
+        if !closed.is_empty()
+            || !waiting.is_empty()
+            || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= anomaly_linger)
+        {
+            let mut loose = std::mem::take(&mut anomaly_points);
+            loose.extend(waiting);
+            anomalies_since = Instant::now();
+            let emitted = topology.emit(loose, closed).await?;
+            metrics.windows.inc_by(emitted.windows as u64);
+            for n in emitted.passed() {
+                let l: Labels = vec![
+                    ("alertname".into(), n.labels["alertname"].clone()),
+                    ("status".into(), n.status.as_str().to_string()),
+                ];
+                metrics.alerts.get_or_create(&l).inc();
+            }
+            alerts.deliver(&emitted.evaluations)?;
+            metrics.points.inc_by(emitted.points.len() as u64);
+            sinks.push(&emitted.points, watermark)?;
+            pushed = watermark;
+        }
+        metrics.watermark_seconds.set(http::seconds(watermark));
+
+        // Backpressure: a full spool pauses consumption until it drains.
+        let full = sinks.full();
+        if full != paused {
+            let assignment = consumer.assignment()?;
+            if full {
+                consumer.pause(&assignment)?;
+                tracing::warn!("a sink spool is full: consumption paused until it drains");
+            } else {
+                consumer.resume(&assignment)?;
+                tracing::info!("spool drained below its limit: consumption resumed");
+            }
+            paused = full;
+            metrics.backpressure.set(i64::from(full));
+            health.ready.store(!full, Ordering::Relaxed);
+        }
+
+        if last_commit.elapsed() >= kc.commit_interval {
+            last_commit = Instant::now();
+            commit(
+                &consumer,
+                a,
+                &sinks,
+                &mut dlq,
+                &metrics,
+                &store,
+                CommitMode::Async,
+            )?;
+            export(&sinks, &metrics);
+            let late: u64 = a.engine.series_stats().iter().map(|(_, s)| s.late).sum();
+            if late > a.late_seen {
+                let l: Labels = vec![("topic".into(), topics.predictions.clone())];
+                metrics.late.get_or_create(&l).inc_by(late - a.late_seen);
+                a.late_seen = late;
+            }
+        }
+    }
+
+    // SIGTERM: complete windows are already out; send what waits, commit.
+    tracing::info!("stopping: draining sinks and committing");
+    health.ready.store(false, Ordering::Relaxed);
+    if let Some(a) = assigned.as_mut() {
+        let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+        if !anomaly_points.is_empty() {
+            sinks.push(&anomaly_points, watermark)?;
+            pushed = watermark;
+        }
+    }
+    let receivers = alerts.finish(mc.shutdown_timeout)?;
+    for (name, s) in receivers {
+        tracing::info!(receiver = %name, delivered = s.delivered, undelivered = s.undelivered, "alert receiver closed");
+    }
+    let deadline = Instant::now() + mc.shutdown_timeout;
+    while sinks.acked() < pushed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(a) = assigned.as_mut() {
+        commit(
+            &consumer,
+            a,
+            &sinks,
+            &mut dlq,
+            &metrics,
+            &store,
+            CommitMode::Sync,
+        )?;
+    }
+    sinks.close(deadline.saturating_duration_since(Instant::now()));
+    consumer.unsubscribe();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Apply rebalances the consumer queued during the last poll. Returns true
+/// when there were any.
+fn rebalanced(
+    consumer: &MonitorConsumer,
+    assigned: &mut Option<Assigned>,
+    (topology, state_dir): (&Topology, &Path),
+    paused: &mut bool,
+    store: &WatermarkStore,
+    generation: &mut u64,
+) -> anyhow::Result<bool> {
+    let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
+    let got = !events.is_empty();
+    for e in events {
+        match e {
+            Assignment::Revoked(_) => {
+                // Their safe offsets were committed in the callback; what
+                // was read since is re-read by the next owner.
+                *assigned = None;
+            }
+            Assignment::Assigned(parts) => {
+                let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
+                let mut engine = topology.engine(references_store::load(state_dir)?)?;
+                let now = now_ms();
+                let mut inputs = HashMap::new();
+                let mut kept = HashMap::new();
+                for tp in parts {
+                    let input = engine.add_input(now);
+                    let committed = floors.get(&tp).copied().flatten();
+                    if let Some(floor) = committed.max(store.load(&tp)) {
+                        engine.set_floor(input, floor);
+                        kept.insert(tp.clone(), floor);
+                    }
+                    inputs.insert(tp, input);
+                }
+                tracing::info!(floors = ?kept, "window state rebuilt for the new assignment");
+                *generation += 1;
+                *assigned = Some(Assigned {
+                    generation: *generation,
+                    engine,
+                    inputs,
+                    floors: kept,
+                    tracker: OffsetTracker::new(),
+                    late_seen: 0,
+                });
+                *paused = false;
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Assigned partitions with messages not yet read, by the consumer lag in
+/// librdkafka's latest statistics (at most a second old); a partition
+/// whose lag is not known yet (just assigned) counts as lagging.
+fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) -> Vec<usize> {
+    let lag = consumer.context().lag.lock().expect("lag lock");
+    inputs
+        .iter()
+        .filter(|(tp, _)| lag.get(*tp).is_none_or(|&l| l > 0))
+        .map(|(_, &input)| input)
+        .collect()
+}
+
+/// A decoded batch into the window state: DLQ for the rejected, offsets
+/// pinned, events to the engine (anomalies out at once).
+fn apply(
+    decoded: DecodedBatch,
+    a: &mut Assigned,
+    dlq: &Dlq,
+    metrics: &MonitorMetrics,
+    now: i64,
+    anomaly_points: &mut Vec<Point>,
+) -> anyhow::Result<()> {
+    for r in &decoded.rejected {
+        dlq.send(&r.raw, &r.reason)?;
+        let l: Labels = vec![
+            ("topic".into(), r.raw.topic.clone()),
+            ("reason".into(), r.code.to_string()),
+        ];
+        metrics.dlq.get_or_create(&l).inc();
+        tracing::debug!(topic = %r.raw.topic, partition = r.raw.partition, offset = r.raw.offset, reason = %r.reason, "to the DLQ");
+    }
+    let mut feedback = Vec::new();
+    for (tp, events) in decoded.partitions {
+        let Some(&input) = a.inputs.get(&tp) else {
+            continue; // not (or no longer) ours
+        };
+        let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
+        // Wholly written by an earlier owner: nothing to keep it for.
+        let reads = events.reads.into_iter();
+        a.tracker
+            .read_all(&tp, reads.map(|(o, r)| (o, r.filter(|&r| r > floor))));
+        if let Some(p) = &events.predictions {
+            a.engine.push_predictions(input, p, now)?;
+        }
+        feedback.extend(events.feedback);
+        for anomaly in a.engine.push_training(input, &events.training, now) {
+            anomaly_points.push(anomaly.point());
+        }
+        if let Some(ts) = events.max_ts {
+            a.engine.observe(input, ts, now);
+        }
+    }
+    a.engine.push_feedback(&feedback);
+    Ok(())
+}
+
+/// Commit, per partition, the lowest offset still needed by a result no
+/// sink has acknowledged; the metadata carries the acknowledged watermark.
+fn commit(
+    consumer: &MonitorConsumer,
+    a: &mut Assigned,
+    sinks: &Sinks,
+    dlq: &mut Dlq,
+    metrics: &MonitorMetrics,
+    store: &WatermarkStore,
+    mode: CommitMode,
+) -> anyhow::Result<()> {
+    let acked = sinks.acked();
+    metrics.acked_watermark_seconds.set(http::seconds(acked));
+    a.tracker.release(acked);
+    // DLQ'd messages must be in the DLQ before we commit past them.
+    let flushed = dlq.flush(Duration::from_secs(10));
+    http::count_to(&metrics.dlq_failed, dlq.failed());
+    if let Err(e) = flushed {
+        tracing::error!(error = %e, "DLQ not acknowledged; commit postponed");
+        return Ok(());
+    }
+    let offsets = a.tracker.committable();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let with_floor: Vec<_> = offsets
+        .into_iter()
+        .map(|(tp, o)| {
+            let wm = acked.max(a.floors.get(&tp).copied().unwrap_or(i64::MIN));
+            (tp, o, wm)
+        })
+        .collect();
+    let tpl: TopicPartitionList = kafka::commit_list(&with_floor)?;
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        tracing::warn!(error = %e, "offset commit failed; will retry");
+        return Ok(());
+    }
+    let watermarks: Vec<_> = with_floor.into_iter().map(|(tp, _, wm)| (tp, wm)).collect();
+    store.save(&watermarks)?;
+    *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
+    metrics
+        .committed_watermark_seconds
+        .set(http::seconds(acked));
+    Ok(())
+}

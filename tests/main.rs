@@ -14,6 +14,7 @@ mod kafka_monitor;
 mod kafka_replay;
 mod latency_reference;
 mod live_recording;
+mod one_topology;
 mod replay_offline;
 mod support;
 mod webhook_delivery;

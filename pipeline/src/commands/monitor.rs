@@ -72,27 +72,6 @@ struct Assigned {
 /// Run until `stop` is set (SIGTERM/SIGINT in the binary).
 pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mc = &config.monitor;
-    let metrics = Arc::new(MonitorMetrics::default());
-    let health = Arc::new(Health::default());
-    health.beat();
-    let telemetry = http::Telemetry {
-        registry: metrics.registry(),
-        health: health.clone(),
-        stall_after: Some(Duration::from_secs(30)),
-        alerts: None,
-    };
-    let addr = http::serve(&mc.listen, telemetry)?;
-    tracing::info!(%addr, "serving /metrics /healthz /readyz");
-
-    let window = &config.window;
-    let mut topology = config.topology().await?;
-
-    let mut sinks = Sinks::open(&SinkSettings {
-        influxdb: &config.influxdb,
-        metrics_out: mc.metrics_out.clone(),
-        state_dir: &mc.state_dir,
-        rejects_out: &mc.rejects_out,
-    })?;
     // The alerts log is also the journal of alert state: a restarted
     // monitor goes on from where its alerts stood.
     let (mut alerts_log, restored, torn) = AlertsFile::open_journal(&mc.alerts_out)
@@ -111,18 +90,10 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         &mut alerts_log,
     )?;
     alerts.resume(&restored);
-    topology.restore_alerts(restored);
+    let mut m = Monitor::start(config).await?;
+    m.topology.restore_alerts(restored);
 
-    let topics = &config.topics;
-    let names = [
-        topics.predictions.as_str(),
-        topics.feedback.as_str(),
-        topics.training.as_str(),
-    ];
-    let consumer = kafka::consumer(&config.kafka, &names, metrics.clone())?;
-    let mut dlq = Dlq::new(&config.kafka, &topics.dlq)?;
-    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, topics = ?names, "consuming");
-
+    let window = &config.window;
     let mut decoder = Decoder::start(DecodeSettings {
         topics: config.topics.clone(),
         segment_keys: window.segment_keys.clone(),
@@ -131,100 +102,202 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         label_wait_ms: config.quality.label_wait.as_millis() as i64,
         event_time: window.event_time_guard(),
     })?;
-    // Bumped on every rebalance: decoded batches of an older window state
-    // are dropped.
-    let mut generation = 0u64;
-
-    let kc = &config.kafka;
-    let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
-    let mut assigned: Option<Assigned> = None;
-    let mut paused = false;
-    let mut last_commit = Instant::now();
-    let mut anomaly_points: Vec<Point> = Vec::new();
-    let mut anomalies_since = Instant::now();
-    // Anomaly events wait at most the shortest sink linger to be batched.
-    let anomaly_linger = config
-        .influxdb
-        .iter()
-        .map(|c| c.linger)
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-    // Watermark of the last points handed to the sinks.
-    let mut pushed = i64::MIN;
     while !stop.load(Ordering::Relaxed) {
+        m.health.beat();
+        let raw = m.poll()?;
+        if let Some(a) = m.assigned.as_ref()
+            && !raw.is_empty()
+        {
+            decoder.send(a.generation, raw)?;
+        }
+        // Decode runs one batch ahead: take what is ready (wait when two
+        // are in flight).
+        let now = now_ms();
+        while let Some(decoded) = decoder.next(1)? {
+            m.apply(decoded, now)?;
+        }
+        if m.assigned.is_none() {
+            continue;
+        }
+        m.close_windows(&mut alerts, now).await?;
+        m.backpressure()?;
+        if m.last_commit.elapsed() >= config.kafka.commit_interval {
+            m.last_commit = Instant::now();
+            m.commit(CommitMode::Async)?;
+        }
+    }
+    m.stop(alerts)
+}
+
+/// The monitor's state between turns of its loop.
+struct Monitor<'c> {
+    config: &'c Config,
+    metrics: Arc<MonitorMetrics>,
+    health: Arc<Health>,
+    topology: Topology,
+    sinks: Sinks,
+    consumer: MonitorConsumer,
+    dlq: Dlq,
+    store: WatermarkStore,
+    assigned: Option<Assigned>,
+    /// Bumped on every rebalance: decoded batches of an older window state
+    /// are dropped.
+    generation: u64,
+    /// Consumption is paused on a full spool.
+    paused: bool,
+    last_commit: Instant,
+    /// Gradient anomalies judged and not yet written.
+    anomaly_points: Vec<Point>,
+    anomalies_since: Instant,
+    /// Anomaly events wait at most the shortest sink linger to be batched.
+    anomaly_linger: Duration,
+    /// Watermark of the last points handed to the sinks.
+    pushed: i64,
+}
+
+impl<'c> Monitor<'c> {
+    /// Telemetry, topology, sinks, the consumer group and the DLQ.
+    async fn start(config: &'c Config) -> anyhow::Result<Self> {
+        let mc = &config.monitor;
+        let metrics = Arc::new(MonitorMetrics::default());
+        let health = Arc::new(Health::default());
         health.beat();
+        let telemetry = http::Telemetry {
+            registry: metrics.registry(),
+            health: health.clone(),
+            stall_after: Some(Duration::from_secs(30)),
+            alerts: None,
+        };
+        let addr = http::serve(&mc.listen, telemetry)?;
+        tracing::info!(%addr, "serving /metrics /healthz /readyz");
+        let topology = config.topology().await?;
+        let sinks = Sinks::open(&SinkSettings {
+            influxdb: &config.influxdb,
+            metrics_out: mc.metrics_out.clone(),
+            state_dir: &mc.state_dir,
+            rejects_out: &mc.rejects_out,
+        })?;
+        let (topics, kc) = (&config.topics, &config.kafka);
+        let names = [
+            topics.predictions.as_str(),
+            topics.feedback.as_str(),
+            topics.training.as_str(),
+        ];
+        let consumer = kafka::consumer(kc, &names, metrics.clone())?;
+        let dlq = Dlq::new(kc, &topics.dlq)?;
+        tracing::info!(brokers = %kc.brokers, group = %kc.group_id, topics = ?names, "consuming");
+        Ok(Self {
+            config,
+            metrics,
+            health,
+            topology,
+            sinks,
+            consumer,
+            dlq,
+            store: WatermarkStore::new(&mc.state_dir, &kc.group_id),
+            assigned: None,
+            generation: 0,
+            paused: false,
+            last_commit: Instant::now(),
+            anomaly_points: Vec::new(),
+            anomalies_since: Instant::now(),
+            anomaly_linger: config
+                .influxdb
+                .iter()
+                .map(|c| c.linger)
+                .min()
+                .unwrap_or(Duration::from_secs(1)),
+            pushed: i64::MIN,
+        })
+    }
+
+    /// Poll up to a batch of messages (or until the linger ends), taking up
+    /// rebalances as they come.
+    fn poll(&mut self) -> anyhow::Result<Vec<RawMessage>> {
+        let kc = &self.config.kafka;
         let mut raw = Vec::new();
         let linger_until = Instant::now() + kc.batch_linger;
         while raw.len() < kc.batch_size {
             let left = linger_until.saturating_duration_since(Instant::now());
-            let polled = consumer.poll(left.max(Duration::from_millis(1)));
+            let polled = self.consumer.poll(left.max(Duration::from_millis(1)));
+            let state_dir = &self.config.monitor.state_dir;
             if rebalanced(
-                &consumer,
-                &mut assigned,
-                (&topology, &mc.state_dir),
-                &mut paused,
-                &store,
-                &mut generation,
+                &self.consumer,
+                &mut self.assigned,
+                (&self.topology, state_dir),
+                &mut self.paused,
+                &self.store,
+                &mut self.generation,
             )? {
                 // What was read for the old window state is re-read.
                 raw.clear();
-                if assigned.is_some() {
-                    health.ready.store(true, Ordering::Relaxed);
-                    sinks.new_generation();
-                    metrics.acked_watermark_seconds.set(f64::NEG_INFINITY);
+                if self.assigned.is_some() {
+                    self.health.ready.store(true, Ordering::Relaxed);
+                    self.sinks.new_generation();
+                    self.metrics.acked_watermark_seconds.set(f64::NEG_INFINITY);
                 }
             }
             match polled {
                 None => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok(msg)) if assigned.is_some() => raw.push(RawMessage::of(&msg)),
+                Some(Ok(msg)) if self.assigned.is_some() => raw.push(RawMessage::of(&msg)),
                 Some(Ok(_)) => {}
             }
             if left.is_zero() {
                 break;
             }
         }
-        if let Some(a) = assigned.as_ref()
-            && !raw.is_empty()
-        {
-            decoder.send(a.generation, raw)?;
-        }
+        Ok(raw)
+    }
 
-        // Decode runs one batch ahead: take what is ready (wait when two
-        // are in flight).
-        let now = now_ms();
-        while let Some(decoded) = decoder.next(1)? {
-            for (topic, n) in &decoded.consumed {
-                let l: Labels = vec![("topic".into(), topic.clone())];
-                metrics.consumed.get_or_create(&l).inc_by(*n);
-            }
-            let Some(a) = assigned
-                .as_mut()
-                .filter(|a| a.generation == decoded.generation)
-            else {
-                continue; // read before a rebalance
-            };
-            apply(decoded, a, &dlq, &metrics, now, &mut anomaly_points)?;
+    /// A decoded batch into the current window state (dropped when it was
+    /// read before a rebalance).
+    fn apply(&mut self, decoded: DecodedBatch, now: i64) -> anyhow::Result<()> {
+        for (topic, n) in &decoded.consumed {
+            let l: Labels = vec![("topic".into(), topic.clone())];
+            self.metrics.consumed.get_or_create(&l).inc_by(*n);
         }
-        let Some(a) = assigned.as_mut() else {
-            continue;
+        let Some(a) = self
+            .assigned
+            .as_mut()
+            .filter(|a| a.generation == decoded.generation)
+        else {
+            return Ok(()); // read before a rebalance
+        };
+        apply(
+            decoded,
+            a,
+            &self.dlq,
+            &self.metrics,
+            now,
+            &mut self.anomaly_points,
+        )
+    }
+
+    /// Windows the watermark has passed, in order, through the topology to
+    /// the sinks and the alert outputs.
+    async fn close_windows(
+        &mut self,
+        alerts: &mut AlertOutputs<'_>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let Some(a) = self.assigned.as_mut() else {
+            return Ok(());
         };
         if let Some(d) = a.engine.drift_mut() {
-            references_store::save(&mc.state_dir, &d.take_frozen())?;
+            references_store::save(&self.config.monitor.state_dir, &d.take_frozen())?;
         }
-
         // A partition is idle only when it is caught up: one with lag still
-        // holds the watermark.
-        // While paused the cached lag goes stale: every partition holds.
-        let holding: Vec<usize> = if paused {
+        // holds the watermark. While paused the cached lag goes stale:
+        // every partition holds.
+        let holding: Vec<usize> = if self.paused {
             a.inputs.values().copied().collect()
         } else {
-            lagging(&consumer, &a.inputs)
+            lagging(&self.consumer, &a.inputs)
         };
         for &input in &holding {
             a.engine.touch_input(input, now);
         }
-        // Windows the watermark has passed, in order, then their alerts.
         let closed = a.engine.fire(now);
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
         if !closed.is_empty() {
@@ -238,99 +311,103 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         }
         // Quality of windows whose label wait ended with no window closing.
         let waiting = a.engine.take_pending_points();
-        if !closed.is_empty()
-            || !waiting.is_empty()
-            || (!anomaly_points.is_empty() && anomalies_since.elapsed() >= anomaly_linger)
-        {
-            let mut loose = std::mem::take(&mut anomaly_points);
+        let anomalies_due = !self.anomaly_points.is_empty()
+            && self.anomalies_since.elapsed() >= self.anomaly_linger;
+        if !closed.is_empty() || !waiting.is_empty() || anomalies_due {
+            let mut loose = std::mem::take(&mut self.anomaly_points);
             loose.extend(waiting);
-            anomalies_since = Instant::now();
-            let emitted = topology.emit(loose, closed).await?;
-            metrics.windows.inc_by(emitted.windows as u64);
+            self.anomalies_since = Instant::now();
+            let emitted = self.topology.emit(loose, closed).await?;
+            let m = &self.metrics;
+            m.windows.inc_by(emitted.windows as u64);
             for n in emitted.passed() {
                 let l: Labels = vec![
                     ("alertname".into(), n.labels["alertname"].clone()),
                     ("status".into(), n.status.as_str().to_string()),
                 ];
-                metrics.alerts.get_or_create(&l).inc();
+                m.alerts.get_or_create(&l).inc();
             }
             alerts.deliver(&emitted.evaluations)?;
-            metrics.points.inc_by(emitted.points.len() as u64);
-            sinks.push(&emitted.points, watermark)?;
-            pushed = watermark;
+            m.points.inc_by(emitted.points.len() as u64);
+            self.sinks.push(&emitted.points, watermark)?;
+            self.pushed = watermark;
         }
-        metrics.watermark_seconds.set(http::seconds(watermark));
+        self.metrics.watermark_seconds.set(http::seconds(watermark));
+        Ok(())
+    }
 
-        // Backpressure: a full spool pauses consumption until it drains.
-        let full = sinks.full();
-        if full != paused {
-            let assignment = consumer.assignment()?;
+    /// A full spool pauses consumption until it drains.
+    fn backpressure(&mut self) -> anyhow::Result<()> {
+        let full = self.sinks.full();
+        if full != self.paused {
+            let assignment = self.consumer.assignment()?;
             if full {
-                consumer.pause(&assignment)?;
+                self.consumer.pause(&assignment)?;
                 tracing::warn!("a sink spool is full: consumption paused until it drains");
             } else {
-                consumer.resume(&assignment)?;
+                self.consumer.resume(&assignment)?;
                 tracing::info!("spool drained below its limit: consumption resumed");
             }
-            paused = full;
-            metrics.backpressure.set(i64::from(full));
-            health.ready.store(!full, Ordering::Relaxed);
+            self.paused = full;
+            self.metrics.backpressure.set(i64::from(full));
+            self.health.ready.store(!full, Ordering::Relaxed);
         }
+        Ok(())
+    }
 
-        if last_commit.elapsed() >= kc.commit_interval {
-            last_commit = Instant::now();
-            commit(
-                &consumer,
-                a,
-                &sinks,
-                &mut dlq,
-                &metrics,
-                &store,
-                CommitMode::Async,
-            )?;
-            export(&sinks, &metrics);
-            let late: u64 = a.engine.series_stats().iter().map(|(_, s)| s.late).sum();
-            if late > a.late_seen {
-                let l: Labels = vec![("topic".into(), topics.predictions.clone())];
-                metrics.late.get_or_create(&l).inc_by(late - a.late_seen);
-                a.late_seen = late;
+    /// Commit what the sinks acknowledged; export sink and late counters.
+    fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        let Some(a) = self.assigned.as_mut() else {
+            return Ok(());
+        };
+        let m = &self.metrics;
+        commit(
+            &self.consumer,
+            a,
+            &self.sinks,
+            &mut self.dlq,
+            m,
+            &self.store,
+            mode,
+        )?;
+        export(&self.sinks, m);
+        let late: u64 = a.engine.series_stats().iter().map(|(_, s)| s.late).sum();
+        if late > a.late_seen {
+            let l: Labels = vec![("topic".into(), self.config.topics.predictions.clone())];
+            m.late.get_or_create(&l).inc_by(late - a.late_seen);
+            a.late_seen = late;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: complete windows are already out; send what waits, drain
+    /// the receivers and sinks, commit.
+    fn stop(mut self, alerts: AlertOutputs<'_>) -> anyhow::Result<()> {
+        tracing::info!("stopping: draining sinks and committing");
+        let mc = &self.config.monitor;
+        self.health.ready.store(false, Ordering::Relaxed);
+        if let Some(a) = self.assigned.as_mut() {
+            let watermark = a.engine.watermark().unwrap_or(i64::MIN);
+            if !self.anomaly_points.is_empty() {
+                self.sinks.push(&self.anomaly_points, watermark)?;
+                self.pushed = watermark;
             }
         }
-    }
-
-    // SIGTERM: complete windows are already out; send what waits, commit.
-    tracing::info!("stopping: draining sinks and committing");
-    health.ready.store(false, Ordering::Relaxed);
-    if let Some(a) = assigned.as_mut() {
-        let watermark = a.engine.watermark().unwrap_or(i64::MIN);
-        if !anomaly_points.is_empty() {
-            sinks.push(&anomaly_points, watermark)?;
-            pushed = watermark;
+        let receivers = alerts.finish(mc.shutdown_timeout)?;
+        for (name, s) in receivers {
+            tracing::info!(receiver = %name, delivered = s.delivered, undelivered = s.undelivered, "alert receiver closed");
         }
+        let deadline = Instant::now() + mc.shutdown_timeout;
+        while self.sinks.acked() < self.pushed && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.commit(CommitMode::Sync)?;
+        self.sinks
+            .close(deadline.saturating_duration_since(Instant::now()));
+        self.consumer.unsubscribe();
+        tracing::info!("stopped");
+        Ok(())
     }
-    let receivers = alerts.finish(mc.shutdown_timeout)?;
-    for (name, s) in receivers {
-        tracing::info!(receiver = %name, delivered = s.delivered, undelivered = s.undelivered, "alert receiver closed");
-    }
-    let deadline = Instant::now() + mc.shutdown_timeout;
-    while sinks.acked() < pushed && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(a) = assigned.as_mut() {
-        commit(
-            &consumer,
-            a,
-            &sinks,
-            &mut dlq,
-            &metrics,
-            &store,
-            CommitMode::Sync,
-        )?;
-    }
-    sinks.close(deadline.saturating_duration_since(Instant::now()));
-    consumer.unsubscribe();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Apply rebalances the consumer queued during the last poll. Returns true

@@ -99,35 +99,7 @@ pub fn run(
         .collect();
     let (hook_tx, hook_rx) = mpsc::channel();
     if let Some(addr) = &wc.listen {
-        let rules = wc
-            .models
-            .iter()
-            .map(|m| (m.name.clone(), m.rollback_on.clone()))
-            .collect();
-        let env = |key: &str, var: &Option<String>| -> anyhow::Result<Option<String>> {
-            var.as_ref()
-                .map(|var| match std::env::var(var) {
-                    Ok(v) if !v.is_empty() => Ok(v),
-                    _ => Err(anyhow::anyhow!(
-                        "[worker] {key}: ${var} is not set (or empty)"
-                    )),
-                })
-                .transpose()
-        };
-        let auth = control::HookAuth {
-            secret: env("alert_secret_env", &wc.alert_secret_env)?.map(String::into_bytes),
-            bearer_token: env("alert_bearer_token_env", &wc.alert_bearer_token_env)?,
-        };
-        let health = Arc::new(crate::telemetry::Health::default());
-        health.ready.store(true, Ordering::Relaxed);
-        let telemetry = crate::telemetry::Telemetry {
-            registry: metrics.registry(),
-            health,
-            stall_after: None,
-            alerts: Some(control::alerts_hook(rules, auth, hook_tx)),
-        };
-        let bound = crate::telemetry::serve(addr, telemetry)?;
-        tracing::info!(%bound, "listening: GET /metrics, GET /healthz, POST /alerts");
+        serve_telemetry(addr, wc, &metrics, hook_tx)?;
     }
     tracing::info!(group = %wc.group_id, topic = %topics.requests, "serving");
 
@@ -161,22 +133,7 @@ pub fn run(
             || (loading && last_reload.elapsed() >= Duration::from_millis(50))
         {
             last_reload = Instant::now();
-            let mut changed = false;
-            for s in served.values_mut() {
-                match s.refresh(env) {
-                    Ok(Some(change)) => {
-                        log_change(&s.cfg.name, &change, "model directory", &metrics);
-                        changed = true;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(model = %s.cfg.name, error = %e, "new version not loaded; serving the old one")
-                    }
-                }
-            }
-            if changed {
-                publish_versions(&metrics, &served);
-            }
+            reload(env, &mut served, &metrics);
         }
         // Wait no longer than the most urgent queued batch allows.
         let wait = served
@@ -188,33 +145,12 @@ pub fn run(
             match msg {
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
                 Ok(msg) => {
-                    let arrived = Instant::now();
-                    match decode_event(TopicKind::Requests, msg.payload().unwrap_or_default()) {
-                        Ok(Decoded::Request(req)) => {
-                            match request_counters.get(&req.model) {
-                                Some(c) => c.inc(),
-                                // A name from outside never becomes a label
-                                // (unbounded series, characters a scrape
-                                // cannot parse).
-                                None => metrics
-                                    .requests
-                                    .get_or_create(&labels(&[("model", UNKNOWN_MODEL)]))
-                                    .inc(),
-                            };
-                            match served.get_mut(&req.model) {
-                                Some(s) => s.queue.push((req, arrived)),
-                                None => {
-                                    let why = format!("unknown model `{}`", req.model);
-                                    out.push(error_event(&req, "unknown", &wc.id, &why, arrived));
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            metrics.dlq.inc();
-                            dlq.send(&RawMessage::of(&msg), &e.to_string())?;
-                        }
-                    }
+                    let request = Request {
+                        wc,
+                        metrics: &metrics,
+                        counters: &request_counters,
+                    };
+                    request.take(&msg, &mut served, &mut out, &mut dlq)?;
                 }
             }
         }
@@ -257,6 +193,118 @@ pub fn run(
     commit(&consumer, &producer, &mut dlq, &served)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serve `/metrics`, `/healthz` and the `POST /alerts` rollback hook.
+fn serve_telemetry(
+    addr: &str,
+    wc: &WorkerConfig,
+    metrics: &Arc<WorkerMetrics>,
+    hook_tx: mpsc::Sender<ControlCommand>,
+) -> anyhow::Result<()> {
+    let rules = wc
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.rollback_on.clone()))
+        .collect();
+    let env = |key: &str, var: &Option<String>| -> anyhow::Result<Option<String>> {
+        var.as_ref()
+            .map(|var| match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(v),
+                _ => Err(anyhow::anyhow!(
+                    "[worker] {key}: ${var} is not set (or empty)"
+                )),
+            })
+            .transpose()
+    };
+    let auth = control::HookAuth {
+        secret: env("alert_secret_env", &wc.alert_secret_env)?.map(String::into_bytes),
+        bearer_token: env("alert_bearer_token_env", &wc.alert_bearer_token_env)?,
+    };
+    let health = Arc::new(crate::telemetry::Health::default());
+    health.ready.store(true, Ordering::Relaxed);
+    let telemetry = crate::telemetry::Telemetry {
+        registry: metrics.registry(),
+        health,
+        stall_after: None,
+        alerts: Some(control::alerts_hook(rules, auth, hook_tx)),
+    };
+    let bound = crate::telemetry::serve(addr, telemetry)?;
+    tracing::info!(%bound, "listening: GET /metrics, GET /healthz, POST /alerts");
+    Ok(())
+}
+
+/// Look in the model directories for new versions (or finish loading one).
+fn reload(
+    env: &'static Environment,
+    served: &mut BTreeMap<String, ServedModel>,
+    metrics: &WorkerMetrics,
+) {
+    let mut changed = false;
+    for s in served.values_mut() {
+        match s.refresh(env) {
+            Ok(Some(change)) => {
+                log_change(&s.cfg.name, &change, "model directory", metrics);
+                changed = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(model = %s.cfg.name, error = %e, "new version not loaded; serving the old one")
+            }
+        }
+    }
+    if changed {
+        publish_versions(metrics, served);
+    }
+}
+
+/// What taking one request message needs.
+struct Request<'a> {
+    wc: &'a WorkerConfig,
+    metrics: &'a WorkerMetrics,
+    /// Counter handles of the served models.
+    counters: &'a BTreeMap<String, prometheus_client::metrics::counter::Counter>,
+}
+
+impl Request<'_> {
+    /// Decode a request: queue it for its model, answer an unknown model
+    /// with an error event, send what does not decode to the DLQ.
+    fn take(
+        &self,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        served: &mut BTreeMap<String, ServedModel>,
+        out: &mut Vec<PredictionEvent>,
+        dlq: &mut Dlq,
+    ) -> anyhow::Result<()> {
+        let arrived = Instant::now();
+        match decode_event(TopicKind::Requests, msg.payload().unwrap_or_default()) {
+            Ok(Decoded::Request(req)) => {
+                match self.counters.get(&req.model) {
+                    Some(c) => c.inc(),
+                    // A name from outside never becomes a label (unbounded
+                    // series, characters a scrape cannot parse).
+                    None => self
+                        .metrics
+                        .requests
+                        .get_or_create(&labels(&[("model", UNKNOWN_MODEL)]))
+                        .inc(),
+                };
+                match served.get_mut(&req.model) {
+                    Some(s) => s.queue.push((req, arrived)),
+                    None => {
+                        let why = format!("unknown model `{}`", req.model);
+                        out.push(error_event(&req, "unknown", &self.wc.id, &why, arrived));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.dlq.inc();
+                dlq.send(&RawMessage::of(msg), &e.to_string())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Count predictions by model, version and status; one counter lookup per

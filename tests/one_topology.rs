@@ -64,7 +64,7 @@ fn an_offline_replay_writes_to_influxdb_1_6_the_points_it_writes_to_a_file() {
         infermon()
             .arg("--config")
             .arg(&config)
-            .args(["replay", "--offline", "--quiet"])
+            .args(["replay", "--offline", "--quiet", "--influxdb"])
             .args(&files)
             .arg("--metrics-out")
             .arg(&unused)
@@ -73,17 +73,14 @@ fn an_offline_replay_writes_to_influxdb_1_6_the_points_it_writes_to_a_file() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("metrics: influx16"), "{stdout}");
-    assert!(
-        !unused.exists(),
-        "with [[influxdb]] the file is not the sink"
-    );
+    assert!(!unused.exists(), "with --influxdb the file is not the sink");
 
     // Every point of a measurement arrived: one series key and timestamp
     // per line, so the count of one always-present field counts the points.
     for (measurement, field) in [
         ("throughput", "requests"),
         ("latency", "p99"),
-        ("drift", "drifted"),
+        ("drift", "n_cur"),
         ("alerts", "value"),
     ] {
         let v = influx_query(

@@ -17,6 +17,7 @@ pub mod record;
 pub mod references;
 pub mod replay;
 pub mod replay_to_kafka;
+pub mod retry;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;

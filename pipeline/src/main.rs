@@ -31,8 +31,8 @@ enum Command {
     /// SIGTERM/SIGINT. Configured by [worker] and [[worker.models]].
     Worker,
     /// Replay recorded traffic. With --offline: straight through the
-    /// operators (a backtest), writing line protocol to a file (or to the
-    /// configured [[influxdb]]).
+    /// operators (a backtest), writing line protocol to a file (or, with
+    /// --influxdb, to the configured [[influxdb]]).
     Replay(replay::Args),
     /// Model versions served by workers: `rollback` pins a model
     /// directory to the version before the current one (workers swap within

@@ -21,8 +21,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
-use super::webhook::attempt_of;
+use super::delivery::{DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
+use crate::retry::http_outcome;
+use crate::retry::{Backoff, Outcome};
 use infermon_operators::alerts::notification::{AlertStatus, Notification, rfc3339};
 
 /// One Alertmanager cluster (`[[alerts.alertmanagers]]`).
@@ -168,8 +169,10 @@ impl AlertmanagerSender {
             (None, None) => None,
         };
         let policy = RetryPolicy {
-            initial_backoff: config.initial_backoff,
-            max_backoff: config.max_backoff,
+            backoff: Backoff {
+                initial: config.initial_backoff,
+                max: config.max_backoff,
+            },
             queue_capacity: config.queue_capacity,
             min_interval: Duration::ZERO,
         };
@@ -303,7 +306,7 @@ struct PostAlerts {
 impl Transport for PostAlerts {
     type Item = Vec<Notification>;
 
-    fn attempt(&mut self, alerts: &Vec<Notification>) -> Attempt {
+    fn attempt(&mut self, alerts: &Vec<Notification>) -> Outcome {
         let now = crate::telemetry::now_ms();
         let link = self.generator_url.as_deref();
         let body: Vec<Value> = alerts
@@ -317,7 +320,7 @@ impl Transport for PostAlerts {
         if let Some(auth) = &self.authorization {
             req = req.set("Authorization", auth);
         }
-        attempt_of(req.send_string(&Value::Array(body).to_string()))
+        http_outcome(req.send_string(&Value::Array(body).to_string()))
     }
 }
 

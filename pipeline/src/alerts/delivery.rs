@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use crate::retry::{Backoff, Outcome};
 
 /// Serde defaults every receiver's config shares.
 pub(super) mod defaults {
@@ -35,32 +35,19 @@ pub(super) mod defaults {
     }
 }
 
-/// What one delivery attempt came to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attempt {
-    /// The receiver took it (HTTP 2xx, SMTP 250).
-    Delivered,
-    /// Worth retrying (5xx, 429, 4xx SMTP, network); the server may say when.
-    Retry(String, Option<Duration>),
-    /// Never worth retrying (HTTP 4xx, SMTP 5xx).
-    Reject(String),
-}
-
 /// One receiver's way of delivering an item.
 pub trait Transport: Send + 'static {
     /// What is queued: a request body, an email.
     type Item: Send + 'static;
     /// Try once.
-    fn attempt(&mut self, item: &Self::Item) -> Attempt;
+    fn attempt(&mut self, item: &Self::Item) -> Outcome;
 }
 
 /// Retry and queue bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
-    /// First retry delay; doubles up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Longest delay between retries.
-    pub max_backoff: Duration,
+    /// Delays between the retries of one item.
+    pub backoff: Backoff,
     /// Items waiting; beyond this the oldest is dropped.
     pub queue_capacity: usize,
     /// Rate limit: at least this long between two items (not between
@@ -210,22 +197,20 @@ fn run<X: Transport>(name: &str, mut transport: X, policy: RetryPolicy, shared: 
             }
         }
         last_start = Some(Instant::now());
-        let mut backoff = policy.initial_backoff;
+        let mut delays = policy.backoff.delays();
         loop {
             match transport.attempt(&item) {
-                Attempt::Delivered => {
+                Outcome::Done => {
                     lock.lock().expect("delivery queue lock").stats.delivered += 1;
                     break;
                 }
-                Attempt::Reject(why) => {
+                Outcome::Reject(why) => {
                     tracing::error!(receiver = %name, %why, "receiver refused the notification; not retrying");
                     lock.lock().expect("delivery queue lock").stats.rejected += 1;
                     break;
                 }
-                Attempt::Retry(why, after) => {
-                    let wait = after
-                        .unwrap_or_else(|| jitter(backoff))
-                        .min(policy.max_backoff);
+                Outcome::Retry { reason: why, after } => {
+                    let wait = policy.backoff.wait(&mut delays, after);
                     tracing::warn!(receiver = %name, %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
                     {
                         let mut q = lock.lock().expect("delivery queue lock");
@@ -235,19 +220,12 @@ fn run<X: Transport>(name: &str, mut transport: X, policy: RetryPolicy, shared: 
                         }
                     }
                     std::thread::sleep(wait);
-                    backoff = (backoff * 2).min(policy.max_backoff);
                 }
             }
         }
         lock.lock().expect("delivery queue lock").busy = false;
         wake.notify_all();
     }
-}
-
-/// `d` scaled by a random factor in [0.5, 1.5), so retries of many senders
-/// do not arrive in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 #[cfg(test)]
@@ -262,23 +240,25 @@ mod tests {
 
     impl Transport for Flaky {
         type Item = u32;
-        fn attempt(&mut self, item: &u32) -> Attempt {
+        fn attempt(&mut self, item: &u32) -> Outcome {
             self.seen.lock().unwrap().push(*item);
             if *item == 13 {
-                return Attempt::Reject("unlucky".into());
+                return Outcome::Reject("unlucky".into());
             }
             if self.failures > 0 {
                 self.failures -= 1;
-                return Attempt::Retry("down".into(), None);
+                return Outcome::retry("down");
             }
-            Attempt::Delivered
+            Outcome::Done
         }
     }
 
     fn policy(capacity: usize) -> RetryPolicy {
         RetryPolicy {
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(4),
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(4),
+            },
             queue_capacity: capacity,
             min_interval: Duration::ZERO,
         }

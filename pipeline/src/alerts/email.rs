@@ -14,7 +14,8 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport as _};
 use serde::{Deserialize, Serialize};
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
+use super::delivery::{DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
+use crate::retry::{Backoff, Outcome};
 use infermon_operators::alerts::notification::{AlertStatus, Notification, rfc3339};
 
 /// How the SMTP connection is secured.
@@ -136,8 +137,10 @@ impl EmailSender {
             builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let policy = RetryPolicy {
-            initial_backoff: config.initial_backoff,
-            max_backoff: config.max_backoff,
+            backoff: Backoff {
+                initial: config.initial_backoff,
+                max: config.max_backoff,
+            },
             queue_capacity: config.queue_capacity,
             min_interval: RetryPolicy::interval_for(config.max_per_minute),
         };
@@ -307,11 +310,11 @@ struct Smtp(SmtpTransport);
 impl Transport for Smtp {
     type Item = Message;
 
-    fn attempt(&mut self, mail: &Message) -> Attempt {
+    fn attempt(&mut self, mail: &Message) -> Outcome {
         match self.0.send(mail) {
-            Ok(_) => Attempt::Delivered,
-            Err(e) if e.is_permanent() => Attempt::Reject(format!("SMTP: {e}")),
-            Err(e) => Attempt::Retry(format!("SMTP: {e}"), None),
+            Ok(_) => Outcome::Done,
+            Err(e) if e.is_permanent() => Outcome::Reject(format!("SMTP: {e}")),
+            Err(e) => Outcome::retry(format!("SMTP: {e}")),
         }
     }
 }

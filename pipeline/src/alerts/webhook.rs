@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::delivery::{Attempt, DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
+use super::delivery::{DeliveryQueue, DeliveryStats, RetryPolicy, Transport, defaults};
+use crate::retry::{Backoff, Outcome, http_outcome};
 use infermon_operators::alerts::notification::{AlertStatus, Notification};
 
 /// One webhook receiver (`[[alerts.webhooks]]`).
@@ -136,8 +137,10 @@ impl WebhookSender {
             agent: ureq::AgentBuilder::new().timeout(config.timeout).build(),
         };
         let policy = RetryPolicy {
-            initial_backoff: config.initial_backoff,
-            max_backoff: config.max_backoff,
+            backoff: Backoff {
+                initial: config.initial_backoff,
+                max: config.max_backoff,
+            },
             queue_capacity: config.queue_capacity,
             min_interval: RetryPolicy::interval_for(config.max_per_minute),
         };
@@ -169,7 +172,7 @@ struct HttpPost {
 impl Transport for HttpPost {
     type Item = Vec<u8>;
 
-    fn attempt(&mut self, body: &Vec<u8>) -> Attempt {
+    fn attempt(&mut self, body: &Vec<u8>) -> Outcome {
         let mut req = self
             .agent
             .post(&self.url)
@@ -177,34 +180,7 @@ impl Transport for HttpPost {
         if let Some(secret) = &self.secret {
             req = req.set("X-Infermon-Signature", &signature(secret, body));
         }
-        attempt_of(req.send_bytes(body))
-    }
-}
-
-/// How an HTTP delivery went: only a 2xx is delivered; 5xx, 429 (with its
-/// `Retry-After` seconds) and network errors are retried; other statuses
-/// are refused for good.
-pub fn attempt_of(result: Result<ureq::Response, ureq::Error>) -> Attempt {
-    match result {
-        Ok(r) if (200..300).contains(&r.status()) => Attempt::Delivered,
-        Ok(r) => Attempt::Retry(format!("HTTP {}", r.status()), None),
-        Err(ureq::Error::Status(code, r)) => {
-            let after = r
-                .header("Retry-After")
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let text = r.into_string().unwrap_or_default();
-            let why = format!(
-                "HTTP {code}: {}",
-                text.chars().take(200).collect::<String>()
-            );
-            if code == 429 || code >= 500 {
-                Attempt::Retry(why, after)
-            } else {
-                Attempt::Reject(why)
-            }
-        }
-        Err(e) => Attempt::Retry(e.to_string(), None),
+        http_outcome(req.send_bytes(body))
     }
 }
 

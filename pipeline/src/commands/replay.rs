@@ -14,8 +14,8 @@ use crate::sinks::rejects_file::RejectsFile;
 use crate::sinks::{SinkSettings, Sinks};
 
 /// Replay recorded traffic. With --offline: straight through the operators
-/// (a backtest), writing line protocol to a file (or to `[[influxdb]]` when
-/// configured).
+/// (a backtest), writing line protocol to a file (or, with --influxdb, to
+/// the configured `[[influxdb]]`).
 #[derive(clap::Args)]
 pub struct Args {
     /// Recorded traffic files (JSON Lines, optionally .zst).
@@ -52,6 +52,11 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Write the points to the configured `[[influxdb]]` servers (through
+    /// the monitor's spools, in `[monitor] state_dir`) instead of
+    /// --metrics-out.
+    #[arg(long)]
+    influxdb: bool,
 }
 
 /// Run it.
@@ -82,8 +87,11 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     if !args.offline {
         bail!("say where to replay: --offline (through the operators) or --to-kafka BROKERS");
     }
+    if args.influxdb && config.influxdb.is_empty() {
+        bail!("--influxdb: no [[influxdb]] in the config");
+    }
     let mut sinks = Sinks::open(&SinkSettings {
-        influxdb: &config.influxdb,
+        influxdb: if args.influxdb { &config.influxdb } else { &[] },
         metrics_out: args.metrics_out,
         state_dir: &config.monitor.state_dir,
         rejects_out: &config.monitor.rejects_out,

@@ -16,7 +16,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::Sink;
-use super::spool::{Backoff, LineWriter, RejectHook, Spool, SpoolStats, WriteOutcome};
+use super::spool::{LineWriter, RejectHook, Spool, SpoolStats};
+use crate::retry::{Backoff, Outcome, http_outcome};
 
 /// Which write API the server speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +220,7 @@ impl HttpWriter {
 }
 
 impl LineWriter for HttpWriter {
-    fn write(&mut self, body: &[u8]) -> WriteOutcome {
+    fn write(&mut self, body: &[u8]) -> Outcome {
         let mut req = self
             .agent
             .post(&self.url)
@@ -233,42 +234,22 @@ impl LineWriter for HttpWriter {
             match gz {
                 Ok(gz) => req.set("Content-Encoding", "gzip").send_bytes(&gz),
                 Err(e) => {
-                    return WriteOutcome::Retry {
-                        reason: format!("gzip: {e}"),
-                        after: None,
-                    };
+                    return Outcome::retry(format!("gzip: {e}"));
                 }
             }
         } else {
             req.send_bytes(body)
         };
         match result {
-            Ok(_) => WriteOutcome::Written,
             Err(ureq::Error::Status(415, _)) if self.gzip => {
                 tracing::warn!(sink = %self.name, "server does not take gzip (415); sending uncompressed");
                 self.gzip = false;
-                WriteOutcome::Retry {
+                Outcome::Retry {
                     reason: "415: gzip not accepted".into(),
                     after: Some(Duration::ZERO),
                 }
             }
-            Err(ureq::Error::Status(code, resp)) => {
-                let after = resp
-                    .header("Retry-After")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let text = resp.into_string().unwrap_or_default();
-                let reason = format!("HTTP {code}: {}", text.trim());
-                if code == 429 || code >= 500 {
-                    WriteOutcome::Retry { reason, after }
-                } else {
-                    WriteOutcome::Rejected { reason }
-                }
-            }
-            Err(e) => WriteOutcome::Retry {
-                reason: e.to_string(),
-                after: None,
-            },
+            result => http_outcome(result),
         }
     }
 }

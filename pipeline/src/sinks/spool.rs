@@ -17,31 +17,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// What one delivery attempt of a request body came to.
-#[derive(Debug)]
-pub enum WriteOutcome {
-    /// The server stored the points.
-    Written,
-    /// Try again later (network error, 429, 5xx), after at least this long
-    /// when the server said so (Retry-After).
-    Retry {
-        /// Why, for the log.
-        reason: String,
-        /// Server-requested delay.
-        after: Option<Duration>,
-    },
-    /// The server refused the points for good (4xx): they go to the rejects
-    /// log with the server's message, and the spool moves on.
-    Rejected {
-        /// HTTP status and the server's message.
-        reason: String,
-    },
-}
+pub use crate::retry::Backoff;
+use crate::retry::Outcome;
 
 /// A remote store that takes line protocol (InfluxDB v1 or v2 write API).
 pub trait LineWriter: Send + 'static {
     /// One attempt to write `body` (newline-separated lines).
-    fn write(&mut self, body: &[u8]) -> WriteOutcome;
+    fn write(&mut self, body: &[u8]) -> Outcome;
 }
 
 /// Counters of a spool, shared with /metrics.
@@ -109,15 +91,6 @@ struct Shared {
     ready: Condvar,
     stats: Arc<SpoolStats>,
     stop_now: AtomicBool,
-}
-
-/// Retry timing of the writer.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// First delay after a failure.
-    pub initial: Duration,
-    /// Cap on the delay.
-    pub max: Duration,
 }
 
 /// Called with each batch of refused lines and the server's reason.
@@ -298,11 +271,11 @@ fn drain(
         };
         for chunk in chunks(&body, batch_lines) {
             let lines = count_lines(chunk);
-            let mut delay = backoff.initial;
+            let mut delays = backoff.delays();
             loop {
                 let started = Instant::now();
                 match writer.write(chunk) {
-                    WriteOutcome::Written => {
+                    Outcome::Done => {
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                         stats.lines.fetch_add(lines, Ordering::Relaxed);
                         stats
@@ -310,20 +283,21 @@ fn drain(
                             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         break;
                     }
-                    WriteOutcome::Rejected { reason } => {
+                    // Refused for good: to the rejects log with the
+                    // server's message, and the spool moves on.
+                    Outcome::Reject(reason) => {
                         stats.rejected_lines.fetch_add(lines, Ordering::Relaxed);
                         tracing::warn!(%reason, lines, "points refused by the server; written to the rejects log");
                         on_reject(&reason, chunk);
                         break;
                     }
-                    WriteOutcome::Retry { reason, after } => {
+                    Outcome::Retry { reason, after } => {
                         stats.retries.fetch_add(1, Ordering::Relaxed);
-                        let wait = after.unwrap_or(delay).max(delay);
+                        let wait = backoff.wait(&mut delays, after);
                         tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "write failed; will retry");
-                        if sleep_unless_stopped(&shared, jitter(wait)) {
+                        if sleep_unless_stopped(&shared, wait) {
                             return; // points stay on disk for the next run
                         }
-                        delay = (delay * 2).min(backoff.max);
                     }
                 }
             }
@@ -351,11 +325,6 @@ fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
 }
 
 /// Full jitter on the upper half: between d/2 and d.
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
 fn count_lines(body: &[u8]) -> u64 {
     body.split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -396,22 +365,17 @@ mod tests {
     }
 
     impl LineWriter for Flaky {
-        fn write(&mut self, body: &[u8]) -> WriteOutcome {
+        fn write(&mut self, body: &[u8]) -> Outcome {
             let text = String::from_utf8_lossy(body).into_owned();
             if self.fail > 0 {
                 self.fail -= 1;
-                return WriteOutcome::Retry {
-                    reason: "503".into(),
-                    after: None,
-                };
+                return Outcome::retry("503");
             }
             if text.contains("bad") {
-                return WriteOutcome::Rejected {
-                    reason: "400 unable to parse".into(),
-                };
+                return Outcome::Reject("400 unable to parse".into());
             }
             self.written.send(text).unwrap();
-            WriteOutcome::Written
+            Outcome::Done
         }
     }
 

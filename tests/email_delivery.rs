@@ -2,27 +2,20 @@
 //! on loopback): plain SMTP, STARTTLS with a self-signed certificate, and a
 //! server that requires STARTTLS refusing a plain client.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{infermon, recordings, repo, required_env, run_ok};
+use crate::support::{Process, infermon, recordings, repo, required_env, run_ok};
 
 /// The SMTP server process; killed when dropped.
 struct SmtpServer {
-    child: Child,
+    _process: Process,
     port: u16,
     maildir: PathBuf,
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl SmtpServer {
@@ -44,17 +37,15 @@ impl SmtpServer {
         if require_starttls {
             cmd.arg("--require-starttls");
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start smtp_server.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "SMTP server did not start");
+        let log = dir.join(format!("smtp-{port}.log"));
+        let mut process = Process::spawn("smtp_server.py", &mut cmd, Some(log.clone()));
+        // It prints "ready" on stdout once listening; the port answering is
+        // the same signal without a pipe.
+        process.wait_until(Duration::from_secs(30), "the SMTP port", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         Self {
-            child,
+            _process: process,
             port,
             maildir,
         }

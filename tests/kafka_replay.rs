@@ -36,8 +36,7 @@ fn recorded_events_arrive_on_their_topics_with_contract_keys() {
         .unwrap();
     let mut expected: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut relabelled = String::new();
-    let decoder = zstd::Decoder::new(std::fs::File::open(&rec).unwrap()).unwrap();
-    for line in std::io::BufReader::new(decoder).lines() {
+    for line in infermon_schemas::recording::open(&rec).unwrap().lines() {
         let mut v: Value = serde_json::from_str(&line.unwrap()).unwrap();
         let base = match v["topic"].as_str().unwrap() {
             "inference.requests" => "requests",

@@ -52,8 +52,8 @@ fn live_file(scenario: Scenario) -> std::path::PathBuf {
 }
 
 fn predictions(scenario: Scenario) -> Vec<Value> {
-    let f = std::fs::File::open(live_file(scenario)).unwrap();
-    std::io::BufReader::new(zstd::Decoder::new(f).unwrap())
+    infermon_schemas::recording::open(&live_file(scenario))
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect()

@@ -1,7 +1,7 @@
 //! Shared helpers: the binary, required environment, line-protocol parsing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -149,11 +149,146 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A process a test started: its log file, and kill-on-drop so a failing
+/// test leaks nothing. Every service helper (monitor, worker,
+/// Alertmanager, Prometheus, VictoriaMetrics, SMTP) holds one.
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+    /// Where its stderr goes (`None` when it was not redirected).
+    pub log: Option<PathBuf>,
+}
+
+impl Process {
+    /// Spawn `cmd` (stdout discarded, stderr to `log` when given).
+    pub fn spawn(name: &str, cmd: &mut Command, log: Option<PathBuf>) -> Self {
+        cmd.stdout(Stdio::null());
+        if let Some(log) = &log {
+            cmd.stderr(std::fs::File::create(log).unwrap());
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("{name}: cannot start {cmd:?}: {e} (bash .ci/run installs the services)")
+        });
+        Self {
+            child: Some(child),
+            name: name.into(),
+            log,
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+
+    /// Wait up to `timeout` for `ok`, failing with `what` and the log's tail.
+    pub fn wait_until(&mut self, timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+        let until = Instant::now() + timeout;
+        while !ok() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "{}: exited ({status}) waiting for {what}; log:\n{}",
+                    self.name,
+                    tail(&self.log_text(), 40)
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: no {what} within {timeout:?}; log:\n{}",
+                self.name,
+                tail(&self.log_text(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until `url` answers 2xx.
+    pub fn wait_ready(&mut self, url: &str, timeout: Duration) {
+        let what = format!("answer from {url}");
+        self.wait_until(timeout, &what, || {
+            ureq::get(url)
+                .timeout(Duration::from_secs(2))
+                .call()
+                .is_ok()
+        });
+    }
+
+    /// SIGTERM, and wait (at most 20 s) for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{}: did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.name,
+                    tail(&self.log_text(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Sum of a Prometheus-text metric's samples at `url` whose line contains
+/// every `labels` part (NaN when `url` does not answer).
+pub fn scrape(url: &str, name: &str, labels: &[&str]) -> f64 {
+    let Some(text) = ureq::get(url)
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+    else {
+        return f64::NAN;
+    };
+    text.lines()
+        .filter(|l| {
+            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|p| l.contains(p))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A real Alertmanager 0.25 of the test's own, routing every alert to one
 /// webhook (`webhook`: the YAML of its `webhook_configs` entry, from `url:`;
 /// grouped by alertname and model, 1 s waits, resolves sent).
 pub struct Alertmanager {
-    child: Child,
+    _process: Process,
     pub url: String,
 }
 
@@ -170,25 +305,21 @@ impl Alertmanager {
         )
         .unwrap();
         let port = free_port();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian's package) must be installed: bash .ci/run installs it");
-        let am = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let until = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("{}/-/ready", am.url)).call().is_err() {
-            assert!(Instant::now() < until, "Alertmanager did not get ready");
-            std::thread::sleep(Duration::from_millis(200));
+        let mut process = Process::spawn(
+            "prometheus-alertmanager",
+            Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.path={}", dir.join("am-data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--cluster.listen-address="),
+            Some(dir.join("alertmanager.log")),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        process.wait_ready(&format!("{url}/-/ready"), Duration::from_secs(30));
+        Self {
+            _process: process,
+            url,
         }
-        am
     }
 
     /// Alerts Alertmanager holds (active, suppressed), from its v2 API.
@@ -226,13 +357,6 @@ impl Alertmanager {
     }
 }
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `promtool` (Debian's `prometheus` package) on `args`, with `stdin`;
 /// its output, after requiring success.
 pub fn promtool(args: &[&str], stdin: Option<&str>) -> String {
@@ -265,7 +389,7 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) -> String {
 
 /// A real Prometheus of the test's own scraping one target every second.
 pub struct Prometheus {
-    child: Child,
+    _process: Process,
     port: u16,
 }
 
@@ -280,18 +404,21 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join(format!("prom-{job}")).display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("prometheus-{job}.log"))).unwrap())
-            .spawn()
-            .expect("prometheus (Debian's package) must be installed: bash .ci/run installs it");
-        Self { child, port }
+        let process = Process::spawn(
+            "prometheus",
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join(format!("prom-{job}")).display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+            Some(dir.join(format!("prometheus-{job}.log"))),
+        );
+        Self {
+            _process: process,
+            port,
+        }
     }
 
     /// The first value of an instant query, if any.
@@ -321,12 +448,5 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(500));
         }
         got
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -15,7 +15,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::support::{create_topics, free_port, infermon, repo, required_env, unique_id};
+use crate::support::{Process, create_topics, free_port, infermon, repo, required_env, unique_id};
 
 fn jsonl(name: &str) -> Vec<Value> {
     let path = repo().join("inference/scripts/testdata").join(name);
@@ -94,25 +94,21 @@ impl TestTopics {
 }
 
 /// Start `infermon --config CONFIG worker`, its log in `log`.
-fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    infermon()
-        .arg("--config")
-        .arg(config)
-        .arg("worker")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> Process {
+    Process::spawn(
+        "infermon worker",
+        infermon()
+            .arg("--config")
+            .arg(config)
+            .arg("worker")
+            .envs(env.iter().copied()),
+        Some(log.to_path_buf()),
+    )
 }
 
 /// SIGTERM a worker and wait for it.
-fn stop_worker(mut worker: Child) -> ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status()
-        .unwrap();
-    worker.wait().unwrap()
+fn stop_worker(mut worker: Process) -> ExitStatus {
+    worker.terminate()
 }
 
 /// The MiniLM model directory (installed by install_minilm.sh, .ci/run).

@@ -3,15 +3,13 @@
 //! `inference/scripts/score_reference.py`, see inference/scripts/README.md),
 //! one by one and in one batch; bad features fail naming the feature.
 
-mod common;
-
-use common::{dir, jsonl, requests};
+use crate::common::{dir, jsonl, requests};
 use infermon_inference::{Scorer, SessionOptions, ort_environment};
 use serde_json::Value;
 
 #[test]
 fn scores_equal_python_onnxruntime_per_request_and_batched() {
-    let env = ort_environment(None).expect(common::ORT_HINT);
+    let env = ort_environment(None).expect(crate::common::ORT_HINT);
     let requests = requests("ctr_requests.jsonl");
     for version in ["1", "2"] {
         let expected = jsonl(&format!("ctr_expected_v{version}.jsonl"));

@@ -8,11 +8,9 @@
 //! The model is not committed: `bash inference/scripts/install_minilm.sh`
 //! (run by .ci/run) fetches it. `INFERMON_MINILM_DIR` points elsewhere.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{dir, jsonl, requests};
+use crate::common::{dir, jsonl, requests};
 use infermon_inference::{Scorer, SessionOptions, TextEncoder, TextSpec, ort_environment};
 use serde_json::Value;
 
@@ -52,7 +50,7 @@ fn token_ids_equal_the_python_tokenizer() {
 
 #[test]
 fn scores_equal_python_onnxruntime_per_request_and_batched() {
-    let env = ort_environment(None).expect(common::ORT_HINT);
+    let env = ort_environment(None).expect(crate::common::ORT_HINT);
     let mut scorer = Scorer::load(env, &model_dir(), "1", &SessionOptions::default()).unwrap();
     let requests = requests("minilm_requests.jsonl");
     let expected = jsonl("minilm_expected.jsonl");

@@ -1,13 +1,13 @@
 //! `infermon generate`: write recorded traffic with documented incidents.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use infermon_replay_data::{
     GenerateOptions, GenerateStats, RequestStats, Scenario, generate, generate_requests,
 };
+use infermon_schemas::recording::RecordingWriter;
 use serde::Serialize;
 
 /// Write one recording to `path` (zstd-compressed when it ends in `.zst`).
@@ -35,22 +35,11 @@ fn write_with<T>(
     zstd_level: i32,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
 ) -> anyhow::Result<T> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "zst") {
-        let enc = zstd::Encoder::new(file, zstd_level)?;
-        let mut out = BufWriter::with_capacity(1 << 20, enc);
-        let stats = write(&mut out)?;
-        out.into_inner()
-            .map_err(|e| e.into_error())?
-            .finish()?
-            .sync_all()?;
-        Ok(stats)
-    } else {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let stats = write(&mut out)?;
-        out.flush()?;
-        Ok(stats)
-    }
+    let mut out = RecordingWriter::create(path, zstd_level)?;
+    let stats = write(&mut out)?;
+    out.finish()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(stats)
 }
 
 #[derive(Serialize)]

@@ -9,14 +9,13 @@
 //! `--duration`, or once nothing arrived for `--idle`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use infermon_schemas::recording::RecordingWriter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -91,8 +90,7 @@ pub fn record(opts: &RecordOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Rec
         .with_context(|| format!("creating {}", opts.out.display()))?;
     let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let path = opts.out.join(format!("recording-{secs}.jsonl.zst"));
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = BufWriter::new(zstd::Encoder::new(file, 3)?.auto_finish());
+    let mut out = RecordingWriter::create(&path, 3)?;
     tracing::info!(topics = ?opts.topics, path = %path.display(), "recording");
 
     let mut report = RecordReport {
@@ -124,14 +122,9 @@ pub fn record(opts: &RecordOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Rec
             *report.skipped.entry(topic).or_default() += 1;
             continue;
         };
-        let mut line = Map::with_capacity(event.len() + 1);
-        line.insert("topic".into(), Value::String(topic.clone()));
-        line.extend(event);
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
+        out.write_event(&topic, event)?;
         *report.events.entry(topic).or_default() += 1;
     }
-    out.flush()?;
-    drop(out);
+    out.finish()?;
     Ok(report)
 }

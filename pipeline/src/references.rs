@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use infermon_operators::{DriftConfig, Profile, ProfileCollector, WindowConfig, read_profile_file};
-use infermon_schemas::TopicNames;
+use infermon_schemas::{TopicNames, recording};
 
 use crate::sources::recording::RecordingSource;
 
@@ -48,17 +48,11 @@ pub fn profile_recordings(
     Ok(collector.finish())
 }
 
-/// Whether `path` names recorded traffic rather than a profile.
-fn is_recording(path: &Path) -> bool {
-    let name = path.to_string_lossy();
-    name.ends_with(".jsonl") || name.ends_with(".jsonl.zst")
-}
-
 /// The fixed references of `[drift.reference_files]`, by model.
 pub fn load_references(settings: ProfileSettings<'_>) -> anyhow::Result<BTreeMap<String, Profile>> {
     let mut out = BTreeMap::new();
     for (model, path) in &settings.drift.reference_files {
-        let profile = if is_recording(path) {
+        let profile = if recording::is_recording(path) {
             profile_recordings(settings, &[path])?
                 .remove(model)
                 .with_context(|| {

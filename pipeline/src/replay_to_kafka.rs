@@ -9,8 +9,8 @@
 //! the command fail, never silently lost.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::io::BufRead;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde_json::Value;
 
-use infermon_schemas::TopicNames;
+use infermon_schemas::{TopicNames, recording};
 
 use crate::sources::kafka::{DeliveryCounter, KafkaConfig};
 
@@ -41,16 +41,6 @@ pub struct ToKafkaReport {
     pub skipped: u64,
     /// Messages the broker never acknowledged.
     pub failed: u64,
-}
-
-fn lines(path: &Path) -> io::Result<Box<dyn BufRead>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    Ok(if path.extension().is_some_and(|e| e == "zst") {
-        Box::new(BufReader::with_capacity(1 << 20, zstd::Decoder::new(file)?))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 20, file))
-    })
 }
 
 /// Send the files; fails if any message was not acknowledged.
@@ -82,7 +72,7 @@ pub fn replay_to_kafka(
     for path in &opts.files {
         let started = Instant::now();
         let mut first_ts: Option<i64> = None;
-        for (n, line) in lines(path)?.lines().enumerate() {
+        for (n, line) in recording::open(path)?.lines().enumerate() {
             let line = line.with_context(|| format!("reading {}", path.display()))?;
             if line.trim().is_empty() {
                 continue;

@@ -181,13 +181,6 @@ pub(crate) fn pick<'a, R: Rng>(rng: &mut R, weights: &[(&'a str, f64)]) -> &'a s
     weights[weights.len() - 1].0
 }
 
-#[derive(Serialize)]
-struct Recorded<'a, T: Serialize> {
-    topic: &'a str,
-    #[serde(flatten)]
-    event: &'a T,
-}
-
 /// Lines waiting for their (out-of-order) delivery time.
 struct Outbox {
     heap: BinaryHeap<Reverse<(i64, u64, String)>>,
@@ -312,7 +305,7 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
 }
 
 pub(crate) fn line<T: Serialize>(topic: &str, event: &T) -> String {
-    serde_json::to_string(&Recorded { topic, event }).expect("events serialize")
+    infermon_schemas::recording::line(topic, event)
 }
 
 fn predict(

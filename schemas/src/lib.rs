@@ -9,6 +9,7 @@ pub mod decode;
 pub mod events;
 pub mod line_protocol;
 pub mod point;
+pub mod recording;
 pub mod topics;
 
 pub use batch::{PredictionBatchBuilder, decode_predictions, prediction_schema};

@@ -123,12 +123,7 @@ async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
     let mut lines = Vec::new();
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for f in &opts.files {
-        let file = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
-        let reader: Box<dyn BufRead> = if f.extension().is_some_and(|e| e == "zst") {
-            Box::new(std::io::BufReader::new(zstd::Decoder::new(file)?))
-        } else {
-            Box::new(std::io::BufReader::new(file))
-        };
+        let reader = infermon_schemas::recording::open(f)?;
         for line in reader.lines() {
             let mut v: Value = serde_json::from_str(&line?)?;
             if v["topic"] != "inference.predictions" {

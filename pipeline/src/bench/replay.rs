@@ -3,8 +3,7 @@
 //! we could use, all in one run (this box is shared and noisy: only ratios
 //! measured together mean anything).
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,13 +32,8 @@ pub struct BenchOptions {
     pub rounds: usize,
 }
 
-fn open(path: &Path) -> io::Result<Box<dyn BufRead>> {
-    let file = File::open(path)?;
-    Ok(if path.extension().is_some_and(|e| e == "zst") {
-        Box::new(BufReader::with_capacity(1 << 20, zstd::Decoder::new(file)?))
-    } else {
-        Box::new(BufReader::with_capacity(1 << 20, file))
-    })
+fn open(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+    infermon_schemas::recording::open(path)
 }
 
 fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> io::Result<u64> {

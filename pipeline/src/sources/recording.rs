@@ -5,8 +5,7 @@
 //! half of a replay, so it overlaps with the window operators), and handed
 //! over in batches through a small bounded channel.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,7 @@ use infermon_operators::event_time::{JUMP_CONFIRMATION, REASON_CODE as EVENT_TIM
 use infermon_operators::{Check, WindowConfig};
 use infermon_schemas::{
     Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
-    decode_recorded_line,
+    decode_recorded_line, recording,
 };
 
 /// Lines per decoded batch.
@@ -74,20 +73,10 @@ impl RecordingSource {
         window: &WindowConfig,
         bytes_read: Arc<AtomicU64>,
     ) -> io::Result<Self> {
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let counted = CountingReader {
-            inner: file,
+        let reader = recording::open_with(path, |inner| CountingReader {
+            inner,
             count: bytes_read,
-        };
-        let reader: Box<dyn BufRead + Send> = if path.extension().is_some_and(|e| e == "zst") {
-            Box::new(BufReader::with_capacity(
-                1 << 20,
-                zstd::Decoder::new(counted)?,
-            ))
-        } else {
-            Box::new(BufReader::with_capacity(1 << 20, counted))
-        };
+        })?;
         let (tx, rx) = sync_channel(4);
         let window = window.clone();
         thread::Builder::new()

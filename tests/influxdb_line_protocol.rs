@@ -4,19 +4,7 @@
 use infermon_schemas::{FieldValue, Point};
 use serde_json::Value;
 
-use crate::support::required_env;
-
-fn query(base: &str, db: &str, q: &str) -> Value {
-    let body = ureq::get(&format!("{base}/query"))
-        .query("db", db)
-        .query("epoch", "ns")
-        .query("q", q)
-        .call()
-        .unwrap_or_else(|e| panic!("InfluxDB query {q:?}: {e}"))
-        .into_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
+use crate::support::{influx_query, required_env};
 
 #[test]
 fn tricky_points_round_trip_through_influxdb_1_6() {
@@ -55,7 +43,7 @@ fn tricky_points_round_trip_through_influxdb_1_6() {
     }
 
     let q = format!("SELECT * FROM \"{}\"", measurement.replace('"', "\\\""));
-    let result = query(&base, &db, &q);
+    let result = influx_query(&base, &db, &q);
     let series = &result["results"][0]["series"][0];
     assert_eq!(series["name"], measurement.as_str(), "{result}");
     let columns: Vec<&str> = series["columns"]
@@ -87,7 +75,7 @@ fn tricky_points_round_trip_through_influxdb_1_6() {
     assert!(!columns.contains(&"skipped"), "NaN fields are not written");
 
     // Types are exactly what the contract says: integer, float, boolean, string.
-    let keys = query(
+    let keys = influx_query(
         &base,
         &db,
         &format!("SHOW FIELD KEYS FROM \"{measurement}\""),
@@ -148,7 +136,7 @@ fn each_special_character_in_each_position_round_trips_through_influxdb_1_6() {
             "SELECT * FROM \"{}\"",
             measurement.replace('\\', "\\\\").replace('"', "\\\"")
         );
-        let result = query(&base, &db, &q);
+        let result = influx_query(&base, &db, &q);
         let series = &result["results"][0]["series"][0];
         assert_eq!(
             series["name"],

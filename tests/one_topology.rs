@@ -5,20 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use crate::support::{infermon, parse_lines, recordings, required_env, run_ok, unique_id};
-
-fn influx_query(base: &str, db: &str, q: &str) -> Value {
-    let body = ureq::post(&format!("{base}/query"))
-        .query("db", db)
-        .query("q", q)
-        .call()
-        .unwrap_or_else(|e| panic!("InfluxDB query {q:?}: {e}"))
-        .into_string()
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
+use crate::support::{
+    infermon, influx_query, parse_lines, recordings, required_env, run_ok, unique_id,
+};
 
 #[test]
 fn an_offline_replay_writes_to_influxdb_1_6_the_points_it_writes_to_a_file() {

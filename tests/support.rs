@@ -149,6 +149,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An InfluxQL query (or statement) against the InfluxDB 1.x at `base`,
+/// times in ns; the parsed JSON answer.
+pub fn influx_query(base: &str, db: &str, q: &str) -> Value {
+    let body = ureq::post(&format!("{base}/query"))
+        .query("db", db)
+        .query("epoch", "ns")
+        .query("q", q)
+        .call()
+        .unwrap_or_else(|e| panic!("InfluxDB query {q:?}: {e}"))
+        .into_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
 /// A process a test started: its log file, and kill-on-drop so a failing
 /// test leaks nothing. Every service helper (monitor, worker,
 /// Alertmanager, Prometheus, VictoriaMetrics, SMTP) holds one.
@@ -259,10 +273,25 @@ impl Drop for Process {
     }
 }
 
-/// The last `n` lines of `text`.
+/// The last `n` lines of a log, after its panic message and errors (a
+/// backtrace would push them out of the tail).
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let mut out: Vec<&str> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("panicked at") {
+            // The message is on the next line.
+            out.extend(&lines[i..(i + 2).min(lines.len())]);
+        } else if l.contains("ERROR") {
+            out.push(l);
+        }
+    }
+    out.truncate(12);
+    if !out.is_empty() {
+        out.push("...");
+    }
+    out.extend(&lines[lines.len().saturating_sub(n)..]);
+    out.join("\n")
 }
 
 /// Sum of a Prometheus-text metric's samples at `url` whose line contains

@@ -593,7 +593,7 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
     let canary = phase("b", 600, &mut commands);
     let mut on_canary = 0;
     for (rid, p) in &canary {
-        let routed = infermon::worker::served::routes_to_canary(rid, 30.0);
+        let routed = infermon_inference::serving::routes_to_canary(rid, 30.0);
         assert_eq!(
             p["model_version"] == "2",
             routed,

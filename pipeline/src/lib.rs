@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod bench;
 pub mod commands;
 pub mod config;
+pub mod decode;
 pub mod generate;
 pub mod monitor;
 pub mod record;

@@ -42,7 +42,7 @@ pub fn profile_recordings(
         )?;
         while let Some(batch) = source.next_batch() {
             let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-            collector.add_batch(&batch.predictions);
+            collector.add_batch(&batch.events.predictions);
         }
     }
     Ok(collector.finish())

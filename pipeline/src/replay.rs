@@ -18,10 +18,11 @@ use infermon_schemas::{FieldValue, Point, TopicKind};
 
 use crate::alerts::{AlertOutputs, DeliveryStats};
 use crate::config::Config;
+use crate::decode::file::DecodedBatch;
 use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::rejects_file::RejectsFile;
-use crate::sources::recording::{DecodedBatch, RecordingSource};
+use crate::sources::recording::RecordingSource;
 
 /// What to replay and where to.
 #[derive(Debug, Clone)]
@@ -107,7 +108,7 @@ impl Input {
     /// Merge key: inputs whose next batch is oldest go first.
     fn next_ts(&self) -> i64 {
         match &self.pending {
-            Some(b) => b.ts_range.map_or(i64::MIN, |r| r.0),
+            Some(b) => b.events.ts_range.map_or(i64::MIN, |r| r.0),
             None => i64::MAX,
         }
     }
@@ -147,7 +148,7 @@ pub async fn replay(
         )?;
         let id = engine.add_input(0);
         let pending = source.next_batch().transpose()?;
-        match pending.as_ref().and_then(|b| b.ts_range) {
+        match pending.as_ref().and_then(|b| b.events.ts_range) {
             // An input will not deliver anything much older than its next batch.
             Some((lo, _)) => engine.observe(id, lo, 0),
             None if pending.is_none() => engine.finish_input(id),
@@ -217,7 +218,7 @@ fn step(
 ) -> anyhow::Result<Vec<Point>> {
     let batch = input.pending.take().expect("filtered on pending");
     let file = input.source.path.display().to_string();
-    for (kind, n) in TopicKind::ALL.iter().zip(batch.events) {
+    for (kind, n) in TopicKind::ALL.iter().zip(batch.events.counts) {
         *report.events.entry(kind.as_str()).or_default() += n;
     }
     for r in &batch.rejects {
@@ -229,20 +230,21 @@ fn step(
             .unwrap_or_else(|| ("(unparsed)".into(), String::new()));
         report.series.entry(key).or_default().rejected += 1;
     }
-    engine.push_predictions(input.id, &batch.predictions, now)?;
-    engine.push_feedback(&batch.feedback);
-    let anomalies = engine.push_training(input.id, &batch.training, now);
+    let events = &batch.events;
+    engine.push_predictions(input.id, &events.predictions, now)?;
+    engine.push_feedback(&events.feedback);
+    let anomalies = engine.push_training(input.id, &events.training, now);
     for a in &anomalies {
         *report.anomalies.entry(a.kind.as_str()).or_default() += 1;
     }
-    if let Some((_, hi)) = batch.ts_range {
+    if let Some((_, hi)) = events.ts_range {
         engine.observe(input.id, hi, now);
     }
     input.pending = input.source.next_batch().transpose()?;
     match input.pending.as_ref() {
         None => engine.finish_input(input.id),
         Some(next) => {
-            if let Some((lo, _)) = next.ts_range {
+            if let Some((lo, _)) = next.events.ts_range {
                 engine.observe(input.id, lo, now);
             }
         }

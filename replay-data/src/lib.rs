@@ -1,4 +1,7 @@
-//! Deterministic, realistic e-commerce model traffic with documented incidents.
+//! Deterministic, realistic e-commerce model traffic with documented
+//! incidents: owns the generator and the scenarios (what each incident is,
+//! when, and which alert it must raise); writes through
+//! `infermon_schemas::recording`, never reads a config or a server.
 //!
 //! The bundled recordings in `replay-data/recordings/` were made by this
 //! crate (`infermon generate`, see `replay-data/README.md`); tests and

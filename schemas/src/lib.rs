@@ -1,5 +1,7 @@
-//! The v1 wire events of infermon (see `CONTRACT.md`): Rust types, JSON
-//! decoding that names the bad field, and Arrow schemas for the operators.
+//! The contract of infermon (see `CONTRACT.md`): owns the v1 wire events
+//! (Rust types, JSON decoding that names the bad field, Arrow schemas for
+//! the operators), the points and their line protocol, and the recording
+//! file format; never judges an event or talks to a server.
 //!
 //! Data flows one way through this crate: bytes → [`decode`] → typed
 //! [`events`] → [`batch`] builders → Arrow `RecordBatch`.

@@ -228,4 +228,12 @@ mod tests {
         assert_eq!(b["alerts"].as_array().unwrap().len(), 2);
         assert_eq!(b["groupKey"], "{}:{alertname=\"x\", model=\"m\"}");
     }
+
+    #[test]
+    fn hook_signatures_verify_in_constant_time() {
+        let signed = signature(b"k", b"body");
+        assert!(verify(b"k", b"body", &signed));
+        assert!(!verify(b"k", b"bodY", &signed));
+        assert!(!verify(b"k", b"body", &signed[..signed.len() - 1]));
+    }
 }

@@ -20,8 +20,8 @@ use rdkafka::producer::{Producer, ThreadedProducer};
 
 use crate::sources::kafka::{DeliveryCounter, KafkaConfig};
 use crate::worker::send;
-use crate::worker::versions::highest_version;
 use infermon_inference::answer::{Queued, score};
+use infermon_inference::serving::highest_version;
 
 /// What `infermon bench-worker` measures.
 #[derive(Debug, Clone)]

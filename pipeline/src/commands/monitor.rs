@@ -28,14 +28,15 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::alerts::AlertOutputs;
 use crate::config::Config;
-use crate::monitor::decode::{DecodeSettings, DecodedBatch, Decoder};
+use crate::decode::kafka::{DecodeSettings, DecodedBatch, Decoder};
+use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
 use crate::monitor::{MONITOR_RECEIVER, references_store};
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::{SinkSettings, Sinks};
 use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
 use crate::sources::offsets::{OffsetTracker, TopicPartition};
-use crate::telemetry::{self as http, Health, Labels, MonitorMetrics, now_ms};
+use crate::telemetry::{self as http, Health, Labels, now_ms};
 
 /// Spool counters of the sinks into `/metrics`.
 fn export(sinks: &Sinks, m: &MonitorMetrics) {
@@ -183,7 +184,7 @@ impl<'c> Monitor<'c> {
             topics.feedback.as_str(),
             topics.training.as_str(),
         ];
-        let consumer = kafka::consumer(kc, &names, metrics.clone())?;
+        let consumer = kafka::consumer(kc, &names, metrics.lag.clone())?;
         let dlq = Dlq::new(kc, &topics.dlq)?;
         tracing::info!(brokers = %kc.brokers, group = %kc.group_id, topics = ?names, "consuming");
         Ok(Self {
@@ -493,23 +494,23 @@ fn apply(
         tracing::debug!(topic = %r.raw.topic, partition = r.raw.partition, offset = r.raw.offset, reason = %r.reason, "to the DLQ");
     }
     let mut feedback = Vec::new();
-    for (tp, events) in decoded.partitions {
+    for (tp, part) in decoded.partitions {
         let Some(&input) = a.inputs.get(&tp) else {
             continue; // not (or no longer) ours
         };
         let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
         // Wholly written by an earlier owner: nothing to keep it for.
-        let reads = events.reads.into_iter();
+        let (events, reads) = (part.events, part.reads.into_iter());
         a.tracker
             .read_all(&tp, reads.map(|(o, r)| (o, r.filter(|&r| r > floor))));
-        if let Some(p) = &events.predictions {
-            a.engine.push_predictions(input, p, now)?;
+        if events.predictions.num_rows() > 0 {
+            a.engine.push_predictions(input, &events.predictions, now)?;
         }
         feedback.extend(events.feedback);
         for anomaly in a.engine.push_training(input, &events.training, now) {
             anomaly_points.push(anomaly.point());
         }
-        if let Some(ts) = events.max_ts {
+        if let Some((_, ts)) = events.ts_range {
             a.engine.observe(input, ts, now);
         }
     }

@@ -1,9 +1,9 @@
-//! The streaming monitor's parts: its settings (`[monitor]`), the decode
-//! stage for Kafka messages, and the state it keeps on disk between runs
+//! The streaming monitor's parts: its settings (`[monitor]`) and the state
+//! it keeps on disk between runs
 //! (frozen drift references, acknowledged watermarks). The loop that wires
 //! them is `commands::monitor`.
 
-pub mod decode;
+pub mod metrics;
 pub mod references_store;
 pub mod watermark_store;
 

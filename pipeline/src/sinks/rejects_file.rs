@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::sources::recording::Reject;
+use crate::decode::file::Reject;
 
 /// A JSON-lines file of rejected input.
 pub struct RejectsFile {

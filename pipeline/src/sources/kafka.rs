@@ -4,10 +4,12 @@
 //! do not decode.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -19,7 +21,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::sources::offsets::TopicPartition;
-use crate::telemetry::{Labels, MonitorMetrics};
+use crate::telemetry::Labels;
 
 /// How to reach the brokers and read from them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,7 +176,8 @@ pub struct MonitorContext {
     /// Messages not yet read per partition, from the latest librdkafka
     /// statistics.
     pub lag: Mutex<HashMap<TopicPartition, i64>>,
-    metrics: Arc<MonitorMetrics>,
+    /// Consumer lag per partition (the monitor's `consumer_lag_messages`).
+    lag_gauges: Family<Labels, Gauge>,
 }
 
 impl ClientContext for MonitorContext {
@@ -198,7 +201,7 @@ impl ClientContext for MonitorContext {
                     ("topic".into(), topic.clone()),
                     ("partition".into(), partition.to_string()),
                 ];
-                self.metrics.lag.get_or_create(&labels).set(lag);
+                self.lag_gauges.get_or_create(&labels).set(lag);
             }
         }
     }
@@ -251,10 +254,12 @@ pub type MonitorConsumer = BaseConsumer<MonitorContext>;
 
 /// Create the group consumer and subscribe to `topics`. Offsets are
 /// committed only by [`commit`]: auto commit and auto offset store are off.
+/// The lag per partition is set on `lag_gauges` from librdkafka's
+/// statistics.
 pub fn consumer(
     config: &KafkaConfig,
     topics: &[&str],
-    metrics: Arc<MonitorMetrics>,
+    lag_gauges: Family<Labels, Gauge>,
 ) -> anyhow::Result<MonitorConsumer> {
     let c = config.consumer_config(
         &config.group_id,
@@ -271,7 +276,7 @@ pub fn consumer(
         events: Mutex::new(Vec::new()),
         safe: Mutex::new(None),
         lag: Mutex::new(HashMap::new()),
-        metrics,
+        lag_gauges,
     };
     let consumer: MonitorConsumer = c.create_with_context(context)?;
     consumer.subscribe(topics)?;

@@ -18,8 +18,6 @@
 pub mod config;
 pub mod control;
 pub mod metrics;
-pub mod served;
-pub mod versions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,10 +31,10 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-pub use config::{ModelConfig, WorkerConfig};
-pub use control::ControlCommand;
-pub use served::{Change, ServedModel};
-pub use versions::{PIN_FILE, rollback, wanted_version};
+pub use config::WorkerConfig;
+pub use infermon_inference::serving::{
+    Change, ControlCommand, ModelConfig, PIN_FILE, ServedModel, rollback, wanted_version,
+};
 
 use crate::sources::kafka::{DeliveryCounter, Dlq, KafkaConfig, RawMessage};
 use infermon_inference::answer::error_event;

@@ -1,7 +1,7 @@
-//! Decoding on a thread of its own: the monitor loop polls Kafka and runs
-//! the window engine while the previous batch of messages is decoded here
-//! (JSON → validated events → Arrow), as the offline replay decodes on a
-//! reader thread.
+//! Kafka messages → events, on a thread of its own: the monitor loop polls
+//! Kafka and runs the window engine while the previous batch of messages is
+//! decoded here, as the offline replay decodes on a reader thread. Event
+//! times are checked per partition against the wall clock.
 //!
 //! Batches carry the generation of the window state they were read for; the
 //! loop drops results of an earlier generation (read before a rebalance).
@@ -9,13 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
-use arrow::array::RecordBatch;
 use infermon_operators::event_time::REASON_CODE as EVENT_TIME;
 use infermon_operators::{Check, EventTimeGuard, WindowSpec};
-use infermon_schemas::{
-    Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TopicNames, TrainingEvent,
-    decode_event,
-};
+use infermon_schemas::{TopicKind, TopicNames, decode_event};
+
+use super::{Events, EventsBuilder};
 
 use crate::sources::kafka::RawMessage;
 use crate::sources::offsets::TopicPartition;
@@ -62,20 +60,17 @@ pub struct Rejected {
 }
 
 /// The decoded events of one partition in one batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PartitionEvents {
-    /// Predictions as Arrow.
-    pub predictions: Option<RecordBatch>,
-    /// Feedback labels.
-    pub feedback: Vec<FeedbackEvent>,
-    /// Training steps.
-    pub training: Vec<TrainingEvent>,
-    /// Newest event time.
-    pub max_ts: Option<i64>,
+    /// The accepted events.
+    pub events: Events,
     /// Every message read: offset and the watermark at which it is released
     /// (`None` for rejected messages).
     pub reads: Vec<(i64, Option<i64>)>,
 }
+
+/// Offsets read, each with the watermark that releases it.
+type Reads = Vec<(i64, Option<i64>)>;
 
 /// One decoded batch.
 #[derive(Debug, Default)]
@@ -179,8 +174,9 @@ fn decode_batch(
         generation,
         ..DecodedBatch::default()
     };
-    // Prediction rows per partition, aligned with `out.partitions`.
-    let mut builders: Vec<Option<PredictionBatchBuilder>> = Vec::new();
+    let mut partitions: Vec<TopicPartition> = Vec::new();
+    // Events per partition, aligned with `out.partitions`.
+    let mut builders: Vec<(EventsBuilder, Reads)> = Vec::new();
     for m in raw {
         match out.consumed.get_mut(m.topic.as_str()) {
             Some(n) => *n += 1,
@@ -228,24 +224,22 @@ fn decode_batch(
         };
         // A batch holds a handful of partitions: a scan, no key allocated
         // per message.
-        let slot = match out
-            .partitions
+        let slot = match partitions
             .iter()
-            .position(|((t, p), _)| *p == m.partition && *t == m.topic)
+            .position(|(t, p)| *p == m.partition && *t == m.topic)
         {
             Some(i) => i,
             None => {
-                out.partitions
-                    .push(((m.topic.clone(), m.partition), PartitionEvents::default()));
-                builders.push(None);
-                out.partitions.len() - 1
+                partitions.push((m.topic.clone(), m.partition));
+                builders.push((EventsBuilder::new(&s.segment_keys), Vec::new()));
+                partitions.len() - 1
             }
         };
-        let part = &mut out.partitions[slot].1;
+        let (events, reads) = &mut builders[slot];
         let event = match decoded {
             Ok(e) => e,
             Err((code, reason)) => {
-                part.reads.push((m.offset, None));
+                reads.push((m.offset, None));
                 out.rejected.push(Rejected {
                     raw: m,
                     code,
@@ -254,20 +248,16 @@ fn decode_batch(
                 continue;
             }
         };
-        let ts = event.ts();
-        part.reads.push((m.offset, Some(s.release_at(kind, ts))));
-        part.max_ts = Some(part.max_ts.map_or(ts, |t| t.max(ts)));
-        match event {
-            Decoded::Prediction(p) => builders[slot]
-                .get_or_insert_with(|| PredictionBatchBuilder::new(&s.segment_keys))
-                .push(&p),
-            Decoded::Feedback(f) => part.feedback.push(f),
-            Decoded::Training(t) => part.training.push(t),
-            Decoded::Request(_) => {}
-        }
+        reads.push((m.offset, Some(s.release_at(kind, event.ts()))));
+        events.add(event);
     }
-    for ((_, part), b) in out.partitions.iter_mut().zip(builders) {
-        part.predictions = b.map(|mut b| b.finish());
-    }
+    out.partitions = partitions
+        .into_iter()
+        .zip(builders)
+        .map(|(tp, (mut events, reads))| {
+            let events = events.finish();
+            (tp, PartitionEvents { events, reads })
+        })
+        .collect();
     out
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use super::ServingError;
 
 /// A file in a model directory naming the version every worker must serve
 /// (written by a rollback, removed by `infermon model release`); without
@@ -13,7 +13,7 @@ pub const PIN_FILE: &str = "SERVE_VERSION";
 
 /// The version workers should serve from `dir`: the pinned one, else the
 /// highest numbered one.
-pub fn wanted_version(dir: &Path) -> anyhow::Result<String> {
+pub fn wanted_version(dir: &Path) -> Result<String, ServingError> {
     match pinned_version(dir) {
         Some(v) => Ok(v),
         None => highest_version(dir),
@@ -29,29 +29,33 @@ pub fn pinned_version(dir: &Path) -> Option<String> {
 }
 
 /// Pin `dir` to `version` (atomically: readers see the old or the new pin).
-pub fn pin(dir: &Path, version: &str) -> anyhow::Result<()> {
+pub fn pin(dir: &Path, version: &str) -> Result<(), ServingError> {
     let tmp = dir.join(format!(".{PIN_FILE}.tmp"));
-    std::fs::write(&tmp, version).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(PIN_FILE))?;
-    Ok(())
+    let pin = dir.join(PIN_FILE);
+    std::fs::write(&tmp, version)
+        .and_then(|()| std::fs::rename(&tmp, &pin))
+        .map_err(|source| ServingError::Pin { path: pin, source })
 }
 
 /// The numbered version below `version` in `dir`.
-pub fn previous_version(dir: &Path, version: &str) -> anyhow::Result<String> {
-    let now: u64 = version
-        .parse()
-        .with_context(|| format!("version {version:?} is not a number"))?;
+pub fn previous_version(dir: &Path, version: &str) -> Result<String, ServingError> {
+    let now: u64 = version.parse().map_err(|_| ServingError::NotANumber {
+        version: version.into(),
+    })?;
     versions(dir)?
         .iter()
         .rev()
         .find(|(n, _)| *n < now)
         .map(|(_, v)| v.clone())
-        .with_context(|| format!("no version before {version} in {}", dir.display()))
+        .ok_or_else(|| ServingError::NoEarlier {
+            version: version.into(),
+            dir: dir.into(),
+        })
 }
 
 /// Pin `dir` to the version before the one served now (rollback); returns
 /// (from, to).
-pub fn rollback(dir: &Path) -> anyhow::Result<(String, String)> {
+pub fn rollback(dir: &Path) -> Result<(String, String), ServingError> {
     let current = wanted_version(dir)?;
     let previous = previous_version(dir, &current)?;
     pin(dir, &previous)?;
@@ -59,9 +63,12 @@ pub fn rollback(dir: &Path) -> anyhow::Result<(String, String)> {
 }
 
 /// The numbered versions with a `model.onnx` under `dir`, oldest first.
-pub fn versions(dir: &Path) -> anyhow::Result<Vec<(u64, String)>> {
+pub fn versions(dir: &Path) -> Result<Vec<(u64, String)>, ServingError> {
     let mut versions: Vec<(u64, String)> = std::fs::read_dir(dir)
-        .with_context(|| format!("model dir {}", dir.display()))?
+        .map_err(|source| ServingError::Dir {
+            dir: dir.into(),
+            source,
+        })?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("model.onnx").exists())
         .filter_map(|e| {
@@ -74,11 +81,11 @@ pub fn versions(dir: &Path) -> anyhow::Result<Vec<(u64, String)>> {
 }
 
 /// The highest numbered version in `dir`.
-pub fn highest_version(dir: &Path) -> anyhow::Result<String> {
+pub fn highest_version(dir: &Path) -> Result<String, ServingError> {
     versions(dir)?
         .pop()
         .map(|(_, v)| v)
-        .with_context(|| format!("no <version>/model.onnx under {}", dir.display()))
+        .ok_or_else(|| ServingError::NoVersion { dir: dir.into() })
 }
 
 /// Whether version `a` is numbered above `b`.

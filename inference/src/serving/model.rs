@@ -6,14 +6,12 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use infermon_inference::answer::{error_event, score, unit_hash};
-use infermon_inference::{Environment, LoadError, Scorer};
 use infermon_schemas::PredictionEvent;
 
 use super::config::ModelConfig;
-use super::versions;
-
-pub use infermon_inference::answer::Queued;
+use super::{ServingError, versions};
+use crate::answer::{Queued, error_event, score, unit_hash};
+use crate::{Environment, LoadError, Scorer};
 
 /// A version being loaded and warmed up on its own thread, so serving
 /// goes on meanwhile (a large model takes seconds).
@@ -72,7 +70,7 @@ pub enum Change {
 
 const CANARY_SALT: u64 = 0x63616e617279;
 #[cfg(test)]
-const SAMPLE_SALT: u64 = infermon_inference::answer::SAMPLE_SALT;
+const SAMPLE_SALT: u64 = crate::answer::SAMPLE_SALT;
 
 /// Whether a canary serving `percent` % takes this request (the same
 /// answer in every worker of the same build).
@@ -86,7 +84,7 @@ fn ms(d: Duration) -> f64 {
 
 impl ServedModel {
     /// Load the configured (or wanted) version.
-    pub fn load(env: &Environment, cfg: &ModelConfig) -> anyhow::Result<Self> {
+    pub fn load(env: &Environment, cfg: &ModelConfig) -> Result<Self, ServingError> {
         let version = match &cfg.version {
             Some(v) => v.clone(),
             None => versions::wanted_version(&cfg.dir)?,
@@ -129,7 +127,7 @@ impl ServedModel {
     /// canary old enough is promoted. Models with a configured `version`
     /// never change. A version that fails to load leaves the current ones
     /// serving (the error is returned for the log; the next call retries).
-    pub fn refresh(&mut self, env: &'static Environment) -> anyhow::Result<Option<Change>> {
+    pub fn refresh(&mut self, env: &'static Environment) -> Result<Option<Change>, ServingError> {
         if self.cfg.version.is_some() {
             return Ok(None);
         }
@@ -182,7 +180,7 @@ impl ServedModel {
         &mut self,
         env: &'static Environment,
         version: &str,
-    ) -> anyhow::Result<Option<Scorer>> {
+    ) -> Result<Option<Scorer>, ServingError> {
         if let Some(l) = &self.loading
             && l.version == version
         {
@@ -194,7 +192,9 @@ impl ServedModel {
                 Err(mpsc::TryRecvError::Empty) => Ok(None),
                 Err(mpsc::TryRecvError::Disconnected) => {
                     self.loading = None;
-                    anyhow::bail!("the loader of version {version} stopped without a result")
+                    Err(ServingError::LoaderStopped {
+                        version: version.into(),
+                    })
                 }
             };
         }
@@ -208,7 +208,8 @@ impl ServedModel {
             .name(format!("load-{}-{version}", self.cfg.name))
             .spawn(move || {
                 let _ = tx.send(Scorer::load(env, &dir, &v, &opts));
-            })?;
+            })
+            .map_err(ServingError::Thread)?;
         self.loading = Some(Loading {
             version: version.to_string(),
             done,
@@ -225,7 +226,7 @@ impl ServedModel {
         &mut self,
         env: &Environment,
         from: Option<&str>,
-    ) -> anyhow::Result<Option<Change>> {
+    ) -> Result<Option<Change>, ServingError> {
         if from.is_some_and(|f| f != self.newest_version()) {
             return Ok(None);
         }
@@ -306,13 +307,13 @@ impl ServedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use infermon_inference::ort_environment;
+    use crate::ort_environment;
     use infermon_schemas::{Feature, RequestEvent, Status};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
     fn ctr_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../inference/models/ctr-ranker")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ctr-ranker")
     }
 
     /// Refresh until a version change lands (or nothing is loading).

@@ -446,20 +446,27 @@ fn special_characters_never_swallow_a_tag() {
         &events,
         "[window]\nsegment_keys = [\"surface\"]\n[drift]\nreference_window = \"1m\"\nmin_samples = 1\n",
     );
-    let required: BTreeMap<&str, &[&str]> = [
+    // Each surface is a segment series of its own (`dimension=surface`)
+    // beside the whole version; drift is judged per version.
+    let required: BTreeMap<(&str, bool), &[&str]> = [
         (
-            "latency",
-            &["model", "model_version", "surface", "stage"][..],
+            ("latency", true),
+            &["model", "model_version", "dimension", "surface", "stage"][..],
         ),
-        ("throughput", &["model", "model_version", "surface"][..]),
+        (("latency", false), &["model", "model_version", "stage"][..]),
         (
-            "drift",
-            &["model", "model_version", "surface", "feature"][..],
+            ("throughput", true),
+            &["model", "model_version", "dimension", "surface"][..],
         ),
+        (("throughput", false), &["model", "model_version"][..]),
+        (("drift", false), &["model", "model_version", "feature"][..]),
     ]
     .into();
-    for (measurement, tags) in &required {
-        let points: Vec<&Line> = out.of(measurement).collect();
+    for (&(measurement, segment), tags) in &required {
+        let points: Vec<&Line> = out
+            .of(measurement)
+            .filter(|p| p.tag("dimension").is_some() == segment)
+            .collect();
         assert!(!points.is_empty(), "no {measurement} points");
         for p in &points {
             let mut have: Vec<&str> = p.tags.iter().map(|(k, _)| k.as_str()).collect();
@@ -470,10 +477,12 @@ fn special_characters_never_swallow_a_tag() {
             assert_eq!(p.tag("model"), Some("ctr-ranker"));
             assert_eq!(p.tag("model_version"), Some("1"));
         }
-        let seen: std::collections::BTreeSet<&str> =
-            points.iter().filter_map(|p| p.tag("surface")).collect();
-        let want: std::collections::BTreeSet<&str> = surfaces.into_iter().collect();
-        assert_eq!(seen, want, "{measurement}");
+        if segment {
+            let seen: std::collections::BTreeSet<&str> =
+                points.iter().filter_map(|p| p.tag("surface")).collect();
+            let want: std::collections::BTreeSet<&str> = surfaces.into_iter().collect();
+            assert_eq!(seen, want, "{measurement}");
+        }
     }
     let names: std::collections::BTreeSet<&str> =
         out.of("drift").filter_map(|p| p.tag("feature")).collect();

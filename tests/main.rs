@@ -17,5 +17,6 @@ mod live_recording;
 mod one_topology;
 mod replay_offline;
 mod support;
+mod trustworthy_alerts;
 mod webhook_delivery;
 mod worker;

@@ -277,11 +277,14 @@ fn the_example_deploy_config_works() {
             .iter()
             .all(|l| l.tag("surface") == Some("search"))
     );
+    // The segment key is a dimension: its series carry it as a tag.
+    let segment: Vec<_> = lines
+        .iter()
+        .filter(|l| l.measurement == "latency" && l.tag("dimension") == Some("surface"))
+        .collect();
+    assert!(!segment.is_empty(), "no surface series");
     assert!(
-        lines
-            .iter()
-            .filter(|l| l.measurement == "latency")
-            .all(|l| l.tag("surface") == Some("search")),
+        segment.iter().all(|l| l.tag("surface") == Some("search")),
         "segment key becomes a tag"
     );
     assert!(lines.iter().any(|l| l.measurement == "score_stats"));

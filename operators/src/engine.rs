@@ -5,7 +5,7 @@
 //! arrives out of order; the per-window aggregates are DataFusion
 //! accumulators driven with the rows of their (window, series).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
@@ -41,15 +41,28 @@ pub enum EngineError {
 }
 
 /// The identity of a monitored series: the tags of its points.
+///
+/// Every prediction counts in its (model, version) series, and, for each
+/// configured segment key, in the series of that key's value alone
+/// (`site=mx` across every surface): one dimension at a time, so a segment
+/// is big enough to judge, and the cross-product never multiplies series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesKey {
     /// Model name.
     pub model: String,
     /// Model version.
     pub model_version: String,
-    /// Configured segment keys with this series' values ("" when absent).
+    /// Empty for the whole model version; else one (segment key, value).
     pub segments: Vec<(String, String)>,
 }
+
+/// The tag naming a segment series' key (`dimension=site`), so rules can
+/// tell segment series (`"*"`) from whole versions (`""`).
+pub const DIMENSION_TAG: &str = "dimension";
+
+/// The value standing for a segment key's values beyond
+/// `max_segment_values`.
+pub const OTHER_SEGMENT: &str = "__other__";
 
 impl SeriesKey {
     /// A point of `measurement` at `ts_ms` tagged with this series.
@@ -58,7 +71,7 @@ impl SeriesKey {
             .tag("model", &self.model)
             .tag("model_version", &self.model_version);
         for (k, v) in &self.segments {
-            p = p.tag(k, v);
+            p = p.tag(DIMENSION_TAG, k).tag(k, v);
         }
         p
     }
@@ -126,7 +139,42 @@ impl ClosedWindow {
             );
         }
         out.extend(self.extra.iter().cloned());
+        add_rest_of_model(&mut out);
         Ok(out)
+    }
+}
+
+/// Segment `throughput` points get the counts of the rest of their model
+/// version (`rest_requests`, `rest_errors`), so a rule can test a segment
+/// against the rest.
+fn add_rest_of_model(points: &mut [Point]) {
+    let count = |p: &Point, f: &str| match p.field_value(f) {
+        Some(FieldValue::Int(n)) => *n,
+        _ => 0,
+    };
+    let version = |p: &Point| {
+        (
+            p.tag_value("model").unwrap_or_default().to_string(),
+            p.tag_value("model_version").unwrap_or_default().to_string(),
+        )
+    };
+    let whole: HashMap<(String, String), (i64, i64)> = points
+        .iter()
+        .filter(|p| p.measurement == "throughput" && p.tag_value(DIMENSION_TAG).is_none())
+        .map(|p| (version(p), (count(p, "requests"), count(p, "errors"))))
+        .collect();
+    for p in points
+        .iter_mut()
+        .filter(|p| p.measurement == "throughput" && p.tag_value(DIMENSION_TAG).is_some())
+    {
+        if let Some(&(requests, errors)) = whole.get(&version(p)) {
+            let rest_requests = requests - count(p, "requests");
+            let rest_errors = errors - count(p, "errors");
+            p.fields
+                .push(("rest_requests".into(), FieldValue::Int(rest_requests)));
+            p.fields
+                .push(("rest_errors".into(), FieldValue::Int(rest_errors)));
+        }
     }
 }
 
@@ -217,6 +265,11 @@ impl Columns {
 pub struct WindowEngine {
     spec: WindowSpec,
     segment_keys: Vec<String>,
+    /// Per segment key: the values that have a series of their own.
+    segment_values: Vec<HashSet<String>>,
+    max_segment_values: usize,
+    /// Scratch: the segment series of the current row.
+    row_dims: Vec<u32>,
     columns: Columns,
     watermarks: WatermarkTracker,
     keep_batches: bool,
@@ -248,6 +301,9 @@ impl WindowEngine {
         Ok(Self {
             spec: WindowSpec::new(config)?,
             segment_keys: config.segment_keys.clone(),
+            segment_values: vec![HashSet::new(); config.segment_keys.len()],
+            max_segment_values: config.max_segment_values,
+            row_dims: Vec::new(),
             columns: Columns::new(&schema, &config.segment_keys)?,
             watermarks: WatermarkTracker::new(
                 config.allowed_lateness.as_millis() as i64,
@@ -480,7 +536,8 @@ impl WindowEngine {
                 max_ts = t;
                 watermark = self.watermarks.with_input_at(others, max_ts);
             }
-            let id = self.series_id(model.value(row), version.value(row), &segments, row);
+            let id = self.series_id(model.value(row), version.value(row), None);
+            self.segment_series(model.value(row), version.value(row), &segments, row);
             self.stats[id as usize].events += 1;
             if self.drift.is_some() {
                 rows_by_series.entry(id).or_default().push(row as u32);
@@ -499,6 +556,12 @@ impl WindowEngine {
                     late = true;
                 } else {
                     self.groups.entry((start, id)).or_default().push(row as u32);
+                    for &dim in &self.row_dims {
+                        self.groups
+                            .entry((start, dim))
+                            .or_default()
+                            .push(row as u32);
+                    }
                     ends.push(self.spec.end(start));
                 }
             }
@@ -534,10 +597,13 @@ impl WindowEngine {
             let window = self.open.entry(start).or_default();
             let drift = self.drift.as_ref();
             let key = &self.series[id as usize];
+            let whole = key.segments.is_empty();
             let state = window.series.entry(id).or_insert_with(|| SeriesState {
                 stages: Default::default(),
                 throughput: ThroughputAccumulator::new(window_secs),
-                drift: drift.map(|d| d.new_window(key, start)),
+                // Drift is judged per model version only: per segment it
+                // would multiply the cost and the chance alarms.
+                drift: drift.filter(|_| whole).map(|d| d.new_window(key, start)),
             });
             if let (Some(d), Some(w)) = (drift, state.drift.as_mut()) {
                 d.update(w, batch, rows);
@@ -548,7 +614,7 @@ impl WindowEngine {
             state
                 .throughput
                 .update_batch(&[col(c.status)?, col(c.batch_size)?])?;
-            if self.keep_batches {
+            if self.keep_batches && whole {
                 rows_per_window.entry(start).or_default().extend(rows);
             }
         }
@@ -565,23 +631,18 @@ impl WindowEngine {
         Ok(())
     }
 
-    fn series_id(
-        &mut self,
-        model: &str,
-        version: &str,
-        segments: &[&StringArray],
-        row: usize,
-    ) -> u32 {
+    /// The series of (model, version), or of one segment key's value.
+    fn series_id(&mut self, model: &str, version: &str, segment: Option<(usize, &str)>) -> u32 {
         let buf = &mut self.key_buf;
         buf.clear();
         buf.push_str(model);
         buf.push('\u{1f}');
         buf.push_str(version);
-        for s in segments {
+        if let Some((k, v)) = segment {
             buf.push('\u{1f}');
-            if s.is_valid(row) {
-                buf.push_str(s.value(row));
-            }
+            buf.push_str(&self.segment_keys[k]);
+            buf.push('\u{1f}');
+            buf.push_str(v);
         }
         if let Some(&id) = self.series_ids.get(buf.as_str()) {
             return id;
@@ -591,18 +652,43 @@ impl WindowEngine {
         self.series.push(SeriesKey {
             model: model.to_string(),
             model_version: version.to_string(),
-            segments: self
-                .segment_keys
-                .iter()
-                .zip(segments)
-                .map(|(k, s)| {
-                    let v = if s.is_valid(row) { s.value(row) } else { "" };
-                    (k.clone(), v.to_string())
-                })
+            segments: segment
+                .map(|(k, v)| (self.segment_keys[k].clone(), v.to_string()))
+                .into_iter()
                 .collect(),
         });
         self.stats.push(SeriesStats::default());
         id
+    }
+
+    /// The segment series of one row into `row_dims`: one per configured
+    /// key with a value, the first `max_segment_values` values of a key
+    /// having series of their own and the rest sharing [`OTHER_SEGMENT`].
+    fn segment_series(
+        &mut self,
+        model: &str,
+        version: &str,
+        segments: &[&StringArray],
+        row: usize,
+    ) {
+        self.row_dims.clear();
+        for (k, s) in segments.iter().enumerate() {
+            if !s.is_valid(row) || s.value(row).is_empty() {
+                continue;
+            }
+            let value = s.value(row);
+            let known = &mut self.segment_values[k];
+            let value = if known.contains(value) {
+                value
+            } else if known.len() < self.max_segment_values {
+                known.insert(value.to_string());
+                value
+            } else {
+                OTHER_SEGMENT
+            };
+            let id = self.series_id(model, version, Some((k, value)));
+            self.row_dims.push(id);
+        }
     }
 
     /// Advance the watermark to processing time `now_ms` and return every

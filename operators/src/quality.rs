@@ -49,6 +49,13 @@ pub struct Quality {
     pub calibration: Option<f64>,
     /// Labelled predictions.
     pub n_labeled: u64,
+    /// Positive labels (clicks).
+    pub clicks: u64,
+    /// Σ score: the clicks the model predicted for the labelled ones.
+    pub expected_clicks: f64,
+    /// Σ score·(1 − score): the variance of the click count if the scores
+    /// are the true probabilities (a Poisson-binomial's).
+    pub click_variance: f64,
 }
 
 impl Quality {
@@ -70,6 +77,8 @@ impl Quality {
             .sum::<f64>()
             / n;
         let ctr = positives / n;
+        let expected_clicks: f64 = pairs.iter().map(|p| p.0).sum();
+        let click_variance = pairs.iter().map(|p| p.0 * (1.0 - p.0)).sum();
         Some(Self {
             auc: auc(pairs),
             logloss,
@@ -77,6 +86,9 @@ impl Quality {
             mean_score,
             calibration: (ctr > 0.0).then(|| mean_score / ctr),
             n_labeled: pairs.len() as u64,
+            clicks: positives as u64,
+            expected_clicks,
+            click_variance,
         })
     }
 
@@ -94,6 +106,9 @@ impl Quality {
             p = p.field("calibration", FieldValue::Float(c));
         }
         p.field("n_labeled", FieldValue::Int(self.n_labeled as i64))
+            .field("clicks", FieldValue::Int(self.clicks as i64))
+            .field("expected_clicks", FieldValue::Float(self.expected_clicks))
+            .field("click_variance", FieldValue::Float(self.click_variance))
     }
 }
 

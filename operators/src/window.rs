@@ -24,9 +24,14 @@ pub struct WindowConfig {
     /// stops holding the watermark back.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Segment keys that split series further than (model, model_version)
-    /// and become tags, e.g. `["surface"]`.
+    /// Segment keys, e.g. `["site", "surface"]`: each is a dimension of
+    /// its own, so besides the (model, model_version) series every value of
+    /// each key gets a series (`site=mx` across all surfaces), tagged
+    /// `dimension=<key>` and `<key>=<value>`.
     pub segment_keys: Vec<String>,
+    /// Values per segment key with a series of their own (the first ones
+    /// seen); further values share the series `__other__`.
+    pub max_segment_values: usize,
     /// An event this far ahead of the wall clock (the monitor) or of its
     /// input's newest event time (offline) is rejected, naming `ts`, so a
     /// skewed producer clock cannot drag the watermark ahead (see
@@ -54,6 +59,7 @@ impl Default for WindowConfig {
             allowed_lateness: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             segment_keys: Vec::new(),
+            max_segment_values: 20,
             max_future_skew: Duration::from_secs(5 * 60),
             max_event_age: Duration::from_secs(7 * 24 * 3600),
         }

@@ -229,30 +229,61 @@ fn hopping_windows_count_each_event_size_over_slide_times() {
 }
 
 #[test]
-fn segment_keys_split_series_and_become_tags() {
+fn each_segment_key_is_a_dimension_of_its_own() {
     let mut cfg = config();
     cfg.segment_keys = vec!["surface".into(), "site".into()];
+    cfg.max_segment_values = 2;
     let mut e = WindowEngine::new(&cfg, false).unwrap();
     let input = e.add_input(0);
-    let mut other = event("m", 2_000, 1.0);
-    other.segment.insert("surface".into(), "ads".into());
+    let mut ads = event("m", 2_000, 1.0);
+    ads.segment.insert("surface".into(), "ads".into());
+    ads.segment.insert("site".into(), "mx".into());
+    let mut email = event("m", 3_000, 1.0);
+    email.segment.insert("surface".into(), "email".into());
+    email.status = Status::Error;
     e.push_predictions(
         input,
-        &batch(&[event("m", 1_000, 1.0), other], &cfg.segment_keys),
+        &batch(&[event("m", 1_000, 1.0), ads, email], &cfg.segment_keys),
         0,
     )
     .unwrap();
     let ps = points(e.flush());
-    let surfaces: Vec<_> = ps
+    let throughput: Vec<String> = ps
         .iter()
         .filter(|p| p.measurement == "throughput")
-        .map(|p| p.tag_value("surface").unwrap().to_string())
+        .map(|p| {
+            let mut line = String::new();
+            p.write_line_protocol(&mut line);
+            line.split(' ').next().unwrap().to_string()
+        })
         .collect();
-    assert_eq!(surfaces, ["ads", "search"]);
-    let mut line = String::new();
-    ps[0].write_line_protocol(&mut line);
-    assert!(
-        line.contains(",surface=ads,") && !line.contains("site="),
-        "{line}"
+    // The whole version, then one series per value of each key on its own
+    // (no site x surface cross product); a third surface is `__other__`.
+    assert_eq!(
+        throughput,
+        [
+            "throughput,model=m,model_version=1",
+            "throughput,model=m,model_version=1,dimension=site,site=mx",
+            "throughput,model=m,model_version=1,dimension=surface,surface=__other__",
+            "throughput,model=m,model_version=1,dimension=surface,surface=ads",
+            "throughput,model=m,model_version=1,dimension=surface,surface=search",
+        ],
+        "{ps:#?}"
     );
+    // A segment's point carries the counts of the rest of its version.
+    let other = ps
+        .iter()
+        .find(|p| p.measurement == "throughput" && p.tag_value("surface") == Some("__other__"))
+        .unwrap();
+    assert_eq!(other.field_value("requests"), Some(&FieldValue::Int(1)));
+    assert_eq!(other.field_value("errors"), Some(&FieldValue::Int(1)));
+    assert_eq!(
+        other.field_value("rest_requests"),
+        Some(&FieldValue::Int(2))
+    );
+    assert_eq!(other.field_value("rest_errors"), Some(&FieldValue::Int(0)));
+    // Every event counts once in the version's totals.
+    let stats = e.series_stats();
+    let whole = stats.iter().find(|(k, _)| k.segments.is_empty()).unwrap();
+    assert_eq!(whole.1.events, 3);
 }

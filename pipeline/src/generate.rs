@@ -59,7 +59,7 @@ struct IncidentRecord {
 pub fn write_bundled(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut incidents = Vec::new();
-    for scenario in Scenario::ALL.into_iter().filter(|s| *s != Scenario::Day) {
+    for scenario in Scenario::ALL.into_iter().filter(|s| s.is_bundled()) {
         let opts = GenerateOptions::bundled(scenario);
         let name = format!("{}.jsonl.zst", scenario.name());
         let stats = write_recording(&opts, &dir.join(&name), 19)?;

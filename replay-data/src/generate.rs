@@ -48,16 +48,16 @@ impl GenerateOptions {
             Scenario::InputShift => 15,
             Scenario::FeatureNull => 16,
             Scenario::GradientExplosion => 17,
-            Scenario::Day => 0,
+            Scenario::Day | Scenario::RealisticDay | Scenario::QuietDays => 0,
         };
         Self {
             scenario,
             seed: 20261120 + hour as u64,
             start_ms: BUNDLED_DAY_MS + hour * 3_600_000,
-            duration_s: if scenario == Scenario::Day {
-                86_400
-            } else {
-                3_600
+            duration_s: match scenario {
+                Scenario::Day | Scenario::RealisticDay => 86_400,
+                Scenario::QuietDays => 3 * 86_400,
+                _ => 3_600,
             },
             rate_scale: 1.0,
         }
@@ -182,18 +182,19 @@ pub(crate) fn pick<'a, R: Rng>(rng: &mut R, weights: &[(&'a str, f64)]) -> &'a s
 }
 
 /// Lines waiting for their (out-of-order) delivery time.
-struct Outbox {
+#[derive(Default)]
+pub(crate) struct Outbox {
     heap: BinaryHeap<Reverse<(i64, u64, String)>>,
     seq: u64,
 }
 
 impl Outbox {
-    fn push(&mut self, arrival_ms: i64, line: String) {
+    pub(crate) fn push(&mut self, arrival_ms: i64, line: String) {
         self.seq += 1;
         self.heap.push(Reverse((arrival_ms, self.seq, line)));
     }
 
-    fn drain_until(&mut self, out: &mut dyn Write, until_ms: i64) -> io::Result<u64> {
+    pub(crate) fn drain_until(&mut self, out: &mut dyn Write, until_ms: i64) -> io::Result<u64> {
         let mut n = 0;
         while let Some(Reverse((arrival, _, _))) = self.heap.peek() {
             if *arrival >= until_ms {
@@ -233,6 +234,8 @@ impl Active {
                 IncidentKind::Shift => a.shift = Some(at(from)),
                 IncidentKind::Nulls => a.nulls = Some((at(from), at(to))),
                 IncidentKind::Explosion => a.explosion = Some(at(from)),
+                // Drawn by `realistic::generate`.
+                _ => {}
             }
         }
         a
@@ -241,6 +244,11 @@ impl Active {
 
 /// Write the recording as JSON lines (topic field first) to `out`.
 pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<GenerateStats> {
+    match opts.scenario {
+        Scenario::RealisticDay => return crate::realistic::generate(opts, true, out),
+        Scenario::QuietDays => return crate::realistic::generate(opts, false, out),
+        _ => {}
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let topics = TopicNames::default();
     let models: Vec<&Model> = match opts.scenario {
@@ -249,13 +257,11 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
         Scenario::InputShift | Scenario::FeatureNull => vec![&ADS, &QUIET],
         Scenario::GradientExplosion => vec![&QUIET],
         Scenario::Day => vec![&CTR, &RECSYS, &ADS, &QUIET],
+        Scenario::RealisticDay | Scenario::QuietDays => unreachable!("realistic::generate"),
     };
     let training = matches!(opts.scenario, Scenario::GradientExplosion | Scenario::Day);
     let active = Active::new(opts);
-    let mut outbox = Outbox {
-        heap: BinaryHeap::new(),
-        seq: 0,
-    };
+    let mut outbox = Outbox::default();
     let mut stats = GenerateStats::default();
     let mut request_seq: u64 = 0;
     let mut trainer = Trainer::new();

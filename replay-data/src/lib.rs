@@ -9,6 +9,7 @@
 //! byte-identical output.
 
 pub mod generate;
+mod realistic;
 pub mod requests;
 pub mod scenario;
 

@@ -18,18 +18,37 @@ pub enum Scenario {
     GradientExplosion,
     /// Every model and every incident, one after another.
     Day,
+    /// A realistic day (cycle, promotion, segments, late labels, a
+    /// low-traffic model) with one incident of each kind the built-in rules
+    /// must catch: a segment's latency, a broken calibration, a slow
+    /// latency creep, a segment's errors, errors of the low-traffic model,
+    /// a burst of gradient spikes.
+    RealisticDay,
+    /// Three days of the same realistic traffic with no incident.
+    QuietDays,
 }
 
 impl Scenario {
     /// Every scenario, in file order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::LatencyRegression,
         Scenario::ErrorBurst,
         Scenario::InputShift,
         Scenario::FeatureNull,
         Scenario::GradientExplosion,
         Scenario::Day,
+        Scenario::RealisticDay,
+        Scenario::QuietDays,
     ];
+
+    /// The scenarios committed under `replay-data/recordings/` (the
+    /// others are generated when wanted: a day takes ~100 MB).
+    pub fn is_bundled(self) -> bool {
+        !matches!(
+            self,
+            Scenario::Day | Scenario::RealisticDay | Scenario::QuietDays
+        )
+    }
 
     /// File-name style name.
     pub fn name(self) -> &'static str {
@@ -40,6 +59,8 @@ impl Scenario {
             Scenario::FeatureNull => "feature-null",
             Scenario::GradientExplosion => "gradient-explosion",
             Scenario::Day => "day",
+            Scenario::RealisticDay => "realistic-day",
+            Scenario::QuietDays => "quiet-days",
         }
     }
 
@@ -64,6 +85,11 @@ impl Scenario {
                 (Nulls, 0.65, 0.7),
                 (Explosion, 0.8, 0.8),
             ],
+            Scenario::RealisticDay => crate::realistic::INCIDENTS
+                .iter()
+                .map(|&(kind, from, to)| (kind, from / 24.0, to / 24.0))
+                .collect(),
+            Scenario::QuietDays => Vec::new(),
         }
     }
 }
@@ -82,6 +108,12 @@ pub(crate) enum IncidentKind {
     Shift,
     Nulls,
     Explosion,
+    SegmentLatency,
+    Miscalibration,
+    LatencyCreep,
+    SegmentErrors,
+    LowTrafficErrors,
+    GradientSpikes,
 }
 
 /// A documented incident: where and when it is in a recording, what changes,
@@ -140,7 +172,49 @@ impl IncidentKind {
                 "ctr-ranker",
                 "online-ft-ctr-ranker",
                 "grad norm grows 10-300x over 12 steps, then 5 steps of NaN/Inf gradients and a diverging loss; the run restarts 60 s later with a lower lr",
-                "gradient_nonfinite / gradient_explosion (gradients.nonfinite, anomalies)",
+                "gradient_nonfinite / gradient_explosion / gradient_spikes (gradients.nonfinite, anomalies)",
+            ),
+            IncidentKind::SegmentLatency => (
+                "one site slow",
+                "search-ranker",
+                "21",
+                "search-ranker requests from site=mx (15 % of its traffic) take 4x as long; the version's p99 barely moves",
+                "latency_p99_regression on the segment series dimension=site,site=mx",
+            ),
+            IncidentKind::Miscalibration => (
+                "broken calibration",
+                "home-feed",
+                "6",
+                "home-feed v6 replaces v5; its score distribution is v5's but clicks come at half the predicted rate",
+                "calibration_over_predicts (quality.calibration over 3 h of labels)",
+            ),
+            IncidentKind::LatencyCreep => (
+                "slow latency creep",
+                "catalog-ranker",
+                "3",
+                "catalog-ranker gets slower by 20 % of its first latency an hour for five hours (every stage), then stays at twice",
+                "latency_p99_creep (latency p99 over 1.5x its 24 h median), before p99 doubles",
+            ),
+            IncidentKind::SegmentErrors => (
+                "one surface failing",
+                "search-ranker",
+                "21",
+                "10 % of search-ranker requests on surface=email (6 % of its traffic) fail; the version's error rate stays under 1 %",
+                "segment_error_rate on dimension=surface,surface=email",
+            ),
+            IncidentKind::LowTrafficErrors => (
+                "errors on a low-traffic model",
+                "size-advisor",
+                "2",
+                "30 % of size-advisor requests fail (about 1.6 requests/s at that hour)",
+                "error_rate_high (binomial test of the window's errors)",
+            ),
+            IncidentKind::GradientSpikes => (
+                "repeated gradient spikes",
+                "home-feed",
+                "online-ft-home-feed",
+                "every third step of run online-ft-home-feed has 5x the gradient norm for four minutes (an isolated spike at 06:00 is normal)",
+                "gradient_spikes (3 spikes within 10 minutes)",
             ),
         };
         Incident {

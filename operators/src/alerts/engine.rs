@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use infermon_schemas::Point;
 
+use super::horizon::{EventCount, Horizon};
 use super::notification::{AlertStatus, Notification, fingerprint};
-use super::rule::{NoData, RuleConfig, Verdict};
+use super::rule::{BaselineConfig, NoData, RuleConfig, Verdict};
 
 /// Where one series of one rule stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +101,10 @@ pub struct AlertEngine {
     flapping: Flapping,
     series: HashMap<(usize, Vec<(String, String)>), Series>,
     baselines: HashMap<(usize, Vec<String>), Baseline>,
+    /// Count fields over the horizon of rules with a test, per series.
+    horizons: HashMap<(usize, Vec<(String, String)>), Horizon>,
+    /// Recent event times of rules with an event rate, per series.
+    event_counts: HashMap<(usize, Vec<(String, String)>), EventCount>,
     /// Points skipped because their series had already seen that time.
     replayed: u64,
     /// Series state from an earlier run, by fingerprint, taken up when the
@@ -118,6 +123,8 @@ impl AlertEngine {
             flapping,
             series: HashMap::new(),
             baselines: HashMap::new(),
+            horizons: HashMap::new(),
+            event_counts: HashMap::new(),
             replayed: 0,
             restored: HashMap::new(),
             window_ms: None,
@@ -200,25 +207,59 @@ impl AlertEngine {
                 if !rule.matches(p) {
                     continue;
                 }
-                let Some(value) = rule.value(p) else { continue };
+                // The series key: the point's tags, sorted by name.
+                let tags: Vec<(String, String)> = p
+                    .tags
+                    .iter()
+                    .cloned()
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect();
+                // Rules with a test judge the horizon's counts (every
+                // window's, also one whose own value is undefined, such as
+                // calibration without a click).
+                let mut significant = true;
+                let value = match &rule.test {
+                    Some(test) => {
+                        let horizon = self.horizons.entry((idx, tags.clone())).or_default();
+                        let Some((v, pvalue)) = horizon.judge(test, p, now) else {
+                            continue;
+                        };
+                        significant = pvalue < test.max_pvalue();
+                        v
+                    }
+                    None => match rule.value(p) {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                };
                 let median = rule.baseline.as_ref().and_then(|b| {
-                    let key = baseline_key(idx, &b.by, p);
+                    let key = baseline_key(idx, b, p);
                     self.baselines
                         .entry(key)
                         .or_default()
                         .median(now, b.over, b.min_values)
                 });
-                let verdict = rule.judge(p, value, median);
+                let mut verdict = rule.judge(p, value, median);
+                if let Some(rate) = rule.rate {
+                    let count = self.event_counts.entry((idx, tags.clone())).or_default();
+                    significant &= count.add(now, rate.over) >= rate.min;
+                }
+                if !significant {
+                    verdict.firing = false;
+                    if rule.resolve_threshold.is_none() {
+                        verdict.resolved = true;
+                    }
+                }
                 if let Some(b) = &rule.baseline
                     && !verdict.firing
                 {
                     // Firing values stay out of the baseline they are judged by.
-                    let key = baseline_key(idx, &b.by, p);
+                    let key = baseline_key(idx, b, p);
                     let baseline = self.baselines.entry(key).or_default();
                     baseline.values.push_back((now, value));
                 }
-                let key = (idx, p.tags.iter().cloned().collect::<BTreeMap<_, _>>());
-                let key = (key.0, key.1.into_iter().collect::<Vec<_>>());
+                let key = (idx, tags);
                 let restored = &self.restored;
                 let series = self
                     .series
@@ -352,11 +393,24 @@ fn new_series(
     }
 }
 
-fn baseline_key(idx: usize, by: &[String], p: &Point) -> (usize, Vec<String>) {
-    let values = by
-        .iter()
-        .map(|k| p.tag_value(k).unwrap_or_default().to_string())
-        .collect();
+fn baseline_key(idx: usize, b: &BaselineConfig, p: &Point) -> (usize, Vec<String>) {
+    let values = match &b.except {
+        Some(except) => {
+            let mut tags: Vec<String> = p
+                .tags
+                .iter()
+                .filter(|(k, _)| !except.contains(k))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            tags.sort();
+            tags
+        }
+        None => {
+            b.by.iter()
+                .map(|k| p.tag_value(k).unwrap_or_default().to_string())
+                .collect()
+        }
+    };
     (idx, values)
 }
 

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod grouping;
+pub mod horizon;
 pub mod notification;
 pub mod policy;
 pub mod rule;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 pub use engine::{AlertEngine, Flapping, Restored};
 pub use grouping::{Grouper, GroupingConfig};
+pub use horizon::{CountTest, EventRate};
 pub use notification::{AlertStatus, Notification};
 pub use policy::{Policy, PolicyStats, Silence};
 pub use rule::RuleConfig;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use infermon_schemas::{FieldValue, Point};
 use serde::{Deserialize, Serialize};
 
+use super::horizon::{CountTest, EventRate};
+
 /// How a value is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -85,6 +87,11 @@ pub struct BaselineConfig {
     /// version of a model, so a slow new version is compared with the old.
     #[serde(default = "default_baseline_keys")]
     pub by: Vec<String>,
+    /// Instead of `by`: key the baseline by every tag of the point but
+    /// these, e.g. `["model_version"]`: each segment (`site=mx`) and stage
+    /// then has a baseline of its own, pooled over versions.
+    #[serde(default)]
+    pub except: Option<Vec<String>>,
     /// Values needed before the baseline is trusted.
     #[serde(default = "default_min_values")]
     pub min_values: usize,
@@ -125,7 +132,8 @@ pub struct RuleConfig {
     pub measurement: String,
     /// Field watched; booleans read as 1 / 0.
     pub field: String,
-    /// Tags the point must have, with these values.
+    /// Tags the point must have, with these values; `""` means the tag
+    /// is absent (or empty), `"*"` that it is present.
     #[serde(default, rename = "where")]
     pub filter: BTreeMap<String, String>,
     /// Comparison with the threshold and the baseline.
@@ -157,13 +165,23 @@ pub struct RuleConfig {
     /// one means the condition does not hold.
     #[serde(default)]
     pub events: bool,
+    /// Judge counts over a horizon with a test that knows them (a rate
+    /// against its normal level, a segment against the rest of its model,
+    /// calibration): the judged value is the horizon's, and the condition
+    /// also needs the test's p-value below its `max_pvalue`.
+    #[serde(default)]
+    pub test: Option<CountTest>,
+    /// Event rules: the condition holds while at least `min` events came
+    /// within `over` (one isolated event does not page).
+    #[serde(default)]
+    pub rate: Option<EventRate>,
     /// `critical`, `warning`, `info`.
     pub severity: String,
     /// Extra labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// One-line summary; `{tag}`, `{value}`, `{threshold}`, `{baseline}`
-    /// are replaced.
+    /// and `{segment}` (`site=mx` on a segment series) are replaced.
     pub summary: String,
     /// Longer text, same placeholders.
     #[serde(default)]
@@ -187,10 +205,13 @@ impl RuleConfig {
     /// Whether `p` is one of this rule's points.
     pub fn matches(&self, p: &Point) -> bool {
         p.measurement == self.measurement
-            && self
-                .filter
-                .iter()
-                .all(|(k, v)| p.tag_value(k) == Some(v.as_str()))
+            && self.filter.iter().all(|(k, v)| {
+                let tag = p.tag_value(k).unwrap_or_default();
+                match v.as_str() {
+                    "*" => !tag.is_empty(),
+                    v => tag == v,
+                }
+            })
     }
 
     /// The watched value of `p`.
@@ -246,6 +267,14 @@ impl RuleConfig {
                 "threshold" => out.push_str(&self.threshold.map_or("-".into(), short)),
                 "baseline" => out.push_str(&v.bound.map_or("-".into(), short)),
                 "op" => out.push_str(self.op.as_str()),
+                // A segment series names itself: `site=mx`.
+                "segment" => match labels.get("dimension") {
+                    Some(d) => {
+                        let value = labels.get(d).map_or("", String::as_str);
+                        out.push_str(&format!("{d}={value}"));
+                    }
+                    None => out.push_str("all"),
+                },
                 _ => match labels.get(key) {
                     Some(l) => out.push_str(l),
                     None => {

@@ -12,7 +12,7 @@ use crate::generate::{write_bundled, write_recording, write_requests};
 #[derive(clap::Args)]
 pub struct Args {
     /// Scenario: latency-regression, error-burst, input-shift,
-    /// feature-null, gradient-explosion or day.
+    /// feature-null, gradient-explosion, day, realistic-day or quiet-days.
     #[arg(long, default_value = "day")]
     scenario: String,
     /// Output file (.zst to compress).

@@ -2,7 +2,8 @@
 //! and `quiet-days`, see its README): every incident of the day alerts
 //! within its budget and nothing else fires, cycle, promotion and evenings
 //! included; three quiet days fire nothing. The counting tests behind the
-//! rules are checked against scipy.
+//! rules and the drift's Benjamini–Hochberg adjustment are checked against
+//! scipy.
 
 use std::path::Path;
 
@@ -204,18 +205,21 @@ for k1, n1, k2, n2 in q["two_proportion"]:
     p = (k1 + k2) / (n1 + n2)
     z = (k1 / n1 - k2 / n2) / (p * (1 - p) * (1 / n1 + 1 / n2)) ** 0.5
     out["two_proportion"].append([z, stats.norm.sf(z)])
+out["bh"] = list(stats.false_discovery_control(q["bh"], method="bh"))
 for o, e, v in q["calibration"]:
     z = (o - e) / v ** 0.5
     out["calibration"].append([z, 2 * stats.norm.sf(abs(z))])
 print(json.dumps(out))
 "#;
-    let query =
-        json!({"binomial": binomial, "two_proportion": proportions, "calibration": calibration});
+    let bh = [1e-12, 0.03, 2e-5, 0.5, 1e-4, 0.04, 0.9, 3e-5];
+    let query = json!({"binomial": binomial, "two_proportion": proportions,
+                       "calibration": calibration, "bh": bh});
     let python = required_env("INFERMON_TEST_PYTHON");
     let mut child = std::process::Command::new(python)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write as _;
@@ -226,7 +230,11 @@ print(json.dumps(out))
         .write_all(query.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "scipy reference failed");
+    assert!(
+        out.status.success(),
+        "scipy reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want: Value = serde_json::from_slice(&out.stdout).unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-300) + 1e-15;
     for ((k, n, p), w) in binomial.iter().zip(want["binomial"].as_array().unwrap()) {
@@ -245,6 +253,11 @@ print(json.dumps(out))
         assert!(close(z, w[0].as_f64().unwrap()), "z {z} vs {w}");
         let p = 1.0 - normal_cdf(z);
         assert!((p - w[1].as_f64().unwrap()).abs() < 1e-12, "p {p} vs {w}");
+    }
+    let adjusted = infermon_operators::drift::benjamini_hochberg(&bh);
+    for (got, w) in adjusted.iter().zip(want["bh"].as_array().unwrap()) {
+        let w = w.as_f64().unwrap();
+        assert!(close(*got, w), "BH {adjusted:?} vs scipy {}", want["bh"]);
     }
     for ((o, e, v), w) in calibration
         .iter()

@@ -339,6 +339,37 @@ pub struct FeatureDrift {
     pub n_cur: u64,
     /// `None` when not judged (no reference, or fewer than `min_samples`).
     pub drifted: Option<bool>,
+    /// The KS or chi-square p-value adjusted for the number of features
+    /// judged in the window (Benjamini–Hochberg); `drifted` needs it below
+    /// `max_pvalue`.
+    pub pvalue_adjusted: Option<f64>,
+    /// The effect size passed its threshold (PSI, Wasserstein or JS).
+    pub effect: bool,
+    /// The null or invalid rate jumped (drifted whatever the p-value).
+    pub rate_jump: bool,
+}
+
+impl FeatureDrift {
+    /// The test's p-value, KS (numeric) or chi-square (categorical).
+    pub fn pvalue(&self) -> Option<f64> {
+        self.ks_pvalue.or(self.chi2_pvalue)
+    }
+}
+
+/// Benjamini–Hochberg adjusted p-values (the step-up q-values of
+/// Benjamini & Hochberg 1995): `q₍ᵢ₎ = min_{j≥i} p₍ⱼ₎·m/j`, capped at 1,
+/// in the order of `pvalues`.
+pub fn benjamini_hochberg(pvalues: &[f64]) -> Vec<f64> {
+    let m = pvalues.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| pvalues[a].total_cmp(&pvalues[b]));
+    let mut q = vec![1.0; m];
+    let mut running = 1.0f64;
+    for (rank, &i) in order.iter().enumerate().rev() {
+        running = running.min(pvalues[i] * m as f64 / (rank + 1) as f64);
+        q[i] = running.min(1.0);
+    }
+    q
 }
 
 impl FeatureDrift {
@@ -356,6 +387,7 @@ impl FeatureDrift {
         float("js", self.js);
         float("wasserstein", self.wasserstein);
         float("chi2_pvalue", self.chi2_pvalue);
+        float("pvalue_adjusted", self.pvalue_adjusted);
         float("null_rate", Some(self.null_rate));
         float("invalid_rate", Some(self.invalid_rate));
         out.push(("n_ref".into(), FieldValue::Int(self.n_ref as i64)));
@@ -444,6 +476,7 @@ fn compare(
             let effect = d.psi.is_some_and(|v| v >= t.psi)
                 || d.wasserstein.is_some_and(|v| v >= t.wasserstein)
                 || d.js.is_some_and(|v| v >= t.js);
+            d.effect = effect;
             distribution_drift = effect && d.ks_pvalue.is_some_and(|p| p < t.max_pvalue);
         }
         (FeatureProfile::Categorical(p), FeatureCounts::Categorical { counts, .. })
@@ -454,15 +487,16 @@ fn compare(
             d.psi = Some(psi(&r, &c));
             d.js = Some(js_distance(&r, &c));
             d.chi2_pvalue = chi2_homogeneity(&r, &c).map(|x| x.pvalue);
-            distribution_drift =
-                d.js.is_some_and(|v| v >= t.js) && d.chi2_pvalue.is_some_and(|p| p < t.max_pvalue);
+            d.effect = d.js.is_some_and(|v| v >= t.js);
+            distribution_drift = d.effect && d.chi2_pvalue.is_some_and(|p| p < t.max_pvalue);
         }
         _ => {}
     }
     if rows >= min_samples {
         let null_jump = d.null_rate - reference.null_rate() >= t.null_rate_increase;
         let invalid_jump = d.invalid_rate - reference.invalid_rate() >= t.invalid_rate_increase;
-        d.drifted = Some(distribution_drift || null_jump || invalid_jump);
+        d.rate_jump = null_jump || invalid_jump;
+        d.drifted = Some(distribution_drift || d.rate_jump);
     }
     d
 }
@@ -692,7 +726,7 @@ impl DriftOperator {
         names.sort();
         names.dedup();
         let absent = FeatureWindow::new("", None);
-        names
+        let mut judged: Vec<(&String, FeatureDrift)> = names
             .into_iter()
             .map(|name| {
                 let f = window
@@ -712,6 +746,28 @@ impl DriftOperator {
                     self.config.min_samples,
                     &self.config.thresholds(name),
                 );
+                (name, d)
+            })
+            .collect();
+        // A window tests every feature at once: the p-values are adjusted
+        // for how many (Benjamini–Hochberg), so chance alone does not flag
+        // one feature of twenty.
+        let tested: Vec<usize> = (0..judged.len())
+            .filter(|&i| judged[i].1.drifted.is_some() && judged[i].1.pvalue().is_some())
+            .collect();
+        let raw: Vec<f64> = tested
+            .iter()
+            .map(|&i| judged[i].1.pvalue().unwrap_or(1.0))
+            .collect();
+        for (&i, q) in tested.iter().zip(benjamini_hochberg(&raw)) {
+            let (name, d) = &mut judged[i];
+            let t = self.config.thresholds(name);
+            d.pvalue_adjusted = Some(q);
+            d.drifted = Some((d.effect && q < t.max_pvalue) || d.rate_jump);
+        }
+        judged
+            .into_iter()
+            .map(|(name, d)| {
                 let mut p = series.point("drift", end_ms).tag("feature", name);
                 p.fields = d.fields();
                 p

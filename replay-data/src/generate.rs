@@ -448,18 +448,7 @@ pub(crate) fn tabular(
         .collect();
     let category = pick(rng, if shifted { &shifted_mix } else { &CATEGORIES });
     let device = pick(rng, &[("app", 0.55), ("mobile", 0.35), ("desktop", 0.10)]);
-    let cat_effect = match category {
-        "electronics" => 0.25,
-        "fashion" => 0.1,
-        "books" => -0.2,
-        _ => 0.0,
-    };
-    let z = -3.2 - 0.3 * (price / 40.0).ln()
-        + 9.0 * (user_ctr - 0.032)
-        + 0.12 * (popularity / 200.0).ln()
-        + cat_effect
-        + Normal::new(0.0, 0.3).expect("valid").sample(rng);
-    let score = 1.0 / (1.0 + (-z).exp());
+    let score = click_probability(rng, price, user_ctr, popularity, category);
     let null_ctr = rng.random::<f64>() < if nulls { 0.4 } else { 0.005 };
     let features = BTreeMap::from([
         ("price".into(), Feature::Number(round(price, 2))),
@@ -479,6 +468,29 @@ pub(crate) fn tabular(
         ("device".into(), Feature::Category(device.into())),
     ]);
     (features, score)
+}
+
+/// The click probability the tabular models' calibrated logistic model
+/// gives these features (its noise term drawn from `rng`).
+pub(crate) fn click_probability(
+    rng: &mut ChaCha8Rng,
+    price: f64,
+    user_ctr: f64,
+    popularity: f64,
+    category: &str,
+) -> f64 {
+    let effect = match category {
+        "electronics" => 0.25,
+        "fashion" => 0.1,
+        "books" => -0.2,
+        _ => 0.0,
+    };
+    let z = -3.2 - 0.3 * (price / 40.0).ln()
+        + 9.0 * (user_ctr - 0.032)
+        + 0.12 * (popularity / 200.0).ln()
+        + effect
+        + Normal::new(0.0, 0.3).expect("valid").sample(rng);
+    1.0 / (1.0 + (-z).exp())
 }
 
 /// Clicks arrive seconds to minutes after the impression; the model is

@@ -8,7 +8,7 @@
 //! of the same traffic with none.
 //!
 //! Models (mean rates over a day; the cycle goes 0.33x..1.67x):
-//! - `search-ranker` v21, 6 req/s, sites us/de/mx, surfaces
+//! - `search-ranker` v21, 10 req/s, sites us/de/mx (50/30/20 %), surfaces
 //!   search/browse/email (email is 6 %);
 //! - `home-feed` v5 (v6 from noon in `realistic-day`), 4 req/s, surface feed;
 //! - `catalog-ranker` v3, 3 req/s, surface browse;
@@ -26,7 +26,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, Exp, LogNormal, Normal, Pareto, Poisson};
 
-use crate::generate::{GenerateOptions, GenerateStats, Outbox, line, pick, round};
+use crate::generate::{
+    GenerateOptions, GenerateStats, Outbox, click_probability, line, pick, round,
+};
 use crate::scenario::IncidentKind;
 
 const HOUR: i64 = 3_600_000;
@@ -43,7 +45,7 @@ struct Model {
 const SEARCH: Model = Model {
     name: "search-ranker",
     version: "21",
-    rps: 6.0,
+    rps: 10.0,
     inference_ms: 3.0,
     surfaces: &[("search", 0.70), ("browse", 0.24), ("email", 0.06)],
     labelled: true,
@@ -73,7 +75,7 @@ const SIZE: Model = Model {
     labelled: false,
 };
 const MODELS: [&Model; 4] = [&SEARCH, &FEED, &CATALOG, &SIZE];
-const SITES: [(&str, f64); 3] = [("us", 0.55), ("de", 0.30), ("mx", 0.15)];
+const SITES: [(&str, f64); 3] = [("us", 0.50), ("de", 0.30), ("mx", 0.20)];
 const RUN: &str = "online-ft-home-feed";
 
 /// Incident times of `realistic-day`, as (kind, start hour, end hour) of
@@ -294,17 +296,7 @@ fn features(
     let popularity = LogNormal::new(200f64.ln(), 1.2).expect("valid").sample(rng);
     let category = pick(rng, mix);
     let device = pick(rng, &[("app", 0.55), ("mobile", 0.35), ("desktop", 0.10)]);
-    let effect = match category {
-        "electronics" => 0.25,
-        "fashion" => 0.1,
-        "books" => -0.2,
-        _ => 0.0,
-    };
-    let z = -3.2 - 0.3 * (price / 40.0).ln()
-        + 9.0 * (user_ctr - 0.032)
-        + 0.12 * (popularity / 200.0).ln()
-        + effect
-        + Normal::new(0.0, 0.3).expect("valid").sample(rng);
+    let score = click_probability(rng, price, user_ctr, popularity, category);
     let features = BTreeMap::from([
         ("price".into(), Feature::Number(round(price, 2))),
         ("user_ctr_7d".into(), Feature::Number(round(user_ctr, 4))),
@@ -315,7 +307,7 @@ fn features(
         ("category".into(), Feature::Category(category.into())),
         ("device".into(), Feature::Category(device.into())),
     ]);
-    (features, 1.0 / (1.0 + (-z).exp()))
+    (features, score)
 }
 
 /// A label minutes after the impression (median 2 min, at most 8): a

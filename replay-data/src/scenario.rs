@@ -178,7 +178,7 @@ impl IncidentKind {
                 "one site slow",
                 "search-ranker",
                 "21",
-                "search-ranker requests from site=mx (15 % of its traffic) take 4x as long; the version's p99 barely moves",
+                "search-ranker requests from site=mx (20 % of its traffic) take 4x as long",
                 "latency_p99_regression on the segment series dimension=site,site=mx",
             ),
             IncidentKind::Miscalibration => (

@@ -251,7 +251,7 @@ print(json.dumps(out))
     {
         let z = two_proportion_z(*k1, *n1, *k2, *n2).unwrap();
         assert!(close(z, w[0].as_f64().unwrap()), "z {z} vs {w}");
-        let p = 1.0 - normal_cdf(z);
+        let p = normal_cdf(-z);
         assert!((p - w[1].as_f64().unwrap()).abs() < 1e-12, "p {p} vs {w}");
     }
     let adjusted = infermon_operators::drift::benjamini_hochberg(&bh);

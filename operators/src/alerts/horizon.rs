@@ -125,7 +125,8 @@ impl CountTest {
             CountTest::TwoProportion { .. } => {
                 let (k1, n1, k2, n2) = (sums[0], sums[1], sums[2], sums[3]);
                 let z = two_proportion_z(k1, n1, k2, n2)?;
-                Some((k1 / n1, 1.0 - normal_cdf(z)))
+                // The upper tail as Φ(−z): no cancellation for large z.
+                Some((k1 / n1, normal_cdf(-z)))
             }
             CountTest::Calibration { .. } => {
                 let (o, e, v) = (sums[0], sums[1], sums[2]);

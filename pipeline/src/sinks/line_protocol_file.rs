@@ -4,19 +4,13 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-
 use std::time::Duration;
-
-use infermon_schemas::Point;
 
 use super::Sink;
 
-/// Appends points to a file, one line each.
+/// Appends line protocol to a file ([`super::Sinks`] encodes it).
 pub struct LineProtocolFile {
     out: BufWriter<Box<dyn Write + Send>>,
-    buf: String,
-    /// Points written so far.
-    pub points: u64,
     /// The watermark of the last push, flushed (the file's acknowledgement).
     acked: i64,
     /// The path, as logs and the replay's summary name the sink.
@@ -37,27 +31,9 @@ impl LineProtocolFile {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         Self {
             out: BufWriter::with_capacity(1 << 16, out),
-            buf: String::with_capacity(1 << 12),
-            points: 0,
             acked: i64::MIN,
             name: "file".into(),
         }
-    }
-
-    /// Write a window's points.
-    pub fn write(&mut self, points: &[Point]) -> io::Result<()> {
-        self.buf.clear();
-        for p in points {
-            if p.write_line_protocol(&mut self.buf) {
-                self.points += 1;
-            }
-        }
-        self.out.write_all(self.buf.as_bytes())
-    }
-
-    /// Flush to disk.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 

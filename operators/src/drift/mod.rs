@@ -400,7 +400,10 @@ impl FeatureDrift {
     }
 }
 
-/// Compare one feature's window counts with its reference.
+/// Compare one feature's window counts with its reference: the statistics,
+/// whether the effect size is large, and whether a rate jumped. The
+/// verdict on the distribution needs the window's other features (their
+/// p-values are adjusted together), so `drifted` holds only the rate jump.
 fn compare(
     reference: Option<&FeatureProfile>,
     window: &FeatureWindow,
@@ -425,7 +428,6 @@ fn compare(
         return d;
     };
     d.n_ref = reference.present();
-    let mut distribution_drift = false;
     match (reference, &window.counts) {
         (
             FeatureProfile::Numeric(p),
@@ -473,11 +475,9 @@ fn compare(
                 let ccdf = LinearCdf::from_bins(&p.edges, &c, clo, chi);
                 d.wasserstein = Some(rcdf.l1_distance(&ccdf) / p.std);
             }
-            let effect = d.psi.is_some_and(|v| v >= t.psi)
+            d.effect = d.psi.is_some_and(|v| v >= t.psi)
                 || d.wasserstein.is_some_and(|v| v >= t.wasserstein)
                 || d.js.is_some_and(|v| v >= t.js);
-            d.effect = effect;
-            distribution_drift = effect && d.ks_pvalue.is_some_and(|p| p < t.max_pvalue);
         }
         (FeatureProfile::Categorical(p), FeatureCounts::Categorical { counts, .. })
             if window.present > 0 && d.n_ref > 0 =>
@@ -488,7 +488,6 @@ fn compare(
             d.js = Some(js_distance(&r, &c));
             d.chi2_pvalue = chi2_homogeneity(&r, &c).map(|x| x.pvalue);
             d.effect = d.js.is_some_and(|v| v >= t.js);
-            distribution_drift = d.effect && d.chi2_pvalue.is_some_and(|p| p < t.max_pvalue);
         }
         _ => {}
     }
@@ -496,7 +495,9 @@ fn compare(
         let null_jump = d.null_rate - reference.null_rate() >= t.null_rate_increase;
         let invalid_jump = d.invalid_rate - reference.invalid_rate() >= t.invalid_rate_increase;
         d.rate_jump = null_jump || invalid_jump;
-        d.drifted = Some(distribution_drift || d.rate_jump);
+        // Judged; whether the distribution moved waits for the p-values
+        // of every feature of the window (see `DriftOperator::points`).
+        d.drifted = Some(d.rate_jump);
     }
     d
 }
@@ -752,6 +753,7 @@ impl DriftOperator {
         // A window tests every feature at once: the p-values are adjusted
         // for how many (Benjamini–Hochberg), so chance alone does not flag
         // one feature of twenty.
+        // drifted = (effect and adjusted p below the threshold) or a rate jump.
         let tested: Vec<usize> = (0..judged.len())
             .filter(|&i| judged[i].1.drifted.is_some() && judged[i].1.pvalue().is_some())
             .collect();

@@ -49,11 +49,8 @@ pub fn replay_to_kafka(
     t: &TopicNames,
     opts: &ToKafkaOptions,
 ) -> anyhow::Result<ToKafkaReport> {
-    let mut producer = kafka.idempotent_producer_config()?;
-    if producer.get("message.timeout.ms").is_none() {
-        producer.set("message.timeout.ms", "60000");
-    }
-    let producer: ThreadedProducer<DeliveryCounter> = producer
+    let producer: ThreadedProducer<DeliveryCounter> = kafka
+        .idempotent_producer_config(&[("message.timeout.ms", "60000")])?
         .create_with_context(DeliveryCounter::default())
         .context("creating the Kafka producer")?;
     // Recorded `topic` values → (topic to produce to, key field).

@@ -154,7 +154,7 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
                 brokers: brokers.clone(),
                 ..KafkaConfig::default()
             }
-            .idempotent_producer_config()?
+            .idempotent_producer_config(&[])?
             .create_with_context(DeliveryCounter::default())?,
             topic.clone(),
         )),

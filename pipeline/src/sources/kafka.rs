@@ -118,16 +118,21 @@ impl KafkaConfig {
     }
 
     /// An idempotent, zstd-compressed producer for event streams (worker
-    /// predictions, `replay --to-kafka`).
+    /// predictions, `replay --to-kafka`), with `defaults` for its role.
     ///
     /// # Errors
     /// As [`Self::consumer_config`].
-    pub fn idempotent_producer_config(&self) -> anyhow::Result<ClientConfig> {
-        self.producer_with(&[
+    pub fn idempotent_producer_config(
+        &self,
+        defaults: &[(&str, &str)],
+    ) -> anyhow::Result<ClientConfig> {
+        let mut role = vec![
             ("enable.idempotence", "true"),
             ("compression.type", "zstd"),
             ("linger.ms", "5"),
-        ])
+        ];
+        role.extend_from_slice(defaults);
+        self.producer_with(&role)
     }
 
     fn producer_with(&self, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {

@@ -70,7 +70,7 @@ pub fn run(
         .create()?;
     consumer.subscribe(&[&topics.requests])?;
     let producer: ThreadedProducer<DeliveryCounter> = kafka
-        .idempotent_producer_config()?
+        .idempotent_producer_config(&[])?
         .create_with_context(DeliveryCounter::default())?;
     let mut dlq = Dlq::new(kafka, &topics.dlq)?;
     // Its own producer: a refused command must not count as a lost prediction.

@@ -268,6 +268,8 @@ pub struct WindowEngine {
     /// Per segment key: the values that have a series of their own.
     segment_values: Vec<HashSet<String>>,
     max_segment_values: usize,
+    /// Per (version series, segment key): each admitted value's series.
+    dimension_ids: HashMap<(u32, usize), HashMap<String, u32>>,
     /// Scratch: the segment series of the current row.
     row_dims: Vec<u32>,
     columns: Columns,
@@ -303,6 +305,7 @@ impl WindowEngine {
             segment_keys: config.segment_keys.clone(),
             segment_values: vec![HashSet::new(); config.segment_keys.len()],
             max_segment_values: config.max_segment_values,
+            dimension_ids: HashMap::new(),
             row_dims: Vec::new(),
             columns: Columns::new(&schema, &config.segment_keys)?,
             watermarks: WatermarkTracker::new(
@@ -537,7 +540,7 @@ impl WindowEngine {
                 watermark = self.watermarks.with_input_at(others, max_ts);
             }
             let id = self.series_id(model.value(row), version.value(row), None);
-            self.segment_series(model.value(row), version.value(row), &segments, row);
+            self.segment_series(id, &segments, row);
             self.stats[id as usize].events += 1;
             if self.drift.is_some() {
                 rows_by_series.entry(id).or_default().push(row as u32);
@@ -661,32 +664,42 @@ impl WindowEngine {
         id
     }
 
-    /// The segment series of one row into `row_dims`: one per configured
-    /// key with a value, the first `max_segment_values` values of a key
-    /// having series of their own and the rest sharing [`OTHER_SEGMENT`].
-    fn segment_series(
-        &mut self,
-        model: &str,
-        version: &str,
-        segments: &[&StringArray],
-        row: usize,
-    ) {
+    /// The segment series of one row (whose version series is `whole`)
+    /// into `row_dims`: one per configured key with a value, the first
+    /// `max_segment_values` values of a key having series of their own and
+    /// the rest sharing [`OTHER_SEGMENT`]. Known values cost two small
+    /// lookups, no string built.
+    fn segment_series(&mut self, whole: u32, segments: &[&StringArray], row: usize) {
         self.row_dims.clear();
         for (k, s) in segments.iter().enumerate() {
             if !s.is_valid(row) || s.value(row).is_empty() {
                 continue;
             }
             let value = s.value(row);
-            let known = &mut self.segment_values[k];
-            let value = if known.contains(value) {
-                value
-            } else if known.len() < self.max_segment_values {
-                known.insert(value.to_string());
-                value
+            let known = self
+                .dimension_ids
+                .get(&(whole, k))
+                .and_then(|m| m.get(value));
+            if let Some(&id) = known {
+                self.row_dims.push(id);
+                continue;
+            }
+            let values = &mut self.segment_values[k];
+            let admitted = values.contains(value)
+                || (values.len() < self.max_segment_values && values.insert(value.to_string()));
+            let key = &self.series[whole as usize];
+            let (model, version) = (key.model.clone(), key.model_version.clone());
+            let id = if admitted {
+                let id = self.series_id(&model, &version, Some((k, value)));
+                self.dimension_ids
+                    .entry((whole, k))
+                    .or_default()
+                    .insert(value.to_string(), id);
+                id
             } else {
-                OTHER_SEGMENT
+                // Not remembered per value: their number is unbounded.
+                self.series_id(&model, &version, Some((k, OTHER_SEGMENT)))
             };
-            let id = self.series_id(model, version, Some((k, value)));
             self.row_dims.push(id);
         }
     }

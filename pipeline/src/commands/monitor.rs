@@ -252,7 +252,9 @@ impl<'c> Monitor<'c> {
     }
 
     /// A decoded batch into the current window state (dropped when it was
-    /// read before a rebalance).
+    /// read before a rebalance): rejected messages to the DLQ, offsets
+    /// pinned until their windows are written, events to the engine
+    /// (gradient anomalies out at once).
     fn apply(&mut self, decoded: DecodedBatch, now: i64) -> anyhow::Result<()> {
         for (topic, n) in &decoded.consumed {
             let l: Labels = vec![("topic".into(), topic.clone())];
@@ -265,14 +267,38 @@ impl<'c> Monitor<'c> {
         else {
             return Ok(()); // read before a rebalance
         };
-        apply(
-            decoded,
-            a,
-            &self.dlq,
-            &self.metrics,
-            now,
-            &mut self.anomaly_points,
-        )
+        for r in &decoded.rejected {
+            self.dlq.send(&r.raw, &r.reason)?;
+            let l: Labels = vec![
+                ("topic".into(), r.raw.topic.clone()),
+                ("reason".into(), r.code.to_string()),
+            ];
+            self.metrics.dlq.get_or_create(&l).inc();
+            tracing::debug!(topic = %r.raw.topic, partition = r.raw.partition, offset = r.raw.offset, reason = %r.reason, "to the DLQ");
+        }
+        let mut feedback = Vec::new();
+        for (tp, part) in decoded.partitions {
+            let Some(&input) = a.inputs.get(&tp) else {
+                continue; // not (or no longer) ours
+            };
+            let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
+            // Wholly written by an earlier owner: nothing to keep it for.
+            let (events, reads) = (part.events, part.reads.into_iter());
+            a.tracker
+                .read_all(&tp, reads.map(|(o, r)| (o, r.filter(|&r| r > floor))));
+            if events.predictions.num_rows() > 0 {
+                a.engine.push_predictions(input, &events.predictions, now)?;
+            }
+            feedback.extend(events.feedback);
+            for anomaly in a.engine.push_training(input, &events.training, now) {
+                self.anomaly_points.push(anomaly.point());
+            }
+            if let Some((_, ts)) = events.ts_range {
+                a.engine.observe(input, ts, now);
+            }
+        }
+        a.engine.push_feedback(&feedback);
+        Ok(())
     }
 
     /// Windows the watermark has passed, in order, through the topology to
@@ -362,7 +388,7 @@ impl<'c> Monitor<'c> {
             return Ok(());
         };
         let m = &self.metrics;
-        commit(
+        commit_offsets(
             &self.consumer,
             a,
             &self.sinks,
@@ -474,53 +500,9 @@ fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) 
         .collect()
 }
 
-/// A decoded batch into the window state: DLQ for the rejected, offsets
-/// pinned, events to the engine (anomalies out at once).
-fn apply(
-    decoded: DecodedBatch,
-    a: &mut Assigned,
-    dlq: &Dlq,
-    metrics: &MonitorMetrics,
-    now: i64,
-    anomaly_points: &mut Vec<Point>,
-) -> anyhow::Result<()> {
-    for r in &decoded.rejected {
-        dlq.send(&r.raw, &r.reason)?;
-        let l: Labels = vec![
-            ("topic".into(), r.raw.topic.clone()),
-            ("reason".into(), r.code.to_string()),
-        ];
-        metrics.dlq.get_or_create(&l).inc();
-        tracing::debug!(topic = %r.raw.topic, partition = r.raw.partition, offset = r.raw.offset, reason = %r.reason, "to the DLQ");
-    }
-    let mut feedback = Vec::new();
-    for (tp, part) in decoded.partitions {
-        let Some(&input) = a.inputs.get(&tp) else {
-            continue; // not (or no longer) ours
-        };
-        let floor = a.floors.get(&tp).copied().unwrap_or(i64::MIN);
-        // Wholly written by an earlier owner: nothing to keep it for.
-        let (events, reads) = (part.events, part.reads.into_iter());
-        a.tracker
-            .read_all(&tp, reads.map(|(o, r)| (o, r.filter(|&r| r > floor))));
-        if events.predictions.num_rows() > 0 {
-            a.engine.push_predictions(input, &events.predictions, now)?;
-        }
-        feedback.extend(events.feedback);
-        for anomaly in a.engine.push_training(input, &events.training, now) {
-            anomaly_points.push(anomaly.point());
-        }
-        if let Some((_, ts)) = events.ts_range {
-            a.engine.observe(input, ts, now);
-        }
-    }
-    a.engine.push_feedback(&feedback);
-    Ok(())
-}
-
 /// Commit, per partition, the lowest offset still needed by a result no
 /// sink has acknowledged; the metadata carries the acknowledged watermark.
-fn commit(
+fn commit_offsets(
     consumer: &MonitorConsumer,
     a: &mut Assigned,
     sinks: &Sinks,

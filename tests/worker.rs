@@ -669,6 +669,17 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         wait_for_log(log, "model version rolled back", 1);
     }
     let after = phase("c", 300, &mut commands);
+    // The command was produced before phase c, but the consumer may hand
+    // over all of c's predictions first: read on until it shows up.
+    let until = Instant::now() + Duration::from_secs(20);
+    while commands.is_empty() && Instant::now() < until {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            if m.topic() == names[3] {
+                commands.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            }
+        }
+    }
     assert_eq!(
         versions(&after),
         ["1".to_string()].into(),

@@ -112,7 +112,7 @@ fn exact_statistics_match_scipy_and_sklearn() {
     }
     for (i, (s, y)) in labelled.iter().enumerate() {
         let mut pairs: Vec<(f64, u8)> = s.iter().copied().zip(y.iter().copied()).collect();
-        let q = Quality::of(&mut pairs).unwrap();
+        let q = Quality::of(&mut pairs, 0.5).unwrap();
         let r = &reference["quality"][i];
         close(q.auc.unwrap(), r["auc"].as_f64().unwrap(), 1e-9, "auc");
         close(q.logloss, r["logloss"].as_f64().unwrap(), 1e-9, "logloss");

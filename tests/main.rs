@@ -15,6 +15,7 @@ mod kafka_replay;
 mod latency_reference;
 mod live_recording;
 mod one_topology;
+mod ranking_quality;
 mod replay_offline;
 mod support;
 mod trustworthy_alerts;

@@ -46,6 +46,7 @@ pub fn error_event(
     arrived: Instant,
 ) -> PredictionEvent {
     PredictionEvent {
+        ranking: None,
         request_id: req.request_id.clone(),
         ts: req.ts,
         model: req.model.clone(),
@@ -115,6 +116,7 @@ pub fn score(
                 score: Some(score),
                 features: req.features,
                 segment: req.segment,
+                ranking: None,
             },
             Err(why) => {
                 let mut e = error_event(&req, scorer.version(), worker, &why, arrived);

@@ -12,13 +12,14 @@ use arrow::compute::{take, take_record_batch};
 use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
-use infermon_schemas::batch::{STAGES, segment_column, stage_column};
+use infermon_schemas::batch::{ITEM_ID, LIST_ID, POSITION, STAGES, segment_column, stage_column};
 use infermon_schemas::{FeedbackEvent, FieldValue, Point, TrainingEvent, prediction_schema};
 
+use crate::canary::{CanaryConfig, CanaryJudge, Labelled, Served};
 use crate::drift::{DriftOperator, DriftWindow};
 use crate::gradients::{GradientAnomaly, GradientMonitor, GradientWindow};
 use crate::latency::LatencyAccumulator;
-use crate::quality::LabelJoin;
+use crate::quality::{Judged, LabelJoin, Scored};
 use crate::throughput::ThroughputAccumulator;
 use crate::watermark::{InputId, WatermarkTracker};
 use crate::window::{WindowConfig, WindowConfigError, WindowSpec};
@@ -229,6 +230,9 @@ struct Columns {
     model_version: usize,
     status: usize,
     batch_size: usize,
+    list_id: usize,
+    item_id: usize,
+    position: usize,
     stages: [usize; 5],
     segments: Vec<usize>,
 }
@@ -252,6 +256,9 @@ impl Columns {
             model_version: idx("model_version")?,
             status: idx("status")?,
             batch_size: idx("batch_size")?,
+            list_id: idx(LIST_ID)?,
+            item_id: idx(ITEM_ID)?,
+            position: idx(POSITION)?,
             stages,
             segments: segment_keys
                 .iter()
@@ -286,6 +293,8 @@ pub struct WindowEngine {
     drift: Option<DriftOperator>,
     gradients: Option<GradientMonitor>,
     labels: Option<LabelJoin>,
+    /// Canary against stable, when on.
+    canary: Option<CanaryJudge>,
     /// Late events of other topics (training steps whose window closed).
     late_other: u64,
     /// Points waiting for the next closed window (quality results).
@@ -323,6 +332,7 @@ impl WindowEngine {
             drift: None,
             gradients: None,
             labels: None,
+            canary: None,
             late_other: 0,
             extra_pending: Vec::new(),
             floors: Vec::new(),
@@ -340,6 +350,13 @@ impl WindowEngine {
         self.drift = drift;
         self.gradients = gradients;
         self.labels = labels;
+        self
+    }
+
+    /// Also compare each model's versions serving in the same window
+    /// (`comparison` points).
+    pub fn with_canary(mut self, canary: CanaryConfig) -> Self {
+        self.canary = canary.enabled.then(|| CanaryJudge::new(canary));
         self
     }
 
@@ -416,7 +433,7 @@ impl WindowEngine {
     pub fn push_feedback(&mut self, events: &[FeedbackEvent]) {
         if let Some(labels) = self.labels.as_mut() {
             for e in events {
-                labels.add_label(&e.request_id, e.label, e.ts);
+                labels.add_label(&e.request_id, e.item_id.as_deref(), e.label, e.ts);
             }
         }
     }
@@ -510,6 +527,12 @@ impl WindowEngine {
         let model = string_col(c.model)?;
         let version = string_col(c.model_version)?;
         let request_id = string_col(c.request_id)?;
+        let list_id = string_col(c.list_id)?;
+        let item_id = string_col(c.item_id)?;
+        let position = batch
+            .column(c.position)
+            .as_primitive_opt::<arrow::datatypes::UInt32Type>()
+            .ok_or_else(|| EngineError::Schema("position must be UInt32".into()))?;
         let status = string_col(c.status)?;
         let score = batch
             .column(c.score)
@@ -572,7 +595,14 @@ impl WindowEngine {
                 && score.is_valid(row)
                 && status.value(row) == "ok"
             {
-                labels.add_prediction(request_id.value(row), id, score.value(row), &ends);
+                let ranked = list_id.is_valid(row) && position.is_valid(row);
+                let scored = Scored {
+                    request_id: request_id.value(row),
+                    item_id: item_id.is_valid(row).then(|| item_id.value(row)),
+                    list: ranked.then(|| (list_id.value(row), position.value(row))),
+                    score: score.value(row),
+                };
+                labels.add_prediction(scored, id, &ends);
             }
             if late {
                 self.stats[id as usize].late += 1;
@@ -750,6 +780,9 @@ impl WindowEngine {
             for ((model, run_id), g) in &window.gradients {
                 extra.push(g.point(model, run_id, end));
             }
+            if let Some(canary) = self.canary.as_mut() {
+                extra.extend(compare_serving(canary, &series, end));
+            }
             closed.push(ClosedWindow {
                 start,
                 end,
@@ -760,9 +793,20 @@ impl WindowEngine {
             });
         }
         if let Some(labels) = self.labels.as_mut() {
-            for (end, id, q) in labels.emit(watermark) {
+            let series = &self.series;
+            let judged = labels.emit(watermark, |id| series[id as usize].model.as_str());
+            for j in &judged {
+                let key = &series[j.series as usize];
+                if let Some(q) = &j.quality {
+                    self.extra_pending.push(q.point(key, j.end));
+                }
+                if let Some(r) = &j.ranking {
+                    self.extra_pending.extend(r.points(key, j.end));
+                }
+            }
+            if let Some(canary) = self.canary.as_mut() {
                 self.extra_pending
-                    .push(q.point(&self.series[id as usize], end));
+                    .extend(compare_labels(canary, series, &judged));
             }
         }
         // Late counts ride on the last window closed now; if none closed they
@@ -776,6 +820,55 @@ impl WindowEngine {
         }
         closed
     }
+}
+
+/// `comparison` points of the versions of each model serving in one window
+/// (whole-version series only; `series` is sorted by key, so a model's
+/// versions are neighbours).
+fn compare_serving(
+    canary: &mut CanaryJudge,
+    series: &[(SeriesKey, SeriesState)],
+    end: i64,
+) -> Vec<Point> {
+    let whole: Vec<_> = series.iter().filter(|s| s.0.segments.is_empty()).collect();
+    let mut out = Vec::new();
+    for model in whole.chunk_by(|a, b| a.0.model == b.0.model) {
+        let served: Vec<Served<'_>> = model
+            .iter()
+            .map(|(key, state)| Served {
+                version: &key.model_version,
+                requests: state.throughput.requests() as u64,
+                errors: state.throughput.errors() as u64,
+                latency: state.stages[0].sketch(),
+            })
+            .collect();
+        out.extend(canary.compare_serving(&model[0].0.model, &served, end));
+    }
+    out
+}
+
+/// `comparison` points of the label quality of each model's versions, per
+/// window judged.
+fn compare_labels(canary: &mut CanaryJudge, series: &[SeriesKey], judged: &[Judged]) -> Vec<Point> {
+    let mut groups: BTreeMap<(i64, &str), Vec<Labelled<'_>>> = BTreeMap::new();
+    for j in judged {
+        let key = &series[j.series as usize];
+        if key.segments.is_empty() {
+            groups
+                .entry((j.end, key.model.as_str()))
+                .or_default()
+                .push(Labelled {
+                    version: &key.model_version,
+                    quality: j.quality.as_ref(),
+                    ranking: j.ranking.as_ref(),
+                });
+        }
+    }
+    let mut out = Vec::new();
+    for ((end, model), versions) in groups {
+        out.extend(canary.compare_labels(model, &versions, end));
+    }
+    out
 }
 
 /// The schema the engine expects, re-exported for callers building batches.

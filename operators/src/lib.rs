@@ -12,10 +12,12 @@
 //!
 //! The analytic operators ride on the same windows: [`drift`] (features and
 //! scores against a frozen reference), [`gradients`] (training telemetry
-//! anomalies, judged per step) and [`quality`] (feedback joined to
-//! predictions, emitted once the label wait is over).
+//! anomalies, judged per step), [`quality`] (feedback joined to
+//! predictions, emitted once the label wait is over: pointwise and ranking
+//! quality) and [`canary`] (a model's versions compared in the same window).
 
 pub mod alerts;
+pub mod canary;
 pub mod drift;
 pub mod engine;
 pub mod event_time;
@@ -29,6 +31,7 @@ pub mod topology;
 pub mod watermark;
 pub mod window;
 
+pub use canary::CanaryConfig;
 pub use drift::profile::Profile;
 pub use drift::{
     DriftConfig, DriftOperator, DriftThresholds, FrozenReference, ProfileCollector,

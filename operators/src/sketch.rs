@@ -95,6 +95,40 @@ impl LatencySketch {
         self.sketch.quantile(q).ok().flatten()
     }
 
+    /// How many recorded values are above `x` (ms), at the sketch's bin
+    /// resolution: values in the bin that holds `x` count as at or below
+    /// it whichever side of `x` they were. Two sketches split at the same
+    /// `x` are split at the same bin boundary, so their counts compare.
+    pub fn count_above(&self, x: f64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        // The number of values at or below `x`: the largest rank whose
+        // value is ≤ x, plus one (ranks are 0-based, "lower" convention).
+        let at = |rank: u64| {
+            let q = if n == 1 {
+                0.0
+            } else {
+                rank as f64 / (n - 1) as f64
+            };
+            self.quantile(q).unwrap_or(f64::INFINITY)
+        };
+        if at(0) > x {
+            return n;
+        }
+        let (mut lo, mut hi) = (0, n - 1);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if at(mid) <= x {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        n - (lo + 1)
+    }
+
     /// Serialized form, for DataFusion accumulator state and checkpoints.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.sketch).expect("DDSketch serializes")
@@ -157,6 +191,19 @@ fn check_store(name: &str, store: &serde_json::Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_above_is_exact_away_from_the_bin_of_x() {
+        let mut s = LatencySketch::default();
+        for v in 1..=1000 {
+            s.add(v as f64);
+        }
+        assert_eq!(s.count_above(0.5), 1000);
+        assert_eq!(s.count_above(2000.0), 0);
+        // 1 % bins: the bin of 500 holds at most 500 ± 10.
+        let above = s.count_above(500.0);
+        assert!((490..=510).contains(&above), "{above}");
+    }
 
     #[test]
     fn foreign_state_is_an_error_not_a_panic() {

@@ -48,6 +48,11 @@ impl ThroughputAccumulator {
     pub fn requests(&self) -> i64 {
         self.requests
     }
+
+    /// Failed requests so far.
+    pub fn errors(&self) -> i64 {
+        self.errors
+    }
 }
 
 impl Accumulator for ThroughputAccumulator {

@@ -20,10 +20,11 @@ use infermon_schemas::Point;
 
 use crate::Profile;
 use crate::alerts::{AlertRules, Evaluation, Notification, PolicyStats, Restored};
+use crate::canary::CanaryConfig;
 use crate::drift::{DriftConfig, DriftError, DriftOperator, FrozenReference};
 use crate::engine::{ClosedWindow, EngineError, WindowEngine, engine_schema};
 use crate::gradients::{GradientConfig, GradientMonitor};
-use crate::quality::{LabelJoin, QualityConfig};
+use crate::quality::{LabelJoin, QualityConfig, QualityConfigError};
 use crate::sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
 use crate::window::WindowConfig;
 
@@ -40,10 +41,13 @@ pub enum TopologyError {
     /// Bad `[drift]` settings.
     #[error(transparent)]
     Drift(#[from] DriftError),
+    /// Bad `[quality]` settings.
+    #[error(transparent)]
+    Quality(#[from] QualityConfigError),
 }
 
 /// The config sections the operators read (`[window]`, `[drift]`,
-/// `[gradients]`, `[quality]`, `[[sql_metrics]]`).
+/// `[gradients]`, `[quality]`, `[canary]`, `[[sql_metrics]]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Sections<'a> {
     /// Event-time windows and watermarks.
@@ -53,7 +57,9 @@ pub struct Sections<'a> {
     /// Gradient anomalies in training telemetry.
     pub gradients: GradientConfig,
     /// The feedback join and label quality.
-    pub quality: QualityConfig,
+    pub quality: &'a QualityConfig,
+    /// Canary against stable.
+    pub canary: &'a CanaryConfig,
     /// Custom per-window metrics.
     pub sql_metrics: &'a [SqlMetricConfig],
 }
@@ -84,6 +90,7 @@ pub struct Topology {
     drift: Option<(DriftConfig, BTreeMap<String, Profile>)>,
     gradients: GradientConfig,
     quality: QualityConfig,
+    canary: CanaryConfig,
     sql: SqlMetrics,
     rules: AlertRules,
 }
@@ -101,6 +108,7 @@ impl Topology {
         references: Option<BTreeMap<String, Profile>>,
         rules: AlertRules,
     ) -> Result<Self, TopologyError> {
+        sections.quality.validate()?;
         let window_ms = sections.window.size.as_millis() as i64;
         let sql = SqlMetrics::new(
             sections.sql_metrics,
@@ -112,7 +120,8 @@ impl Topology {
             window: sections.window.clone(),
             drift: references.map(|r| (sections.drift.clone(), r)),
             gradients: sections.gradients,
-            quality: sections.quality,
+            quality: sections.quality.clone(),
+            canary: sections.canary.clone(),
             sql,
             rules,
         };
@@ -137,13 +146,13 @@ impl Topology {
             }
             None => None,
         };
-        Ok(
-            WindowEngine::new(&self.window, !self.sql.is_empty())?.with_operators(
+        Ok(WindowEngine::new(&self.window, !self.sql.is_empty())?
+            .with_operators(
                 drift,
                 Some(GradientMonitor::new(self.gradients)),
-                Some(LabelJoin::new(self.quality)),
-            ),
-        )
+                Some(LabelJoin::new(self.quality.clone())),
+            )
+            .with_canary(self.canary.clone()))
     }
 
     /// Turn `loose` points (gradient anomalies, quality whose label wait

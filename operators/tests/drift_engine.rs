@@ -18,6 +18,7 @@ const MINUTE: i64 = 60_000;
 
 fn event(i: usize, version: &str, ts: i64, price: f64) -> PredictionEvent {
     PredictionEvent {
+        ranking: None,
         request_id: format!("r-{version}-{i}"),
         ts,
         model: "m".into(),
@@ -155,6 +156,7 @@ fn quality_waits_for_labels_and_keeps_the_store_bounded() {
     let quality = QualityConfig {
         label_wait: Duration::from_secs(120),
         max_pending: 300,
+        ..QualityConfig::default()
     };
     let mut engine = engine(quality);
     let events = traffic("1", t0, 1, 400, 0.0);
@@ -167,6 +169,7 @@ fn quality_waits_for_labels_and_keeps_the_store_bounded() {
         .iter()
         .enumerate()
         .map(|(i, e)| FeedbackEvent {
+            item_id: None,
             request_id: e.request_id.clone(),
             ts: e.ts + 1_000,
             kind: None,

@@ -10,6 +10,7 @@ use infermon_schemas::{
 
 fn event(model: &str, ts: i64, total: f64) -> PredictionEvent {
     PredictionEvent {
+        ranking: None,
         request_id: format!("r-{ts}"),
         ts,
         model: model.into(),

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use infermon_operators::{
-    DriftConfig, GradientConfig, QualityConfig, Sections, SqlMetricConfig, Topology, WindowConfig,
+    CanaryConfig, DriftConfig, GradientConfig, QualityConfig, Sections, SqlMetricConfig, Topology,
+    WindowConfig,
 };
 use infermon_schemas::TopicNames;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,8 @@ pub struct Config {
     pub gradients: GradientConfig,
     /// Label quality from feedback joined to predictions.
     pub quality: QualityConfig,
+    /// Canary against stable: a model's versions compared per window.
+    pub canary: CanaryConfig,
     /// Alert rules.
     pub alerts: AlertsConfig,
     /// `infermon monitor`: brokers, group and batching of the Kafka source.
@@ -71,7 +74,8 @@ impl Config {
             window: &self.window,
             drift: &self.drift,
             gradients: self.gradients,
-            quality: self.quality,
+            quality: &self.quality,
+            canary: &self.canary,
             sql_metrics: &self.sql_metrics,
         }
     }

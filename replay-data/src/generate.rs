@@ -49,6 +49,7 @@ impl GenerateOptions {
             Scenario::FeatureNull => 16,
             Scenario::GradientExplosion => 17,
             Scenario::Day | Scenario::RealisticDay | Scenario::QuietDays => 0,
+            Scenario::RankedSearch | Scenario::BrokenOrder => 18,
         };
         Self {
             scenario,
@@ -247,6 +248,11 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
     match opts.scenario {
         Scenario::RealisticDay => return crate::realistic::generate(opts, true, out),
         Scenario::QuietDays => return crate::realistic::generate(opts, false, out),
+        Scenario::RankedSearch => return crate::ranked::generate(opts, None, out),
+        Scenario::BrokenOrder => {
+            let from = opts.incidents().first().map(|i| i.start_ms);
+            return crate::ranked::generate(opts, from, out);
+        }
         _ => {}
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -257,7 +263,10 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
         Scenario::InputShift | Scenario::FeatureNull => vec![&ADS, &QUIET],
         Scenario::GradientExplosion => vec![&QUIET],
         Scenario::Day => vec![&CTR, &RECSYS, &ADS, &QUIET],
-        Scenario::RealisticDay | Scenario::QuietDays => unreachable!("realistic::generate"),
+        Scenario::RealisticDay
+        | Scenario::QuietDays
+        | Scenario::RankedSearch
+        | Scenario::BrokenOrder => unreachable!("generated above"),
     };
     let training = matches!(opts.scenario, Scenario::GradientExplosion | Scenario::Day);
     let active = Active::new(opts);
@@ -405,6 +414,7 @@ fn predict(
         }
     };
     PredictionEvent {
+        ranking: None,
         request_id: format!("r-{seq:09x}"),
         ts,
         model: model.name.into(),
@@ -500,6 +510,7 @@ fn feedback(rng: &mut ChaCha8Rng, p: &PredictionEvent) -> FeedbackEvent {
     let delay = delay.min(600_000.0);
     let clicked = rng.random::<f64>() < p.score.unwrap_or(0.0);
     FeedbackEvent {
+        item_id: None,
         request_id: p.request_id.clone(),
         ts: p.ts + delay as i64,
         kind: Some(if clicked { "click" } else { "impression" }.into()),

@@ -9,6 +9,7 @@
 //! byte-identical output.
 
 pub mod generate;
+mod ranked;
 mod realistic;
 pub mod requests;
 pub mod scenario;

@@ -245,6 +245,7 @@ fn predict(
     let (features, score) = features(rng, mix, ts);
     let r = |x: f64| round(x, 3);
     PredictionEvent {
+        ranking: None,
         request_id: format!("q-{seq:09x}"),
         ts,
         model: model.name.into(),
@@ -321,6 +322,7 @@ fn feedback(rng: &mut ChaCha8Rng, p: &PredictionEvent, incidents: &Incidents) ->
     }
     let clicked = rng.random::<f64>() < probability;
     FeedbackEvent {
+        item_id: None,
         request_id: p.request_id.clone(),
         ts: p.ts + delay.min(480_000.0) as i64,
         kind: Some(if clicked { "click" } else { "impression" }.into()),

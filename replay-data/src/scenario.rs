@@ -26,11 +26,17 @@ pub enum Scenario {
     RealisticDay,
     /// Three days of the same realistic traffic with no incident.
     QuietDays,
+    /// A search ranker's ranked lists (ten results, position bias, every
+    /// shown item labelled), healthy.
+    RankedSearch,
+    /// The same, and from 60 % of the recording the order breaks while the
+    /// score distribution stays the same.
+    BrokenOrder,
 }
 
 impl Scenario {
     /// Every scenario, in file order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::LatencyRegression,
         Scenario::ErrorBurst,
         Scenario::InputShift,
@@ -39,6 +45,8 @@ impl Scenario {
         Scenario::Day,
         Scenario::RealisticDay,
         Scenario::QuietDays,
+        Scenario::RankedSearch,
+        Scenario::BrokenOrder,
     ];
 
     /// The scenarios committed under `replay-data/recordings/` (the
@@ -46,7 +54,11 @@ impl Scenario {
     pub fn is_bundled(self) -> bool {
         !matches!(
             self,
-            Scenario::Day | Scenario::RealisticDay | Scenario::QuietDays
+            Scenario::Day
+                | Scenario::RealisticDay
+                | Scenario::QuietDays
+                | Scenario::RankedSearch
+                | Scenario::BrokenOrder
         )
     }
 
@@ -61,6 +73,8 @@ impl Scenario {
             Scenario::Day => "day",
             Scenario::RealisticDay => "realistic-day",
             Scenario::QuietDays => "quiet-days",
+            Scenario::RankedSearch => "ranked-search",
+            Scenario::BrokenOrder => "broken-order",
         }
     }
 
@@ -89,7 +103,8 @@ impl Scenario {
                 .iter()
                 .map(|&(kind, from, to)| (kind, from / 24.0, to / 24.0))
                 .collect(),
-            Scenario::QuietDays => Vec::new(),
+            Scenario::QuietDays | Scenario::RankedSearch => Vec::new(),
+            Scenario::BrokenOrder => vec![(BrokenOrder, 0.6, 1.0)],
         }
     }
 }
@@ -114,6 +129,7 @@ pub(crate) enum IncidentKind {
     SegmentErrors,
     LowTrafficErrors,
     GradientSpikes,
+    BrokenOrder,
 }
 
 /// A documented incident: where and when it is in a recording, what changes,
@@ -215,6 +231,13 @@ impl IncidentKind {
                 "online-ft-home-feed",
                 "every third step of run online-ft-home-feed has 5x the gradient norm for four minutes (an isolated spike at 06:00 is normal)",
                 "gradient_spikes (3 spikes within 10 minutes)",
+            ),
+            IncidentKind::BrokenOrder => (
+                "ranking order broken",
+                crate::ranked::MODEL.0,
+                crate::ranked::MODEL.1,
+                "search-ltr hands its scores to the wrong items of each list: the score distribution is the same, the order no longer follows relevance",
+                "ranking_quality_drop (ranking.ndcg_at_10 below 0.8x its 1 h median); mrr falls too",
             ),
         };
         Incident {

@@ -54,6 +54,13 @@ pub fn segment_column(key: &str) -> String {
     format!("segment_{key}")
 }
 
+/// Column of a ranked prediction's list (null when not ranked).
+pub const LIST_ID: &str = "list_id";
+/// Column of a ranked prediction's item.
+pub const ITEM_ID: &str = "item_id";
+/// Column of a ranked prediction's position (1 = top).
+pub const POSITION: &str = "position";
+
 /// The Arrow schema of prediction batches, given the segment keys we monitor.
 pub fn prediction_schema(segment_keys: &[String]) -> SchemaRef {
     let mut fields = vec![
@@ -70,6 +77,9 @@ pub fn prediction_schema(segment_keys: &[String]) -> SchemaRef {
         Field::new("score", DataType::Float64, true),
         Field::new("worker", DataType::Utf8, true),
         Field::new("device", DataType::Utf8, true),
+        Field::new(LIST_ID, DataType::Utf8, true),
+        Field::new(ITEM_ID, DataType::Utf8, true),
+        Field::new(POSITION, DataType::UInt32, true),
     ];
     for stage in STAGES {
         fields.push(Field::new(
@@ -107,6 +117,9 @@ pub struct PredictionBatchBuilder {
     score: Float64Builder,
     worker: StringBuilder,
     device: StringBuilder,
+    list_id: StringBuilder,
+    item_id: StringBuilder,
+    position: UInt32Builder,
     stages: [Float64Builder; 5],
     segments: Vec<StringBuilder>,
     numeric: MapBuilder<StringBuilder, Float64Builder>,
@@ -128,6 +141,9 @@ impl PredictionBatchBuilder {
             score: Float64Builder::new(),
             worker: StringBuilder::new(),
             device: StringBuilder::new(),
+            list_id: StringBuilder::new(),
+            item_id: StringBuilder::new(),
+            position: UInt32Builder::new(),
             stages: Default::default(),
             segments: segment_keys.iter().map(|_| StringBuilder::new()).collect(),
             numeric: MapBuilder::new(
@@ -169,6 +185,12 @@ impl PredictionBatchBuilder {
         self.score.append_option(e.score);
         self.worker.append_option(e.worker.as_deref());
         self.device.append_option(e.device.as_deref());
+        let ranked = e.ranking.as_ref();
+        self.list_id
+            .append_option(ranked.map(|r| r.list_id.as_str()));
+        self.item_id
+            .append_option(ranked.and_then(|r| r.item_id.as_deref()));
+        self.position.append_option(ranked.map(|r| r.position));
         let t = &e.timings_ms;
         let [total, queue, pre, inf, post] = &mut self.stages;
         total.append_value(t.total);
@@ -215,6 +237,9 @@ impl PredictionBatchBuilder {
             Arc::new(self.score.finish()),
             Arc::new(self.worker.finish()),
             Arc::new(self.device.finish()),
+            Arc::new(self.list_id.finish()),
+            Arc::new(self.item_id.finish()),
+            Arc::new(self.position.finish()),
         ];
         columns.extend(
             self.stages

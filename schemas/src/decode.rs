@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::events::{
-    Feature, FeedbackEvent, PredictionEvent, RequestEvent, Status, Timings, TrainingEvent,
+    Feature, FeedbackEvent, PredictionEvent, RankedItem, RequestEvent, Status, Timings,
+    TrainingEvent,
 };
 use crate::topics::{TopicKind, TopicNames};
 
@@ -280,6 +281,12 @@ struct AnyEvent {
     #[serde(deserialize_with = "label")]
     label: Option<u8>,
     #[serde(deserialize_with = "string")]
+    list_id: Option<String>,
+    #[serde(deserialize_with = "string")]
+    item_id: Option<String>,
+    #[serde(deserialize_with = "unsigned")]
+    position: Option<u64>,
+    #[serde(deserialize_with = "string")]
     run_id: Option<String>,
     #[serde(deserialize_with = "unsigned")]
     step: Option<u64>,
@@ -312,6 +319,34 @@ struct RawTimings {
 
 fn required<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
     v.ok_or(DecodeError::Missing(name))
+}
+
+/// A prediction's place in a ranked list: `list_id` makes it one, and then
+/// `position` (1 = top) is required.
+fn ranked_item(
+    list_id: Option<String>,
+    item_id: Option<String>,
+    position: Option<u64>,
+) -> Result<Option<Box<RankedItem>>, DecodeError> {
+    let Some(list_id) = list_id else {
+        return Ok(None);
+    };
+    let position = position.ok_or_else(|| DecodeError::Field {
+        path: "position".into(),
+        message: "required when list_id is given (1 = top of the list)".into(),
+    })?;
+    let position = u32::try_from(position)
+        .ok()
+        .filter(|&p| p >= 1)
+        .ok_or_else(|| DecodeError::Field {
+            path: "position".into(),
+            message: format!("{position} is not a position (1 = top of the list)"),
+        })?;
+    Ok(Some(Box::new(RankedItem {
+        list_id,
+        item_id,
+        position,
+    })))
 }
 
 impl AnyEvent {
@@ -354,6 +389,7 @@ impl AnyEvent {
                     score: self.score,
                     features: self.features,
                     segment: self.segment,
+                    ranking: ranked_item(self.list_id, self.item_id, self.position)?,
                 })
             }
             TopicKind::Feedback => Decoded::Feedback(FeedbackEvent {
@@ -361,6 +397,7 @@ impl AnyEvent {
                 ts: required(self.ts, "ts")?,
                 kind: self.kind,
                 label: required(self.label, "label")?,
+                item_id: self.item_id,
             }),
             TopicKind::Training => Decoded::Training(TrainingEvent {
                 run_id: required(self.run_id, "run_id")?,

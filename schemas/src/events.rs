@@ -123,6 +123,25 @@ pub struct PredictionEvent {
     /// Slicing dimensions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub segment: BTreeMap<String, String>,
+    /// Where the prediction was shown in a ranked list (search results, a
+    /// feed slate), when it was (contract extension: `list_id`, `item_id`,
+    /// `position` at the top level of the prediction).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<Box<RankedItem>>,
+}
+
+/// One item of a ranked list: the list it was shown in, the item, and its
+/// position. Ranking quality (NDCG@k, MRR, HitRate@k) is judged per list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RankedItem {
+    /// The list (query, slate) the item was shown in; every item of one
+    /// list carries the same id.
+    pub list_id: String,
+    /// The item; feedback naming it (`item_id`) labels this prediction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// Position shown, 1 = top.
+    pub position: u32,
 }
 
 /// A user's reaction to a prediction (topic `inference.feedback`).
@@ -137,6 +156,10 @@ pub struct FeedbackEvent {
     pub kind: Option<String>,
     /// 1 = positive, 0 = negative.
     pub label: u8,
+    /// The item of a ranked list the feedback is about (contract extension):
+    /// it labels the prediction with the same `request_id` and `item_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
 }
 
 /// One optimiser step of a training run (topic `training.telemetry`).

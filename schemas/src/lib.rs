@@ -17,7 +17,8 @@ pub mod topics;
 pub use batch::{PredictionBatchBuilder, decode_predictions, prediction_schema};
 pub use decode::{DecodeError, Decoded, decode_event, decode_recorded_line};
 pub use events::{
-    Feature, FeedbackEvent, PredictionEvent, RequestEvent, Status, Timings, TrainingEvent,
+    Feature, FeedbackEvent, PredictionEvent, RankedItem, RequestEvent, Status, Timings,
+    TrainingEvent,
 };
 pub use point::{FieldValue, Point};
 pub use topics::{TopicKind, TopicNames};

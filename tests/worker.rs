@@ -782,3 +782,203 @@ fn a_canary_takes_its_share_and_a_firing_alert_rolls_it_back_on_every_worker() {
         assert!(stop_worker(w).success());
     }
 }
+
+/// The whole loop against the real broker: a worker serves a canary, the
+/// monitor reads its predictions and the feedback, judges the canary worse
+/// than stable on CTR (`canary_worse`), and its webhook reaches the
+/// worker's alert hook, which rolls the canary back.
+#[test]
+fn a_canary_worse_on_ctr_is_alerted_by_the_monitor_and_rolled_back() {
+    use rand::{Rng, SeedableRng};
+
+    let setup = TestTopics::create("cw", 1);
+    let names = &setup.names;
+    let (feedback, training) = (
+        format!("t{}.feedback", setup.id),
+        format!("t{}.training", setup.id),
+    );
+    create_topics(&setup.brokers, &[(&feedback, 2), (&training, 1)]);
+    // INFERMON_TEST_KEEP=1 keeps the logs and configs for a look.
+    let scratch = tempfile::Builder::new()
+        .disable_cleanup(std::env::var_os("INFERMON_TEST_KEEP").is_some())
+        .tempdir()
+        .unwrap();
+    let secret = "canary-hook-secret";
+    let hook_port = free_port();
+    let dir = ctr_dir_with_v1(scratch.path(), "models");
+    let worker_config = scratch.path().join("worker.toml");
+    std::fs::write(
+        &worker_config,
+        format!(
+            "{}[worker]\nid = \"w0\"\ngroup_id = \"g{}\"\nreload_interval = \"200ms\"\n\
+             listen = \"127.0.0.1:{hook_port}\"\nalert_secret_env = \"INFERMON_TEST_HOOK_SECRET\"\n\n\
+             [[worker.models]]\nname = \"ctr-ranker\"\ndir = {dir:?}\nmax_batch = 16\nmax_delay = \"5ms\"\n\
+             canary_percent = 30\ncanary_duration = \"1h\"\nrollback_on = [\"canary_worse\"]\n",
+            setup.config_head(),
+            setup.id,
+        ),
+    )
+    .unwrap();
+    let worker_log = scratch.path().join("worker.log");
+    let worker = spawn_worker(
+        &worker_config,
+        &worker_log,
+        &[("INFERMON_TEST_HOOK_SECRET", secret)],
+    );
+    // Version 2 arrives once version 1 serves: a canary.
+    wait_for_log(&worker_log, "serving group", 1);
+    deploy_v2(&dir);
+    wait_for_log(&worker_log, "canary started", 1);
+
+    // The monitor: the worker's predictions and the feedback in, its
+    // webhook signed with the hook's secret. Labels wait 1 s; the canary
+    // is judged on 100 labels a side over its 10-minute horizon.
+    let monitor_config = scratch.path().join("monitor.toml");
+    std::fs::write(
+        &monitor_config,
+        format!(
+            "[topics]\npredictions = {:?}\nfeedback = {feedback:?}\ntraining = {training:?}\ndlq = {:?}\n\n\
+             [kafka]\nbrokers = {:?}\ngroup_id = \"m{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\n\
+             [window]\nallowed_lateness = \"0s\"\nidle_timeout = \"5s\"\n\n[quality]\nlabel_wait = \"1s\"\n\n\
+             [monitor]\nlisten = \"127.0.0.1:{}\"\nstate_dir = {:?}\nmetrics_out = {:?}\nalerts_out = {:?}\n\n\
+             [alerts.grouping]\ngroup_wait = \"0s\"\n\n\
+             [[alerts.webhooks]]\nname = \"rollback\"\nurl = \"http://127.0.0.1:{hook_port}/alerts\"\n\
+             secret_env = \"INFERMON_TEST_HOOK_SECRET\"\ninitial_backoff = \"100ms\"\n",
+            names[1],
+            names[2],
+            setup.brokers,
+            setup.id,
+            free_port(),
+            scratch.path().join("state"),
+            scratch.path().join("metrics.lp"),
+            scratch.path().join("alerts.jsonl"),
+        ),
+    )
+    .unwrap();
+    let monitor_log = scratch.path().join("monitor.log");
+    let _monitor = Process::spawn(
+        "infermon monitor",
+        infermon()
+            .arg("--config")
+            .arg(&monitor_config)
+            .arg("monitor")
+            .env("INFERMON_TEST_HOOK_SECRET", secret),
+        Some(monitor_log.clone()),
+    );
+
+    // Four minutes of requests an hour ago (event time), then the feedback:
+    // v1's predictions are clicked 30 % of the time, the canary's 5 %.
+    let (scorable, _) = scorable_ctr_requests();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = now - 3_600_000 - now % 60_000;
+    let producer = setup.producer();
+    let send = |topic: &str, key: &str, body: &Value| {
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .key(key)
+                    .payload(&body.to_string()),
+            )
+            .unwrap();
+    };
+    let n = 1200;
+    for i in 0..n {
+        let mut r = scorable[i % scorable.len()].clone();
+        let rid = format!("cw-{i}");
+        r["request_id"] = Value::from(rid.clone());
+        r["ts"] = Value::from(t0 + i as i64 * 200);
+        send(&names[0], &rid, &r);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let reader = setup.reader(&[&names[1], &names[3]]);
+    let mut commands: Vec<Value> = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut served = BTreeMap::<String, usize>::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while served.values().sum::<usize>() < n && Instant::now() < until {
+        let Some(m) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let p: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        if m.topic() == names[3] {
+            commands.push(p);
+            continue;
+        }
+        let version = p["model_version"].as_str().unwrap().to_string();
+        let ctr = if version == "2" { 0.05 } else { 0.30 };
+        let label = u8::from(rng.random::<f64>() < ctr);
+        let rid = p["request_id"].as_str().unwrap();
+        let fb = serde_json::json!({"request_id": rid, "ts": p["ts"].as_i64().unwrap() + 1_000, "label": label});
+        send(&feedback, rid, &fb);
+        *served.entry(version).or_default() += 1;
+    }
+    assert_eq!(
+        served.values().sum::<usize>(),
+        n,
+        "one prediction per request"
+    );
+    assert!(served["2"] > 250, "the canary served its share: {served:?}");
+    // Later traffic on both topics moves the watermark past every window.
+    for i in 0..8 {
+        let mut r = scorable[i % scorable.len()].clone();
+        let rid = format!("cw-late-{i}");
+        r["request_id"] = Value::from(rid.clone());
+        r["ts"] = Value::from(t0 + 10 * 60_000);
+        send(&names[0], &rid, &r);
+        let fb = serde_json::json!({"request_id": rid, "ts": t0 + 10 * 60_000, "label": 0});
+        send(&feedback, &rid, &fb);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let until = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&worker_log)
+        .unwrap()
+        .contains("model version rolled back")
+    {
+        assert!(
+            Instant::now() < until,
+            "no rollback; monitor log:\n{}",
+            crate::support::tail(&std::fs::read_to_string(&monitor_log).unwrap(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alerts = std::fs::read_to_string(scratch.path().join("alerts.jsonl")).unwrap();
+    let canary: Vec<Value> = alerts
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|a| a["labels"]["alertname"] == "canary_worse")
+        .collect();
+    assert!(
+        !canary.is_empty(),
+        "canary_worse in the alerts log:\n{alerts}"
+    );
+    assert_eq!(canary[0]["labels"]["model_version"], "2");
+    assert_eq!(canary[0]["labels"]["metric"], "ctr");
+    let pin = std::fs::read_to_string(dir.join(infermon::worker::PIN_FILE)).unwrap();
+    assert_eq!(pin.trim(), "1", "version 1 pinned after the rollback");
+    let until = Instant::now() + Duration::from_secs(20);
+    while commands.is_empty() {
+        assert!(
+            Instant::now() < until,
+            "no rollback command on the control topic"
+        );
+        if let Some(m) = reader.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            if m.topic() == names[3] {
+                commands.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            }
+        }
+    }
+    let command = &commands[0];
+    assert_eq!(command["command"], "rollback");
+    assert_eq!(command["from_version"], "2");
+    assert!(
+        command["reason"].as_str().unwrap().contains("canary_worse"),
+        "{command}"
+    );
+    assert!(stop_worker(worker).success());
+}

@@ -8,6 +8,7 @@ mod alerts_offline;
 mod drift_reference;
 mod email_delivery;
 mod faults;
+mod grafana_dashboards;
 mod incidents_analytics;
 mod influxdb_line_protocol;
 mod kafka_monitor;

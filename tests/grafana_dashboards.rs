@@ -8,9 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::support::{
-    infermon, influx_query, recordings, repo, required_env, run_ok, unique_id,
-};
+use crate::support::{infermon, influx_query, recordings, repo, required_env, run_ok, unique_id};
 
 const INFLUX_UID: &str = "infermon-influxdb";
 const PROM_UID: &str = "infermon-prometheus";
@@ -38,8 +36,12 @@ fn dashboards() -> Vec<(String, Value)> {
 /// measurements (section "The contract").
 fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let contract = &readme[readme.find("## The contract").expect("README: The contract")..];
-    let contract = &contract[..contract[3..].find("\n## ").map_or(contract.len(), |i| i + 3)];
+    let contract = &readme[readme
+        .find("## The contract")
+        .expect("README: The contract")..];
+    let contract = &contract[..contract[3..]
+        .find("\n## ")
+        .map_or(contract.len(), |i| i + 3)];
     let mut m = BTreeMap::new();
     for line in contract.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -56,9 +58,16 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         m.insert(measurement, known);
     }
     assert!(
-        ["latency", "throughput", "drift", "quality", "gradients", "alerts"]
-            .iter()
-            .all(|k| m.contains_key(*k)),
+        [
+            "latency",
+            "throughput",
+            "drift",
+            "quality",
+            "gradients",
+            "alerts"
+        ]
+        .iter()
+        .all(|k| m.contains_key(*k)),
         "README's table of measurements: {m:?}"
     );
     m
@@ -91,12 +100,14 @@ fn expand(query: &str, vars: &[(String, String)], time_filter: &str) -> String {
     let mut sorted: Vec<&(String, String)> = vars.iter().collect();
     sorted.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
     for (name, value) in sorted {
-        q = q.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+        q = q
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
     }
     // A `$` left is the regex anchor of `/^...$/`, never a name.
-    let unexpanded = q
-        .match_indices('$')
-        .any(|(i, _)| q[i + 1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '{'));
+    let unexpanded = q.match_indices('$').any(|(i, _)| {
+        q[i + 1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '{')
+    });
     assert!(!unexpanded, "unexpanded variable or macro in {q}");
     q
 }
@@ -124,7 +135,12 @@ fn rows(base: &str, db: &str, q: &str) -> Vec<Vec<Value>> {
 /// The double-quoted identifiers of an InfluxQL query: measurement after
 /// `FROM`, tags and fields elsewhere.
 fn identifiers(q: &str) -> (Option<String>, Vec<String>) {
-    let quoted: Vec<String> = q.split('"').skip(1).step_by(2).map(str::to_string).collect();
+    let quoted: Vec<String> = q
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
     let measurement = q
         .find("FROM \"")
         .map(|i| q[i + 6..].split('"').next().unwrap().to_string());
@@ -184,7 +200,11 @@ fn replay_into(base: &str, db: &str, dir: &std::path::Path) -> (i64, i64) {
             .arg(dir.join("alerts.jsonl")),
     );
     let time = |f: &str| -> i64 {
-        let r = rows(base, db, &format!("SELECT {f}(\"requests\") FROM \"throughput\""));
+        let r = rows(
+            base,
+            db,
+            &format!("SELECT {f}(\"requests\") FROM \"throughput\""),
+        );
         r[0][0].as_i64().unwrap() / 1_000_000
     };
     (time("first"), time("last"))
@@ -197,7 +217,11 @@ fn every_dashboard_panel_query_returns_data_from_a_replay_in_influxdb_1_6() {
     let dir = tempfile::tempdir().unwrap();
     let (start, end) = replay_into(&base, &db, dir.path());
     // As Grafana sends it: a range covering the data.
-    let time_filter = format!("time >= {}ms and time <= {}ms", start - 60_000, end + 60_000);
+    let time_filter = format!(
+        "time >= {}ms and time <= {}ms",
+        start - 60_000,
+        end + 60_000
+    );
     let documented = documented();
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let mut problems: Vec<String> = Vec::new();
@@ -218,7 +242,10 @@ fn every_dashboard_panel_query_returns_data_from_a_replay_in_influxdb_1_6() {
                         .into_iter()
                         .filter_map(|r| r.get(1).and_then(Value::as_str).map(str::to_string))
                         .collect();
-                    assert!(!values.is_empty(), "{file}: variable {name}: {q} returned nothing");
+                    assert!(
+                        !values.is_empty(),
+                        "{file}: variable {name}: {q} returned nothing"
+                    );
                     queries_run += 1;
                     let value = if v["multi"].as_bool() == Some(true) {
                         alternation(&values)
@@ -239,7 +266,9 @@ fn every_dashboard_panel_query_returns_data_from_a_replay_in_influxdb_1_6() {
         for p in d["panels"].as_array().unwrap() {
             let title = p["title"].as_str().unwrap_or_default().to_string();
             for t in p["targets"].as_array().into_iter().flatten() {
-                let uid = t["datasource"]["uid"].as_str().or(p["datasource"]["uid"].as_str());
+                let uid = t["datasource"]["uid"]
+                    .as_str()
+                    .or(p["datasource"]["uid"].as_str());
                 match uid {
                     Some(INFLUX_UID) => {
                         queries.push((title.clone(), t["query"].as_str().unwrap().to_string(), ""))
@@ -285,10 +314,20 @@ fn every_dashboard_panel_query_returns_data_from_a_replay_in_influxdb_1_6() {
             }
         }
     }
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     assert!(queries_run >= 50, "{queries_run} InfluxQL queries run");
-    assert!(prom_queries >= 15, "{prom_queries} Prometheus queries checked");
-    println!("{queries_run} InfluxQL queries returned data; {prom_queries} Prometheus queries name documented metrics");
+    assert!(
+        prom_queries >= 15,
+        "{prom_queries} Prometheus queries checked"
+    );
+    println!(
+        "{queries_run} InfluxQL queries returned data; {prom_queries} Prometheus queries name documented metrics"
+    );
 }
 
 #[test]
@@ -302,15 +341,28 @@ fn the_provisioning_files_define_the_datasources_and_the_dashboard_folder_the_da
         &format!("uid: {PROM_UID}"),
         "type: prometheus",
     ] {
-        assert!(ds.contains(needle), "datasources/infermon.yml lacks {needle:?}");
+        assert!(
+            ds.contains(needle),
+            "datasources/infermon.yml lacks {needle:?}"
+        );
     }
     let provider = std::fs::read_to_string(dir.join("dashboards/infermon.yml")).unwrap();
-    assert!(provider.contains("type: file") && provider.contains("path: "), "{provider}");
+    assert!(
+        provider.contains("type: file") && provider.contains("path: "),
+        "{provider}"
+    );
     let mut uids = BTreeSet::new();
     for (file, d) in dashboards() {
-        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{file}: no uid"));
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no uid"));
         assert!(uids.insert(uid.to_string()), "{file}: uid {uid} used twice");
-        assert!(d["title"].as_str().is_some_and(|t| t.starts_with("infermon")), "{file}");
+        assert!(
+            d["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("infermon")),
+            "{file}"
+        );
         let panels = d["panels"].as_array().unwrap();
         let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
         assert_eq!(ids.len(), panels.len(), "{file}: panel ids unique");

@@ -17,6 +17,7 @@ mod latency_reference;
 mod live_recording;
 mod one_topology;
 mod replay_offline;
+mod report_browser;
 mod support;
 mod trustworthy_alerts;
 mod webhook_delivery;

@@ -18,6 +18,7 @@ pub mod record;
 pub mod references;
 pub mod replay;
 pub mod replay_to_kafka;
+pub mod report;
 pub mod retry;
 pub mod sinks;
 pub mod sources;

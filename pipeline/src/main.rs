@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use infermon::commands::{self, generate, model, profile, record, replay, silence};
+use infermon::commands::{self, generate, model, profile, record, replay, report, silence};
 use infermon::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +34,10 @@ enum Command {
     /// operators (a backtest), writing line protocol to a file (or, with
     /// --influxdb, to the configured [[influxdb]]).
     Replay(replay::Args),
+    /// One self-contained HTML report (inline SVG charts) of a backtest's
+    /// line protocol and alerts log: what fired, latency, errors, drift,
+    /// quality, gradients per model.
+    Report(report::Args),
     /// Model versions served by workers: `rollback` pins a model
     /// directory to the version before the current one (workers swap within
     /// their reload interval), `release` removes the pin.
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Monitor => commands::monitor::run(&config, commands::stop_on_signals()?).await,
         Command::Worker => commands::worker::run(&config),
         Command::Replay(args) => replay::run(args, &config).await,
+        Command::Report(args) => report::run(args),
         Command::Model { action } => model::run(action, &config),
         Command::Record(args) => record::run(args, &config),
         Command::Generate(args) => generate::run(args),

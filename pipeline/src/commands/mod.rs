@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod profile;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod silence;
 pub mod worker;
 

@@ -9,6 +9,7 @@ use anyhow::bail;
 use crate::config::Config;
 use crate::replay::{ReplayOptions, peak_rss_kib, replay, summary_table};
 use crate::replay_to_kafka::{ToKafkaOptions, replay_to_kafka};
+use crate::report::write_report;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::rejects_file::RejectsFile;
 use crate::sinks::{SinkSettings, Sinks};
@@ -57,6 +58,10 @@ pub struct Args {
     /// --metrics-out.
     #[arg(long)]
     influxdb: bool,
+    /// At the end, write the HTML report of this backtest (from
+    /// --metrics-out and --alerts-out) to this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "influxdb")]
+    report: Option<PathBuf>,
 }
 
 /// Run it.
@@ -90,9 +95,10 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     if args.influxdb && config.influxdb.is_empty() {
         bail!("--influxdb: no [[influxdb]] in the config");
     }
+    let metrics_out = args.metrics_out.clone();
     let mut sinks = Sinks::open(&SinkSettings {
         influxdb: if args.influxdb { &config.influxdb } else { &[] },
-        metrics_out: args.metrics_out,
+        metrics_out: args.metrics_out.clone(),
         state_dir: &config.monitor.state_dir,
         rejects_out: &config.monitor.rejects_out,
     })?;
@@ -118,6 +124,12 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<()> {
             rejects.path().display(),
             rejects.count
         );
+    }
+    if let Some(out) = &args.report {
+        alerts.flush()?;
+        let t0 = std::time::Instant::now();
+        let written = write_report(&metrics_out, Some(alerts.path()), out)?;
+        super::report::print_written(out, &written, t0);
     }
     if let Some(kib) = peak_rss_kib() {
         println!("peak RSS: {:.1} MiB", kib as f64 / 1024.0);

@@ -12,7 +12,8 @@ use crate::generate::{write_bundled, write_recording, write_requests};
 #[derive(clap::Args)]
 pub struct Args {
     /// Scenario: latency-regression, error-burst, input-shift,
-    /// feature-null, gradient-explosion, day, realistic-day or quiet-days.
+    /// feature-null, gradient-explosion, day, realistic-day, quiet-days,
+    /// ranked-search or broken-order.
     #[arg(long, default_value = "day")]
     scenario: String,
     /// Output file (.zst to compress).

@@ -5,7 +5,9 @@
 //! arrives out of order; the per-window aggregates are DataFusion
 //! accumulators driven with the rows of their (window, series).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
@@ -312,9 +314,9 @@ impl WindowEngine {
         Ok(Self {
             spec: WindowSpec::new(config)?,
             segment_keys: config.segment_keys.clone(),
-            segment_values: vec![HashSet::new(); config.segment_keys.len()],
+            segment_values: vec![HashSet::default(); config.segment_keys.len()],
             max_segment_values: config.max_segment_values,
-            dimension_ids: HashMap::new(),
+            dimension_ids: HashMap::default(),
             row_dims: Vec::new(),
             columns: Columns::new(&schema, &config.segment_keys)?,
             watermarks: WatermarkTracker::new(
@@ -322,12 +324,12 @@ impl WindowEngine {
                 config.idle_timeout.as_millis() as i64,
             ),
             keep_batches,
-            series_ids: HashMap::new(),
+            series_ids: HashMap::default(),
             series: Vec::new(),
             stats: Vec::new(),
             late_pending: BTreeMap::new(),
             open: BTreeMap::new(),
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             key_buf: String::new(),
             drift: None,
             gradients: None,

@@ -7,10 +7,13 @@
 //! null rate, written as the `drift` measurement. A version with no reference
 //! yet is compared with the previous version's, so a bad deploy shows up.
 
+pub mod bins;
 pub mod profile;
 pub mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use infermon_schemas::batch::{CATEGORICAL_FEATURES, NUMERIC_FEATURES};
 use infermon_schemas::{FieldValue, Point};
 use serde::{Deserialize, Serialize};
 
+use self::bins::BinLookup;
 use self::profile::{Binning, FeatureProfile, Profile, ProfileBuilder, SCORE};
 use self::stats::{LinearCdf, chi2_homogeneity, js_distance, ks_pvalue, psi};
 use crate::engine::SeriesKey;
@@ -170,8 +174,9 @@ impl DriftConfig {
 #[derive(Debug, Clone)]
 enum FeatureCounts {
     Numeric {
-        /// The reference's fine edges (copied: the hot loop reads only this).
-        edges: Vec<f64>,
+        /// The reference's fine edges with their lookup grid (copied: the
+        /// hot loop reads only this).
+        edges: BinLookup,
         counts: Vec<u64>,
         min: f64,
         max: f64,
@@ -201,7 +206,7 @@ impl FeatureWindow {
     fn new(name: &str, reference: Option<&FeatureProfile>) -> Self {
         let counts = match reference {
             Some(FeatureProfile::Numeric(p)) => FeatureCounts::Numeric {
-                edges: p.edges.clone(),
+                edges: BinLookup::new(p.edges.clone()),
                 counts: vec![0; p.counts.len()],
                 min: f64::INFINITY,
                 max: f64::NEG_INFINITY,
@@ -283,11 +288,11 @@ impl DriftWindow {
                 tail_sums,
             } => {
                 f.present += 1;
-                let bin = edges.partition_point(|&e| e <= x);
+                let bin = edges.bin(x);
                 counts[bin] += 1;
                 if bin == 0 {
                     tail_sums.0 += x;
-                } else if bin == edges.len() {
+                } else if bin == edges.edges().len() {
                     tail_sums.1 += x;
                 }
                 *min = min.min(x);
@@ -568,8 +573,8 @@ impl DriftOperator {
             binning,
             window_ms,
             files,
-            versions: HashMap::new(),
-            latest: HashMap::new(),
+            versions: HashMap::default(),
+            latest: HashMap::default(),
             newly_frozen: Vec::new(),
         })
     }

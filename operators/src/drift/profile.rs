@@ -7,7 +7,9 @@
 //! (exact when the reference has at most `reference_sample` values);
 //! categorical features keep the most frequent categories plus "other".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -229,6 +231,17 @@ struct FeatureBuilder {
     categorical: CategoricalBuilder,
 }
 
+/// The builder of feature `name` (created on first sight).
+fn feature<'a>(
+    features: &'a mut HashMap<String, FeatureBuilder>,
+    name: &str,
+) -> &'a mut FeatureBuilder {
+    if !features.contains_key(name) {
+        features.insert(name.to_string(), FeatureBuilder::default());
+    }
+    features.get_mut(name).expect("inserted above")
+}
+
 /// Builds a [`Profile`] from a stream of values, in bounded memory.
 #[derive(Debug, Clone)]
 pub struct ProfileBuilder {
@@ -249,7 +262,7 @@ impl ProfileBuilder {
             rng: ChaCha8Rng::seed_from_u64(0x1f2e3d4c),
             feature_rows: 0,
             score_rows: 0,
-            features: HashMap::new(),
+            features: HashMap::default(),
         }
     }
 
@@ -269,11 +282,7 @@ impl ProfileBuilder {
     }
 
     fn feature(&mut self, name: &str) -> &mut FeatureBuilder {
-        if !self.features.contains_key(name) {
-            self.features
-                .insert(name.to_string(), FeatureBuilder::default());
-        }
-        self.features.get_mut(name).expect("inserted above")
+        feature(&mut self.features, name)
     }
 
     /// A numeric value of `name` (non-finite values are ignored).
@@ -282,14 +291,13 @@ impl ProfileBuilder {
             return;
         }
         let cap = self.binning.reference_sample;
-        let seen_before = self.feature(name).numeric.seen;
+        let b = &mut feature(&mut self.features, name).numeric;
         // Reservoir sampling (algorithm R): a uniform sample of `cap`.
-        let slot = if (seen_before as usize) < cap {
+        let slot = if (b.seen as usize) < cap {
             None
         } else {
-            Some(self.rng.random_range(0..=seen_before))
+            Some(self.rng.random_range(0..=b.seen))
         };
-        let b = &mut self.feature(name).numeric;
         b.seen += 1;
         b.sum += x;
         b.sum_sq += x * x;
@@ -349,8 +357,9 @@ impl ProfileBuilder {
         // Counts per bin: from the sample, scaled to the values seen (exact
         // while the reference fits in the sample).
         let mut counts = vec![0u64; edges.len() + 1];
+        let lookup = super::bins::BinLookup::new(edges.clone());
         for &x in &sorted {
-            counts[edges.partition_point(|&e| e <= x)] += 1;
+            counts[lookup.bin(x)] += 1;
         }
         if b.seen as usize > sorted.len() {
             let scale = b.seen as f64 / sorted.len() as f64;

@@ -11,6 +11,7 @@ use std::fmt::Write;
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordi64};
 use plotters::prelude::*;
 
 use super::alerts::AlertSpan;
@@ -158,6 +159,48 @@ fn root(svg: &mut String, height: u32) -> DrawingArea<SVGBackend<'_>, Shift> {
     SVGBackend::with_string(svg, (WIDTH, height)).into_drawing_area()
 }
 
+/// A chart over `range` (ms) with one labelled row per `labels` entry, top
+/// to bottom, row `i` spanning y from `n − i − 1` to `n − i`: the frame of
+/// the heat map and the alert timeline.
+fn rows_frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    labels: &[&str],
+    font_size: u32,
+    (start, end): (i64, i64),
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordi64, RangedCoordf64>>, ChartError>
+{
+    let e = err(title);
+    let n = labels.len().max(1);
+    root.fill(&WHITE).map_err(&e)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(LABELS)
+        .build_cartesian_2d(start..end, 0.0..n as f64)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_labels(10)
+        .x_label_formatter(&|t| hhmm(*t))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(&e)?;
+    for (i, label) in labels.iter().enumerate() {
+        let (_, y) = chart.backend_coord(&(start, (n - i) as f64 - 0.35));
+        root.draw(&Text::new(
+            label.to_string(),
+            (10, y),
+            ("sans-serif", font_size).into_font(),
+        ))
+        .map_err(&e)?;
+    }
+    Ok(chart)
+}
+
 /// Draw a [`TimeChart`].
 ///
 /// # Errors
@@ -290,38 +333,13 @@ pub fn heat_map(
 ) -> Result<String, ChartError> {
     let e = err(title);
     let n = rows.len().max(1);
-    let height = 70 + 22 * n as u32;
     let (start, end) = (range.0, range.1.max(range.0 + 1));
     let mut svg = String::new();
     let mut overlay = String::new();
     {
-        let root = root(&mut svg, height);
-        root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(LABELS)
-            .build_cartesian_2d(start..end, 0.0..n as f64)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(0)
-            .x_labels(10)
-            .x_label_formatter(&|t| hhmm(*t))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(&e)?;
-        for (i, row) in rows.iter().enumerate() {
-            let (_, y) = chart.backend_coord(&(start, (n - i) as f64 - 0.35));
-            root.draw(&Text::new(
-                row.label.clone(),
-                (10, y),
-                ("sans-serif", 12).into_font(),
-            ))
-            .map_err(&e)?;
-        }
+        let root = root(&mut svg, 70 + 22 * n as u32);
+        let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+        let mut chart = rows_frame(&root, title, &labels, 12, (start, end))?;
         for (i, row) in rows.iter().enumerate() {
             let y = (n - 1 - i) as f64;
             let cells: Vec<(i64, (f64, bool))> =
@@ -377,38 +395,13 @@ pub fn alert_timeline(
         }
     }
     let n = series.len().max(1);
-    let height = 70 + 24 * n as u32;
     let (start, end) = (range.0, range.1.max(range.0 + 1));
     let mut svg = String::new();
     let mut overlay = String::new();
     {
-        let root = root(&mut svg, height);
-        root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(LABELS)
-            .build_cartesian_2d(start..end, 0.0..n as f64)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(0)
-            .x_labels(10)
-            .x_label_formatter(&|t| hhmm(*t))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(&e)?;
-        for (i, l) in series.iter().enumerate() {
-            let (_, y) = chart.backend_coord(&(start, (n - i) as f64 - 0.35));
-            root.draw(&Text::new(
-                l.clone(),
-                (10, y),
-                ("sans-serif", 11).into_font(),
-            ))
-            .map_err(&e)?;
-        }
+        let root = root(&mut svg, 70 + 24 * n as u32);
+        let labels: Vec<&str> = series.iter().map(String::as_str).collect();
+        let chart = rows_frame(&root, title, &labels, 11, (start, end))?;
         let (xr, _) = chart.plotting_area().get_pixel_range();
         let row_of: Vec<usize> = spans
             .iter()

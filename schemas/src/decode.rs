@@ -598,12 +598,102 @@ fn label<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     }
 }
 
+/// `"ok"` or `"error"`, matched on the borrowed text (no allocation).
+struct StatusV;
+impl<'de> Visitor<'de> for StatusV {
+    type Value = Option<Status>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#""ok" or "error""#)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        match v {
+            "ok" => Ok(Some(Status::Ok)),
+            "error" => Ok(Some(Status::Error)),
+            other => Err(wrong(r#""ok" or "error""#, de::Unexpected::Str(other))),
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(wrong("string", de::Unexpected::Map))
+    }
+    reject!("string";
+        visit_bool(bool) => de::Unexpected::Bool,
+        visit_i64(i64) => de::Unexpected::Signed,
+        visit_u64(u64) => de::Unexpected::Unsigned,
+        visit_f64(f64) => de::Unexpected::Float,
+    );
+}
+
 fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
-    match string(d)?.as_deref() {
-        None => Ok(None),
-        Some("ok") => Ok(Some(Status::Ok)),
-        Some("error") => Ok(Some(Status::Error)),
-        Some(other) => Err(wrong(r#""ok" or "error""#, de::Unexpected::Str(other))),
+    d.deserialize_any(StatusV)
+}
+
+/// One value of a map field, as the map visitors judge it: scalars kept,
+/// an object or array skipped (only its kind is told). Cheaper than
+/// `serde_json::Value`, which builds what it skips.
+enum Scalar {
+    Number(f64),
+    Str(String),
+    Bool(bool),
+    Null,
+    Object,
+    Array,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarV)
+    }
+}
+
+struct ScalarV;
+impl<'de> Visitor<'de> for ScalarV {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Object)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Array)
+    }
+}
+
+/// A map value of the wrong kind, as the reason shows it.
+fn shown_scalar(v: &Scalar) -> String {
+    match v {
+        Scalar::Object => "an object".into(),
+        Scalar::Array => "an array".into(),
+        Scalar::Str(s) => format!("{s:?}"),
+        Scalar::Number(x) => x.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+        Scalar::Null => "null".into(),
     }
 }
 
@@ -611,7 +701,7 @@ fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
 struct MapV<F>(F, &'static str);
 impl<'de, T, F> Visitor<'de> for MapV<F>
 where
-    F: Fn(serde_json::Value) -> Result<Option<T>, String>,
+    F: Fn(Scalar) -> Result<Option<T>, String>,
 {
     type Value = BTreeMap<String, T>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -623,7 +713,7 @@ where
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = BTreeMap::new();
         while let Some(key) = map.next_key::<String>()? {
-            let value: serde_json::Value = map.next_value()?;
+            let value: Scalar = map.next_value()?;
             match (self.0)(value) {
                 Ok(Some(v)) => {
                     out.insert(key, v);
@@ -660,13 +750,13 @@ fn shown(v: &serde_json::Value) -> String {
 fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
-            serde_json::Value::Number(n) => Ok(n.as_f64().map(Feature::Number)),
-            serde_json::Value::String(s) if bare_token(&s).is_some() => {
+            Scalar::Number(x) => Ok(Some(Feature::Number(x))),
+            Scalar::Str(s) if bare_token(&s).is_some() => {
                 Err(Got(de::Unexpected::Str(&s)).to_string())
             }
-            serde_json::Value::String(s) => Ok(Some(Feature::Category(s))),
-            serde_json::Value::Null => Ok(Some(Feature::Null)),
-            other => Err(shown(&other)),
+            Scalar::Str(s) => Ok(Some(Feature::Category(s))),
+            Scalar::Null => Ok(Some(Feature::Null)),
+            other => Err(shown_scalar(&other)),
         },
         "number, string or null",
     ))
@@ -675,12 +765,12 @@ fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>
 fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
-            serde_json::Value::String(s) if bare_token(&s).is_some() => {
+            Scalar::Str(s) if bare_token(&s).is_some() => {
                 Err(Got(de::Unexpected::Str(&s)).to_string())
             }
-            serde_json::Value::String(s) => Ok(Some(s)),
-            serde_json::Value::Null => Ok(None),
-            other => Err(shown(&other)),
+            Scalar::Str(s) => Ok(Some(s)),
+            Scalar::Null => Ok(None),
+            other => Err(shown_scalar(&other)),
         },
         "string",
     ))
@@ -689,15 +779,15 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
 fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
-            serde_json::Value::Number(n) => Ok(n.as_f64()),
-            serde_json::Value::Null => Ok(Some(f64::NAN)),
-            serde_json::Value::String(s) => match bare_token(&s).unwrap_or(&s) {
+            Scalar::Number(x) => Ok(Some(x)),
+            Scalar::Null => Ok(Some(f64::NAN)),
+            Scalar::Str(s) => match bare_token(&s).unwrap_or(&s) {
                 "NaN" => Ok(Some(f64::NAN)),
                 "Infinity" => Ok(Some(f64::INFINITY)),
                 "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
                 _ => Err(format!("{s:?}")),
             },
-            other => Err(shown(&other)),
+            other => Err(shown_scalar(&other)),
         },
         "number",
     ))

@@ -2,17 +2,17 @@
 //! sorted edges, `numpy.searchsorted(edges, x, side="right")`, without a
 //! 7-step binary search per value.
 //!
-//! A uniform grid of `4 × edges` cells over `[first edge, last edge]`
+//! A uniform grid of `16 × edges` cells over `[first edge, last edge]`
 //! records, per cell, how many edges lie at or below its start. A value's
-//! cell (one multiply) brackets its bin between two table entries; the
-//! search runs only between them — usually zero to two edges, however
-//! skewed the quantile edges are (a dense region just has more cells' worth
-//! of edges to search in). The bracket is widened by one cell on each side,
-//! so rounding in the cell arithmetic can never put the answer outside it:
-//! the result is exactly `partition_point`'s.
+//! cell (one multiply) gives a first guess of its bin, which a short scan
+//! corrects in either direction — usually zero or one step, however skewed
+//! the quantile edges are (a dense region only means a few more steps).
+//! The scan compares with the edges themselves, so rounding in the cell
+//! arithmetic can only cost a step, never the exact answer:
+//! the result is always `partition_point`'s.
 
 /// Grid cells per edge.
-const CELLS_PER_EDGE: usize = 4;
+const CELLS_PER_EDGE: usize = 16;
 
 /// Sorted edges with their lookup grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,9 +76,15 @@ impl BinLookup {
         }
         let cells = self.starts.len() - 1;
         let cell = (((x - self.lo) * self.scale) as usize).min(cells - 1);
-        let from = self.starts[cell.saturating_sub(1)] as usize;
-        let to = self.starts[(cell + 2).min(cells)] as usize;
-        from + self.edges[from..to].partition_point(|&e| e <= x)
+        let mut b = self.starts[cell] as usize;
+        // Edges are sorted: move up past edges ≤ x, down past edges > x.
+        while b < self.edges.len() && self.edges[b] <= x {
+            b += 1;
+        }
+        while b > 0 && self.edges[b - 1] > x {
+            b -= 1;
+        }
+        b
     }
 }
 

@@ -245,6 +245,9 @@ pub struct DriftWindow {
     /// of one model list their features in the same order, so a string
     /// compare usually replaces a hash lookup.
     recent: Vec<usize>,
+    /// Scratch: one batch's numeric values per feature slot, binned per
+    /// slot in a tight loop once the batch is read.
+    pending: Vec<Vec<f64>>,
 }
 
 impl DriftWindow {
@@ -274,30 +277,49 @@ impl DriftWindow {
         i
     }
 
+    /// A numeric value of feature `name` at row position `pos`: held until
+    /// [`Self::count_pending`].
     fn add_number(&mut self, pos: usize, name: &str, x: f64) {
         let i = self.slot(pos, name);
-        let f = &mut self.features[i];
-        match &mut f.counts {
-            FeatureCounts::Categorical { .. } => f.invalid += 1,
-            FeatureCounts::Unbinned => f.present += 1,
-            FeatureCounts::Numeric {
-                edges,
-                counts,
-                min,
-                max,
-                tail_sums,
-            } => {
-                f.present += 1;
-                let bin = edges.bin(x);
-                counts[bin] += 1;
-                if bin == 0 {
-                    tail_sums.0 += x;
-                } else if bin == edges.edges().len() {
-                    tail_sums.1 += x;
-                }
-                *min = min.min(x);
-                *max = max.max(x);
+        if self.pending.len() <= i {
+            self.pending.resize_with(i + 1, Vec::new);
+        }
+        self.pending[i].push(x);
+    }
+
+    /// Count the held numeric values, feature by feature: one match per
+    /// feature and batch, then a loop that only bins.
+    fn count_pending(&mut self) {
+        for (f, xs) in self.features.iter_mut().zip(&mut self.pending) {
+            if xs.is_empty() {
+                continue;
             }
+            match &mut f.counts {
+                FeatureCounts::Categorical { .. } => f.invalid += xs.len() as u64,
+                FeatureCounts::Unbinned => f.present += xs.len() as u64,
+                FeatureCounts::Numeric {
+                    edges,
+                    counts,
+                    min,
+                    max,
+                    tail_sums,
+                } => {
+                    f.present += xs.len() as u64;
+                    let last = edges.edges().len();
+                    for &x in xs.iter() {
+                        let bin = edges.bin(x);
+                        counts[bin] += 1;
+                        if bin == 0 {
+                            tail_sums.0 += x;
+                        } else if bin == last {
+                            tail_sums.1 += x;
+                        }
+                        *min = min.min(x);
+                        *max = max.max(x);
+                    }
+                }
+            }
+            xs.clear();
         }
     }
 
@@ -719,6 +741,7 @@ impl DriftOperator {
                 Value::Category(pos, name, c) => window.add_category(pos, name, c),
             });
         }
+        window.count_pending();
     }
 
     /// The window's `drift` points, one per feature, sorted by feature.

@@ -248,6 +248,19 @@ pub struct DriftWindow {
     /// Scratch: one batch's numeric values per feature slot, binned per
     /// slot in a tight loop once the batch is read.
     pending: Vec<Vec<f64>>,
+    /// The key layout of the last numeric feature map seen and the slot of
+    /// each of its entries: rows of one model repeat it, so one compare of
+    /// the row's key bytes replaces a lookup per value.
+    layout: RowLayout,
+}
+
+/// A numeric feature map's keys (their bytes and lengths) and the slot of
+/// each (None: not monitored).
+#[derive(Debug, Clone, Default)]
+struct RowLayout {
+    bytes: Vec<u8>,
+    lens: Vec<i32>,
+    slots: Vec<Option<usize>>,
 }
 
 impl DriftWindow {
@@ -275,6 +288,41 @@ impl DriftWindow {
             self.recent[pos] = i;
         }
         i
+    }
+
+    /// A row's numeric features, held until [`Self::count_pending`].
+    fn add_numeric_row(&mut self, row: &NumericEntries<'_>, config: &DriftConfig) {
+        let offsets = row.keys.value_offsets();
+        let (a, b) = (row.range.start, row.range.end);
+        let bytes = &row.keys.value_data()[offsets[a] as usize..offsets[b] as usize];
+        let same = self.layout.lens.len() == b - a
+            && self.layout.bytes == bytes
+            && offsets[a..=b]
+                .windows(2)
+                .zip(&self.layout.lens)
+                .all(|(w, &len)| w[1] - w[0] == len);
+        if !same {
+            let mut slots = Vec::with_capacity(b - a);
+            for i in a..b {
+                let name = row.keys.value(i);
+                slots.push(config.monitors(name).then(|| self.slot(1 + i - a, name)));
+            }
+            self.layout = RowLayout {
+                bytes: bytes.to_vec(),
+                lens: offsets[a..=b].windows(2).map(|w| w[1] - w[0]).collect(),
+                slots,
+            };
+            if self.pending.len() < self.features.len() {
+                self.pending.resize_with(self.features.len(), Vec::new);
+            }
+        }
+        for (i, slot) in (a..b).zip(&self.layout.slots) {
+            if let Some(slot) = *slot
+                && row.values.is_valid(i)
+            {
+                self.pending[slot].push(row.values.value(i));
+            }
+        }
     }
 
     /// A numeric value of feature `name` at row position `pos`: held until
@@ -649,6 +697,9 @@ impl DriftOperator {
                 Value::FeatureRow => builder.count_feature_row(),
                 Value::ScoreRow => builder.count_score_row(),
                 Value::Number(_, name, x) => builder.add_number(name, x),
+                Value::Numbers(row) => row.each(&self.config, |pos, name, x| {
+                    builder.add_number_at(pos, name, x)
+                }),
                 Value::Category(_, name, c) => builder.add_category(name, c),
             });
         }
@@ -738,6 +789,7 @@ impl DriftOperator {
                 Value::FeatureRow => window.feature_rows += 1,
                 Value::ScoreRow => window.score_rows += 1,
                 Value::Number(pos, name, x) => window.add_number(pos, name, x),
+                Value::Numbers(row) => window.add_numeric_row(&row, &self.config),
                 Value::Category(pos, name, c) => window.add_category(pos, name, c),
             });
         }
@@ -856,6 +908,9 @@ impl ProfileCollector {
                 Value::FeatureRow => builder.count_feature_row(),
                 Value::ScoreRow => builder.count_score_row(),
                 Value::Number(_, name, x) => builder.add_number(name, x),
+                Value::Numbers(row) => row.each(&self.config, |pos, name, x| {
+                    builder.add_number_at(pos, name, x)
+                }),
                 Value::Category(_, name, c) => builder.add_category(name, c),
             });
         }
@@ -902,8 +957,30 @@ enum Value<'a> {
     ScoreRow,
     /// A numeric value of a feature (or the score) at a row position.
     Number(usize, &'a str, f64),
+    /// The numeric feature map of a row.
+    Numbers(NumericEntries<'a>),
     /// A categorical value at a row position.
     Category(usize, &'a str, &'a str),
+}
+
+/// One row's numeric features: entries `range` of the map's keys and
+/// values.
+struct NumericEntries<'a> {
+    keys: &'a StringArray,
+    values: &'a Float64Array,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> NumericEntries<'a> {
+    /// Each monitored feature with a value, as (row position, name, value).
+    fn each(&self, config: &DriftConfig, mut f: impl FnMut(usize, &'a str, f64)) {
+        for i in self.range.clone() {
+            let name = self.keys.value(i);
+            if self.values.is_valid(i) && config.monitors(name) {
+                f(1 + i - self.range.start, name, self.values.value(i));
+            }
+        }
+    }
 }
 
 /// The prediction columns drift reads.
@@ -951,16 +1028,14 @@ impl<'a> Columns<'a> {
             return;
         }
         f(Value::FeatureRow);
-        if let Some((range, m)) = num {
-            let keys = m.keys().as_string::<i32>();
-            let values = m.values().as_primitive::<Float64Type>();
-            let start = range.start;
-            for i in range {
-                let name = keys.value(i);
-                if values.is_valid(i) && config.monitors(name) {
-                    f(Value::Number(1 + i - start, name, values.value(i)));
-                }
-            }
+        if let Some((range, m)) = num
+            && !range.is_empty()
+        {
+            f(Value::Numbers(NumericEntries {
+                keys: m.keys().as_string::<i32>(),
+                values: m.values().as_primitive::<Float64Type>(),
+                range,
+            }));
         }
         if let Some((range, m)) = cat {
             let keys = m.keys().as_string::<i32>();

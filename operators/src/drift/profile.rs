@@ -231,17 +231,6 @@ struct FeatureBuilder {
     categorical: CategoricalBuilder,
 }
 
-/// The builder of feature `name` (created on first sight).
-fn feature<'a>(
-    features: &'a mut HashMap<String, FeatureBuilder>,
-    name: &str,
-) -> &'a mut FeatureBuilder {
-    if !features.contains_key(name) {
-        features.insert(name.to_string(), FeatureBuilder::default());
-    }
-    features.get_mut(name).expect("inserted above")
-}
-
 /// Builds a [`Profile`] from a stream of values, in bounded memory.
 #[derive(Debug, Clone)]
 pub struct ProfileBuilder {
@@ -251,8 +240,16 @@ pub struct ProfileBuilder {
     feature_rows: u64,
     /// Rows that could carry a score (status ok).
     score_rows: u64,
-    features: HashMap<String, FeatureBuilder>,
+    features: Vec<(String, FeatureBuilder)>,
+    by_name: HashMap<String, usize>,
+    /// The feature last seen at each row position: rows of one model list
+    /// their features in the same order, so a string compare usually
+    /// replaces a hash lookup.
+    recent: Vec<usize>,
 }
+
+/// Row positions remembered by the builder's cache.
+const MAX_POSITIONS: usize = 256;
 
 impl ProfileBuilder {
     /// An empty builder; sampling is seeded, so profiles are reproducible.
@@ -262,7 +259,9 @@ impl ProfileBuilder {
             rng: ChaCha8Rng::seed_from_u64(0x1f2e3d4c),
             feature_rows: 0,
             score_rows: 0,
-            features: HashMap::default(),
+            features: Vec::new(),
+            by_name: HashMap::default(),
+            recent: Vec::new(),
         }
     }
 
@@ -281,17 +280,52 @@ impl ProfileBuilder {
         self.score_rows += 1;
     }
 
+    /// The index of feature `name` (created on first sight), seen at row
+    /// position `pos` (`usize::MAX`: unknown).
+    fn slot(&mut self, pos: usize, name: &str) -> usize {
+        if let Some(&i) = self.recent.get(pos)
+            && self.features[i].0 == name
+        {
+            return i;
+        }
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => {
+                self.features
+                    .push((name.to_string(), FeatureBuilder::default()));
+                self.by_name
+                    .insert(name.to_string(), self.features.len() - 1);
+                self.features.len() - 1
+            }
+        };
+        if pos < MAX_POSITIONS {
+            if self.recent.len() <= pos {
+                self.recent.resize(pos + 1, i);
+            }
+            self.recent[pos] = i;
+        }
+        i
+    }
+
     fn feature(&mut self, name: &str) -> &mut FeatureBuilder {
-        feature(&mut self.features, name)
+        let i = self.slot(usize::MAX, name);
+        &mut self.features[i].1
     }
 
     /// A numeric value of `name` (non-finite values are ignored).
     pub fn add_number(&mut self, name: &str, x: f64) {
+        self.add_number_at(usize::MAX, name, x);
+    }
+
+    /// A numeric value of `name` at row position `pos` (non-finite values
+    /// are ignored).
+    pub fn add_number_at(&mut self, pos: usize, name: &str, x: f64) {
         if !x.is_finite() {
             return;
         }
         let cap = self.binning.reference_sample;
-        let b = &mut feature(&mut self.features, name).numeric;
+        let i = self.slot(pos, name);
+        let b = &mut self.features[i].1.numeric;
         // Reservoir sampling (algorithm R): a uniform sample of `cap`.
         let slot = if (b.seen as usize) < cap {
             None

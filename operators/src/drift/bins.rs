@@ -68,7 +68,7 @@ impl BinLookup {
         if self.scale == 0.0 {
             return self.edges.partition_point(|&e| e <= x);
         }
-        if !(x >= self.lo) {
+        if x < self.lo || x.is_nan() {
             return 0; // below the first edge, or NaN
         }
         if x >= self.hi {

@@ -136,9 +136,7 @@ fn key(request_id: &str, item_id: Option<&str>) -> u64 {
 
 /// A list id as a hash (never 0: 0 marks an unranked prediction).
 fn list_key(list_id: &str) -> u64 {
-    let mut h = FIXED.build_hasher();
-    list_id.hash(&mut h);
-    h.finish().max(1)
+    FIXED.hash_one(list_id).max(1)
 }
 
 #[derive(Debug)]

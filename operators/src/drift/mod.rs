@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod profile;
+mod slots;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use self::bins::BinLookup;
 use self::profile::{Binning, FeatureProfile, Profile, ProfileBuilder, SCORE};
+use self::slots::{MAX_POSITIONS, Slots};
 use self::stats::{LinearCdf, chi2_homogeneity, js_distance, ks_pvalue, psi};
 use crate::engine::SeriesKey;
 
@@ -194,7 +196,6 @@ enum FeatureCounts {
 
 #[derive(Debug, Clone)]
 struct FeatureWindow {
-    name: String,
     /// Values of the reference's type.
     present: u64,
     /// Values of the other type: counted, never binned.
@@ -203,7 +204,7 @@ struct FeatureWindow {
 }
 
 impl FeatureWindow {
-    fn new(name: &str, reference: Option<&FeatureProfile>) -> Self {
+    fn new(reference: Option<&FeatureProfile>) -> Self {
         let counts = match reference {
             Some(FeatureProfile::Numeric(p)) => FeatureCounts::Numeric {
                 edges: BinLookup::new(p.edges.clone()),
@@ -224,7 +225,6 @@ impl FeatureWindow {
             None => FeatureCounts::Unbinned,
         };
         Self {
-            name: name.to_string(),
             present: 0,
             invalid: 0,
             counts,
@@ -239,12 +239,7 @@ pub struct DriftWindow {
     reference: Option<Arc<Profile>>,
     feature_rows: u64,
     score_rows: u64,
-    features: Vec<FeatureWindow>,
-    by_name: HashMap<String, usize>,
-    /// The slot the value at each position of a row went to last time: rows
-    /// of one model list their features in the same order, so a string
-    /// compare usually replaces a hash lookup.
-    recent: Vec<usize>,
+    features: Slots<FeatureWindow>,
     /// Scratch: one batch's numeric values per feature slot, binned per
     /// slot in a tight loop once the batch is read.
     pending: Vec<Vec<f64>>,
@@ -266,28 +261,10 @@ struct RowLayout {
 impl DriftWindow {
     /// The slot of feature `name`, seen at position `pos` of its row.
     fn slot(&mut self, pos: usize, name: &str) -> usize {
-        if let Some(&i) = self.recent.get(pos)
-            && self.features[i].name == name
-        {
-            return i;
-        }
-        let i = match self.by_name.get(name) {
-            Some(&i) => i,
-            None => {
-                let reference = self.reference.as_ref().and_then(|r| r.features.get(name));
-                self.features.push(FeatureWindow::new(name, reference));
-                self.by_name
-                    .insert(name.to_string(), self.features.len() - 1);
-                self.features.len() - 1
-            }
-        };
-        if pos < MAX_ROW_POSITIONS {
-            if self.recent.len() <= pos {
-                self.recent.resize(pos + 1, i);
-            }
-            self.recent[pos] = i;
-        }
-        i
+        let reference = &self.reference;
+        self.features.slot(pos, name, || {
+            FeatureWindow::new(reference.as_ref().and_then(|r| r.features.get(name)))
+        })
     }
 
     /// A row's numeric features, held until [`Self::count_pending`].
@@ -338,7 +315,7 @@ impl DriftWindow {
     /// Count the held numeric values, feature by feature: one match per
     /// feature and batch, then a loop that only bins.
     fn count_pending(&mut self) {
-        for (f, xs) in self.features.iter_mut().zip(&mut self.pending) {
+        for (f, xs) in self.features.values_mut().zip(&mut self.pending) {
             if xs.is_empty() {
                 continue;
             }
@@ -373,7 +350,7 @@ impl DriftWindow {
 
     fn add_category(&mut self, pos: usize, name: &str, value: &str) {
         let i = self.slot(pos, name);
-        let f = &mut self.features[i];
+        let f = self.features.at(i);
         match &mut f.counts {
             FeatureCounts::Numeric { .. } => f.invalid += 1,
             FeatureCounts::Unbinned => f.present += 1,
@@ -385,9 +362,6 @@ impl DriftWindow {
         }
     }
 }
-
-/// Row positions remembered by [`DriftWindow::slot`]'s cache.
-const MAX_ROW_POSITIONS: usize = 256;
 
 /// The statistics of one feature in one window.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -800,20 +774,17 @@ impl DriftOperator {
     pub fn points(&self, series: &SeriesKey, window: &DriftWindow, end_ms: i64) -> Vec<Point> {
         // Reference features missing from the window entirely are reported
         // too: a feature that went null everywhere is the loudest drift.
-        let mut names: Vec<&String> = window.by_name.keys().collect();
+        let mut names: Vec<&String> = window.features.iter().map(|(n, _)| n).collect();
         if let Some(r) = &window.reference {
             names.extend(r.features.keys().filter(|n| self.config.monitors(n)));
         }
         names.sort();
         names.dedup();
-        let absent = FeatureWindow::new("", None);
+        let absent = FeatureWindow::new(None);
         let mut judged: Vec<(&String, FeatureDrift)> = names
             .into_iter()
             .map(|name| {
-                let f = window
-                    .by_name
-                    .get(name)
-                    .map_or(&absent, |&i| &window.features[i]);
+                let f = window.features.get(name).unwrap_or(&absent);
                 let rows = if name == SCORE {
                     window.score_rows
                 } else {
@@ -1046,7 +1017,7 @@ impl<'a> Columns<'a> {
                 if values.is_valid(i) && config.monitors(name) {
                     // Positions after the numeric ones, so caches do not clash.
                     f(Value::Category(
-                        1 + MAX_ROW_POSITIONS / 2 + i - start,
+                        1 + MAX_POSITIONS / 2 + i - start,
                         name,
                         values.value(i),
                     ));

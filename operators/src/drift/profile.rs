@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
+use super::slots::Slots;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -240,16 +242,8 @@ pub struct ProfileBuilder {
     feature_rows: u64,
     /// Rows that could carry a score (status ok).
     score_rows: u64,
-    features: Vec<(String, FeatureBuilder)>,
-    by_name: HashMap<String, usize>,
-    /// The feature last seen at each row position: rows of one model list
-    /// their features in the same order, so a string compare usually
-    /// replaces a hash lookup.
-    recent: Vec<usize>,
+    features: Slots<FeatureBuilder>,
 }
-
-/// Row positions remembered by the builder's cache.
-const MAX_POSITIONS: usize = 256;
 
 impl ProfileBuilder {
     /// An empty builder; sampling is seeded, so profiles are reproducible.
@@ -259,9 +253,7 @@ impl ProfileBuilder {
             rng: ChaCha8Rng::seed_from_u64(0x1f2e3d4c),
             feature_rows: 0,
             score_rows: 0,
-            features: Vec::new(),
-            by_name: HashMap::default(),
-            recent: Vec::new(),
+            features: Slots::default(),
         }
     }
 
@@ -280,36 +272,11 @@ impl ProfileBuilder {
         self.score_rows += 1;
     }
 
-    /// The index of feature `name` (created on first sight), seen at row
-    /// position `pos` (`usize::MAX`: unknown).
-    fn slot(&mut self, pos: usize, name: &str) -> usize {
-        if let Some(&i) = self.recent.get(pos)
-            && self.features[i].0 == name
-        {
-            return i;
-        }
-        let i = match self.by_name.get(name) {
-            Some(&i) => i,
-            None => {
-                self.features
-                    .push((name.to_string(), FeatureBuilder::default()));
-                self.by_name
-                    .insert(name.to_string(), self.features.len() - 1);
-                self.features.len() - 1
-            }
-        };
-        if pos < MAX_POSITIONS {
-            if self.recent.len() <= pos {
-                self.recent.resize(pos + 1, i);
-            }
-            self.recent[pos] = i;
-        }
-        i
-    }
-
     fn feature(&mut self, name: &str) -> &mut FeatureBuilder {
-        let i = self.slot(usize::MAX, name);
-        &mut self.features[i].1
+        let i = self
+            .features
+            .slot(usize::MAX, name, FeatureBuilder::default);
+        self.features.at(i)
     }
 
     /// A numeric value of `name` (non-finite values are ignored).
@@ -324,8 +291,8 @@ impl ProfileBuilder {
             return;
         }
         let cap = self.binning.reference_sample;
-        let i = self.slot(pos, name);
-        let b = &mut self.features[i].1.numeric;
+        let i = self.features.slot(pos, name, FeatureBuilder::default);
+        let b = &mut self.features.at(i).numeric;
         // Reservoir sampling (algorithm R): a uniform sample of `cap`.
         let slot = if (b.seen as usize) < cap {
             None
@@ -362,7 +329,7 @@ impl ProfileBuilder {
     /// Freeze into a profile.
     pub fn build(&self, model: &str, model_version: &str) -> Profile {
         let mut features = BTreeMap::new();
-        for (name, b) in &self.features {
+        for (name, b) in self.features.iter() {
             let rows = if name == SCORE {
                 self.score_rows
             } else {

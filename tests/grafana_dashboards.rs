@@ -174,8 +174,8 @@ fn check_documented(
     }
 }
 
-/// Replay the bundled recordings into a fresh database; (start, end) of
-/// the data in ms.
+/// Replay the bundled recordings and a ranked canary into a fresh
+/// database; (start, end) of the data in ms.
 fn replay_into(base: &str, db: &str, dir: &std::path::Path) -> (i64, i64) {
     influx_query(base, "", &format!("CREATE DATABASE \"{db}\""));
     let config = dir.join("influx.toml");
@@ -190,12 +190,28 @@ fn replay_into(base: &str, db: &str, dir: &std::path::Path) -> (i64, i64) {
         ),
     )
     .unwrap();
+    // Ranked lists with a canary (ranking, position_ctr, comparison), half
+    // an hour right after the bundled recordings.
+    let ranked = dir.join("ranked-canary.jsonl");
+    run_ok(
+        infermon()
+            .args([
+                "generate",
+                "--scenario",
+                "ranked-canary",
+                "--duration",
+                "30m",
+                "--out",
+            ])
+            .arg(&ranked),
+    );
     run_ok(
         infermon()
             .arg("--config")
             .arg(&config)
             .args(["replay", "--offline", "--quiet", "--influxdb"])
             .args(recordings())
+            .arg(&ranked)
             .arg("--alerts-out")
             .arg(dir.join("alerts.jsonl")),
     );

@@ -49,7 +49,7 @@ impl GenerateOptions {
             Scenario::FeatureNull => 16,
             Scenario::GradientExplosion => 17,
             Scenario::Day | Scenario::RealisticDay | Scenario::QuietDays => 0,
-            Scenario::RankedSearch | Scenario::BrokenOrder => 18,
+            Scenario::RankedSearch | Scenario::BrokenOrder | Scenario::RankedCanary => 18,
         };
         Self {
             scenario,
@@ -248,10 +248,15 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
     match opts.scenario {
         Scenario::RealisticDay => return crate::realistic::generate(opts, true, out),
         Scenario::QuietDays => return crate::realistic::generate(opts, false, out),
-        Scenario::RankedSearch => return crate::ranked::generate(opts, None, out),
-        Scenario::BrokenOrder => {
-            let from = opts.incidents().first().map(|i| i.start_ms);
-            return crate::ranked::generate(opts, from, out);
+        Scenario::RankedSearch | Scenario::BrokenOrder | Scenario::RankedCanary => {
+            use crate::ranked::Breakage;
+            let from = opts.incidents().first().map_or(i64::MAX, |i| i.start_ms);
+            let breakage = match opts.scenario {
+                Scenario::BrokenOrder => Breakage::Order(from),
+                Scenario::RankedCanary => Breakage::Canary(from),
+                _ => Breakage::None,
+            };
+            return crate::ranked::generate(opts, breakage, out);
         }
         _ => {}
     }
@@ -266,7 +271,8 @@ pub fn generate(opts: &GenerateOptions, out: &mut dyn Write) -> io::Result<Gener
         Scenario::RealisticDay
         | Scenario::QuietDays
         | Scenario::RankedSearch
-        | Scenario::BrokenOrder => unreachable!("generated above"),
+        | Scenario::BrokenOrder
+        | Scenario::RankedCanary => unreachable!("generated above"),
     };
     let training = matches!(opts.scenario, Scenario::GradientExplosion | Scenario::Day);
     let active = Active::new(opts);

@@ -3,7 +3,9 @@
 //! adds the incident ranking metrics exist for: from 60 % of the recording
 //! a feature bug scrambles which item gets which score, so the scores (and
 //! their distribution) stay the same while the order no longer follows
-//! relevance.
+//! relevance. `ranked-canary` has that bug in a canary: from 50 % of the
+//! recording version 6 serves 30 % of the queries, with the broken order,
+//! beside a healthy version 5.
 //!
 //! Click model (a position-based model, as in Craswell et al. 2008):
 //! each item has a relevance `r ~ Beta(0.5, 3)`; the model's estimate is
@@ -35,11 +37,24 @@ const CATALOG: usize = 200_000;
 /// Examination falls with position as `p^-ETA`.
 const ETA: f64 = 0.15;
 
-/// Write the recording; `broken_from_ms`: when the order breaks (`None`:
-/// never).
+/// The canary version of `ranked-canary` and its share of the queries.
+pub const CANARY: (&str, f64) = ("6", 0.3);
+
+/// What goes wrong, from when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Breakage {
+    /// Nothing.
+    None,
+    /// Every list's order breaks.
+    Order(i64),
+    /// A canary with the broken order takes [`CANARY`]'s share of queries.
+    Canary(i64),
+}
+
+/// Write the recording.
 pub(crate) fn generate(
     opts: &GenerateOptions,
-    broken_from_ms: Option<i64>,
+    breakage: Breakage,
     out: &mut dyn Write,
 ) -> io::Result<GenerateStats> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -54,9 +69,16 @@ pub(crate) fn generate(
     let mut seq: u64 = 0;
     for sec in 0..opts.duration_s as i64 {
         let second_ms = opts.start_ms + sec * 1000;
-        let broken = broken_from_ms.is_some_and(|t| second_ms >= t);
         for _ in 0..queries.sample(&mut rng) as u64 {
             seq += 1;
+            let (version, broken) = match breakage {
+                Breakage::None => (MODEL.1, false),
+                Breakage::Order(t) => (MODEL.1, second_ms >= t),
+                Breakage::Canary(t) if second_ms >= t && rng.random::<f64>() < CANARY.1 => {
+                    (CANARY.0, true)
+                }
+                Breakage::Canary(_) => (MODEL.1, false),
+            };
             let ts = second_ms + rng.random_range(0..1000);
             let request_id = format!("q-{seq:08}");
             // Distinct items: a list never shows one twice.
@@ -84,7 +106,7 @@ pub(crate) fn generate(
                     request_id: request_id.clone(),
                     ts,
                     model: MODEL.0.into(),
-                    model_version: MODEL.1.into(),
+                    model_version: version.into(),
                     worker: Some("ltr-0/0".into()),
                     device: Some("cpu".into()),
                     status: Status::Ok,

@@ -32,11 +32,13 @@ pub enum Scenario {
     /// The same, and from 60 % of the recording the order breaks while the
     /// score distribution stays the same.
     BrokenOrder,
+    /// The same bug in a canary version beside the healthy stable one.
+    RankedCanary,
 }
 
 impl Scenario {
     /// Every scenario, in file order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::LatencyRegression,
         Scenario::ErrorBurst,
         Scenario::InputShift,
@@ -47,6 +49,7 @@ impl Scenario {
         Scenario::QuietDays,
         Scenario::RankedSearch,
         Scenario::BrokenOrder,
+        Scenario::RankedCanary,
     ];
 
     /// The scenarios committed under `replay-data/recordings/` (the
@@ -59,6 +62,7 @@ impl Scenario {
                 | Scenario::QuietDays
                 | Scenario::RankedSearch
                 | Scenario::BrokenOrder
+                | Scenario::RankedCanary
         )
     }
 
@@ -75,6 +79,7 @@ impl Scenario {
             Scenario::QuietDays => "quiet-days",
             Scenario::RankedSearch => "ranked-search",
             Scenario::BrokenOrder => "broken-order",
+            Scenario::RankedCanary => "ranked-canary",
         }
     }
 
@@ -105,6 +110,7 @@ impl Scenario {
                 .collect(),
             Scenario::QuietDays | Scenario::RankedSearch => Vec::new(),
             Scenario::BrokenOrder => vec![(BrokenOrder, 0.6, 1.0)],
+            Scenario::RankedCanary => vec![(CanaryBrokenOrder, 0.5, 1.0)],
         }
     }
 }
@@ -130,6 +136,7 @@ pub(crate) enum IncidentKind {
     LowTrafficErrors,
     GradientSpikes,
     BrokenOrder,
+    CanaryBrokenOrder,
 }
 
 /// A documented incident: where and when it is in a recording, what changes,
@@ -238,6 +245,13 @@ impl IncidentKind {
                 crate::ranked::MODEL.1,
                 "search-ltr hands its scores to the wrong items of each list: the score distribution is the same, the order no longer follows relevance",
                 "ranking_quality_drop (ranking.ndcg_at_10 below 0.8x its 1 h median); mrr falls too",
+            ),
+            IncidentKind::CanaryBrokenOrder => (
+                "canary with a broken order",
+                crate::ranked::MODEL.0,
+                crate::ranked::CANARY.0,
+                "search-ltr v6 serves 30 % of the queries as a canary beside v5, handing its scores to the wrong items",
+                "canary_worse (comparison, model_version=6, metric=ndcg_at_10)",
             ),
         };
         Incident {

@@ -13,7 +13,7 @@ use crate::generate::{write_bundled, write_recording, write_requests};
 pub struct Args {
     /// Scenario: latency-regression, error-burst, input-shift,
     /// feature-null, gradient-explosion, day, realistic-day, quiet-days,
-    /// ranked-search or broken-order.
+    /// ranked-search, broken-order or ranked-canary.
     #[arg(long, default_value = "day")]
     scenario: String,
     /// Output file (.zst to compress).

@@ -457,17 +457,23 @@ macro_rules! reject {
     };
 }
 
-struct StringV;
-impl<'de> Visitor<'de> for StringV {
-    type Value = Option<String>;
+/// A JSON string (or null) read on its borrowed text: `read` turns it into
+/// the value (None: not one `expected` allows); other JSON types are not
+/// strings.
+struct StrV<T> {
+    read: fn(&str) -> Option<T>,
+    expected: &'static str,
+}
+impl<'de, T> Visitor<'de> for StrV<T> {
+    type Value = Option<T>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("string")
+        f.write_str(self.expected)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if bare_token(v).is_some() {
-            return Err(wrong("string", de::Unexpected::Str(v)));
+        match bare_token(v).map_or_else(|| (self.read)(v), |_| None) {
+            Some(t) => Ok(Some(t)),
+            None => Err(wrong(self.expected, de::Unexpected::Str(v))),
         }
-        Ok(Some(v.to_owned()))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -484,7 +490,10 @@ impl<'de> Visitor<'de> for StringV {
 }
 
 fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    d.deserialize_any(StringV)
+    d.deserialize_any(StrV {
+        read: |v| Some(v.to_owned()),
+        expected: "string",
+    })
 }
 
 /// A JSON number as f64. `lenient` also takes "NaN"/"Infinity" strings and
@@ -599,35 +608,15 @@ fn label<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
 }
 
 /// `"ok"` or `"error"`, matched on the borrowed text (no allocation).
-struct StatusV;
-impl<'de> Visitor<'de> for StatusV {
-    type Value = Option<Status>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#""ok" or "error""#)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        match v {
-            "ok" => Ok(Some(Status::Ok)),
-            "error" => Ok(Some(Status::Error)),
-            other => Err(wrong(r#""ok" or "error""#, de::Unexpected::Str(other))),
-        }
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(wrong("string", de::Unexpected::Map))
-    }
-    reject!("string";
-        visit_bool(bool) => de::Unexpected::Bool,
-        visit_i64(i64) => de::Unexpected::Signed,
-        visit_u64(u64) => de::Unexpected::Unsigned,
-        visit_f64(f64) => de::Unexpected::Float,
-    );
-}
-
 fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
-    d.deserialize_any(StatusV)
+    d.deserialize_any(StrV {
+        read: |v| match v {
+            "ok" => Some(Status::Ok),
+            "error" => Some(Status::Error),
+            _ => None,
+        },
+        expected: r#""ok" or "error""#,
+    })
 }
 
 /// One value of a map field, as the map visitors judge it: scalars kept,

@@ -169,7 +169,7 @@ pub struct CanaryJudge {
 }
 
 /// What one comparison's metric adds to its trail and how it is judged.
-struct Judged {
+struct Observed {
     metric: String,
     baseline: f64,
     candidate: f64,
@@ -199,7 +199,7 @@ impl CanaryJudge {
         };
         let mut out = Vec::new();
         for cand in versions.iter().filter(|v| v.version != base.version) {
-            let mut judged = Vec::new();
+            let mut observed = Vec::new();
             let (nb, nc) = (base.latency.count(), cand.latency.count());
             if let (Some(pb), Some(pc)) = (base.latency.quantile(0.99), cand.latency.quantile(0.99))
             {
@@ -210,7 +210,7 @@ impl CanaryJudge {
                     .and_then(|()| pooled.quantile(0.99))
                 {
                     let (xb, xc) = (base.latency.count_above(t), cand.latency.count_above(t));
-                    judged.push(Judged {
+                    observed.push(Observed {
                         metric: "latency_p99".into(),
                         baseline: pb,
                         candidate: pc,
@@ -219,7 +219,7 @@ impl CanaryJudge {
                 }
             }
             if base.requests > 0 && cand.requests > 0 {
-                judged.push(Judged {
+                observed.push(Observed {
                     metric: "error_rate".into(),
                     baseline: base.errors as f64 / base.requests as f64,
                     candidate: cand.errors as f64 / cand.requests as f64,
@@ -233,7 +233,7 @@ impl CanaryJudge {
                     ],
                 });
             }
-            for j in judged {
+            for j in observed {
                 let c = self.judge(model, base.version, cand.version, end, j);
                 out.push(c.point(model, base.version, cand.version, end));
             }
@@ -255,9 +255,9 @@ impl CanaryJudge {
         };
         let mut out = Vec::new();
         for cand in versions.iter().filter(|v| v.version != base.version) {
-            let mut judged = Vec::new();
+            let mut observed = Vec::new();
             if let (Some(b), Some(c)) = (base.quality, cand.quality) {
-                judged.push(Judged {
+                observed.push(Observed {
                     metric: "ctr".into(),
                     baseline: b.ctr,
                     candidate: c.ctr,
@@ -271,7 +271,7 @@ impl CanaryJudge {
                     ],
                 });
                 if let (Some(cb), Some(cc)) = (b.calibration, c.calibration) {
-                    judged.push(Judged {
+                    observed.push(Observed {
                         metric: "calibration".into(),
                         baseline: cb,
                         candidate: cc,
@@ -289,7 +289,7 @@ impl CanaryJudge {
                     let var = |q: &Quality, a: f64| {
                         hanley_mcneil_variance(a, q.clicks as f64, (q.n_labeled - q.clicks) as f64)
                     };
-                    judged.push(Judged {
+                    observed.push(Observed {
                         metric: "auc".into(),
                         baseline: ab,
                         candidate: ac,
@@ -310,14 +310,14 @@ impl CanaryJudge {
                 && nb > 0
                 && nc > 0
             {
-                judged.push(Judged {
+                observed.push(Observed {
                     metric: format!("ndcg_at_{k}"),
                     baseline: sb / nb as f64,
                     candidate: sc / nc as f64,
                     sums: [sb, qb, nb as f64, sc, qc, nc as f64],
                 });
             }
-            for j in judged {
+            for j in observed {
                 let c = self.judge(model, base.version, cand.version, end, j);
                 out.push(c.point(model, base.version, cand.version, end));
             }
@@ -326,7 +326,7 @@ impl CanaryJudge {
     }
 
     /// Add the window's sums to the comparison's trail and test the trail.
-    fn judge(&mut self, model: &str, base: &str, cand: &str, end: i64, j: Judged) -> Comparison {
+    fn judge(&mut self, model: &str, base: &str, cand: &str, end: i64, j: Observed) -> Comparison {
         let config = &self.config;
         let key = (
             model.to_string(),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use infermon_operators::drift::stats::{chi2_homogeneity, js_distance, ks_statistic, wasserstein};
-use infermon_operators::quality::Quality;
+use infermon_operators::quality::{LabelCounts, Quality};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -112,7 +112,7 @@ fn exact_statistics_match_scipy_and_sklearn() {
     }
     for (i, (s, y)) in labelled.iter().enumerate() {
         let mut pairs: Vec<(f64, u8)> = s.iter().copied().zip(y.iter().copied()).collect();
-        let q = Quality::of(&mut pairs, 0.5).unwrap();
+        let q = Quality::of(&LabelCounts::of(&mut pairs), 0.5).unwrap();
         let r = &reference["quality"][i];
         close(q.auc.unwrap(), r["auc"].as_f64().unwrap(), 1e-9, "auc");
         close(q.logloss, r["logloss"].as_f64().unwrap(), 1e-9, "logloss");

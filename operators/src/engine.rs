@@ -17,11 +17,12 @@ use datafusion::logical_expr::Accumulator;
 use infermon_schemas::batch::{ITEM_ID, LIST_ID, POSITION, STAGES, segment_column, stage_column};
 use infermon_schemas::{FeedbackEvent, FieldValue, Point, TrainingEvent, prediction_schema};
 
-use crate::canary::{CanaryConfig, CanaryJudge, Labelled, Served};
+use serde::{Deserialize, Serialize};
+
 use crate::drift::{DriftOperator, DriftWindow};
 use crate::gradients::{GradientAnomaly, GradientMonitor, GradientWindow};
 use crate::latency::LatencyAccumulator;
-use crate::quality::{Judged, LabelJoin, Scored};
+use crate::quality::{LabelCounts, LabelJoin, Ranking, Scored};
 use crate::throughput::ThroughputAccumulator;
 use crate::watermark::{InputId, WatermarkTracker};
 use crate::window::{WindowConfig, WindowConfigError, WindowSpec};
@@ -49,7 +50,7 @@ pub enum EngineError {
 /// configured segment key, in the series of that key's value alone
 /// (`site=mx` across every surface): one dimension at a time, so a segment
 /// is big enough to judge, and the cross-product never multiplies series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
     /// Model name.
     pub model: String,
@@ -100,7 +101,28 @@ pub struct SeriesState {
     pub drift: Option<DriftWindow>,
 }
 
-/// A window whose end the watermark has passed: its results are final.
+impl SeriesState {
+    /// Fold in the state of the same series and window from another
+    /// partial: sketches and counters add (exact).
+    pub fn merge(&mut self, other: &SeriesState) -> Result<(), EngineError> {
+        for (a, b) in self.stages.iter_mut().zip(&other.stages) {
+            a.merge(b)
+                .map_err(|e| EngineError::Schema(format!("latency sketch: {e}")))?;
+        }
+        self.throughput.merge(&other.throughput);
+        match (&mut self.drift, &other.drift) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.drift = Some(b.clone()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A window whose end the watermark has passed: the state of its series,
+/// final for the events this engine saw. One engine's closed window is a
+/// partial; [`crate::merge::Merger`] adds up the partials of a window
+/// before [`crate::topology::Topology`] turns it into points.
 #[derive(Debug)]
 pub struct ClosedWindow {
     /// Inclusive start, ms.
@@ -113,13 +135,49 @@ pub struct ClosedWindow {
     pub batches: Vec<RecordBatch>,
     /// Late events counted since the previous window closed, per series.
     pub late: Vec<(SeriesKey, u64)>,
-    /// Points of the other operators: `drift` and `gradients` of this window,
-    /// and `quality` of earlier windows whose label wait just ended.
-    pub extra: Vec<Point>,
+    /// Training summaries per (model, run_id).
+    pub gradients: Vec<((String, String), GradientWindow)>,
+}
+
+/// The label state of one series in one window, once its label wait
+/// ended: mergeable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelState {
+    /// Labelled predictions (None: none labelled).
+    pub labels: Option<LabelCounts>,
+    /// Judged ranked lists (None: no ranked prediction).
+    pub ranking: Option<Ranking>,
+}
+
+impl LabelState {
+    /// Add another partial's labels of the same series and window.
+    pub fn merge(&mut self, other: &LabelState) {
+        match (&mut self.labels, &other.labels) {
+            (Some(a), Some(b)) => a.merge(b),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+        match (&mut self.ranking, &other.ranking) {
+            (Some(a), Some(b)) => a.merge(b),
+            (a @ None, Some(b)) => *a = Some(b.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// The labels of one window whose label wait ended, per series sorted by
+/// key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledWindow {
+    /// End of the window, ms.
+    pub end: i64,
+    /// Label state per series.
+    pub series: Vec<(SeriesKey, LabelState)>,
 }
 
 impl ClosedWindow {
-    /// The contract's `latency` and `throughput` points, plus `late_events`.
+    /// The contract's `latency` and `throughput` points, `late_events` and
+    /// `gradients`.
     pub fn points(&mut self) -> Result<Vec<Point>, EngineError> {
         let mut out = Vec::new();
         for (key, state) in &mut self.series {
@@ -141,7 +199,9 @@ impl ClosedWindow {
                     .field("count", FieldValue::Int(*n as i64)),
             );
         }
-        out.extend(self.extra.iter().cloned());
+        for ((model, run_id), g) in &self.gradients {
+            out.push(g.point(model, run_id, self.end));
+        }
         add_rest_of_model(&mut out);
         Ok(out)
     }
@@ -295,12 +355,13 @@ pub struct WindowEngine {
     drift: Option<DriftOperator>,
     gradients: Option<GradientMonitor>,
     labels: Option<LabelJoin>,
-    /// Canary against stable, when on.
-    canary: Option<CanaryJudge>,
+    /// This engine freezes drift references from its own rows (false when
+    /// an owner feeds them to every shard: [`crate::shards::Shards`]).
+    feeds_reference: bool,
     /// Late events of other topics (training steps whose window closed).
     late_other: u64,
-    /// Points waiting for the next closed window (quality results).
-    extra_pending: Vec<Point>,
+    /// Label state of windows whose label wait ended, not yet taken.
+    labelled: Vec<LabelledWindow>,
     /// Per input: windows ending at or before this were emitted by an earlier
     /// run (restart from a committed offset), so its rows skip them.
     floors: Vec<i64>,
@@ -334,9 +395,9 @@ impl WindowEngine {
             drift: None,
             gradients: None,
             labels: None,
-            canary: None,
+            feeds_reference: true,
             late_other: 0,
-            extra_pending: Vec::new(),
+            labelled: Vec::new(),
             floors: Vec::new(),
         })
     }
@@ -355,10 +416,10 @@ impl WindowEngine {
         self
     }
 
-    /// Also compare each model's versions serving in the same window
-    /// (`comparison` points).
-    pub fn with_canary(mut self, canary: CanaryConfig) -> Self {
-        self.canary = canary.enabled.then(|| CanaryJudge::new(canary));
+    /// Leave freezing drift references to an owner that feeds every
+    /// shard the same ones ([`DriftOperator::restore`]).
+    pub(crate) fn without_reference_feed(mut self) -> Self {
+        self.feeds_reference = false;
         self
     }
 
@@ -481,6 +542,11 @@ impl WindowEngine {
         self.watermarks.finish(input);
     }
 
+    /// Newest event time `input` has delivered.
+    pub(crate) fn input_max(&self, input: InputId) -> Option<i64> {
+        self.watermarks.input_max(input)
+    }
+
     /// The current watermark.
     pub fn watermark(&self) -> Option<i64> {
         self.watermarks.current()
@@ -515,11 +581,30 @@ impl WindowEngine {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let ts = timestamps(batch, self.columns.ts)?;
+        let event_max = running_max(ts, self.watermarks.input_max(input));
+        let rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        self.push_rows(input, batch, &rows, &event_max, now_ms)
+    }
+
+    /// Route `rows` of a batch of `input` into their windows, judging each
+    /// row's lateness at `event_max[row]`: the newest event time of the
+    /// input up to that row, over every row of the batch. Shards given
+    /// disjoint rows of one batch so judge each row as one engine given the
+    /// whole batch would.
+    pub(crate) fn push_rows(
+        &mut self,
+        input: InputId,
+        batch: &RecordBatch,
+        rows: &[u32],
+        event_max: &[i64],
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let Some(&batch_max) = event_max.last() else {
+            return Ok(());
+        };
         let c = self.columns.clone();
-        let ts = batch
-            .column(c.ts)
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| EngineError::Schema("ts must be Timestamp(ms)".into()))?;
+        let ts = timestamps(batch, c.ts)?;
         let string_col = |i: usize| -> Result<&StringArray, EngineError> {
             batch
                 .column(i)
@@ -558,16 +643,18 @@ impl WindowEngine {
         for g in self.groups.values_mut() {
             g.clear();
         }
-        for row in 0..batch.num_rows() {
+        let feeds_reference = self.feeds_reference;
+        for &row in rows {
+            let row = row as usize;
             let t = ts.value(row);
-            if t > max_ts {
-                max_ts = t;
+            if event_max[row] > max_ts {
+                max_ts = event_max[row];
                 watermark = self.watermarks.with_input_at(others, max_ts);
             }
             let id = self.series_id(model.value(row), version.value(row), None);
             self.segment_series(id, &segments, row);
             self.stats[id as usize].events += 1;
-            if self.drift.is_some() {
+            if self.drift.is_some() && feeds_reference {
                 rows_by_series.entry(id).or_default().push(row as u32);
             }
             let mut late = false;
@@ -662,7 +749,8 @@ impl WindowEngine {
             }
         }
         self.groups.retain(|_, rows| !rows.is_empty());
-        self.watermarks.observe(input, max_ts, now_ms);
+        self.watermarks
+            .observe(input, max_ts.max(batch_max), now_ms);
         Ok(())
     }
 
@@ -745,12 +833,6 @@ impl WindowEngine {
         }
     }
 
-    /// Points no closed window has carried out yet (call after
-    /// [`Self::flush`]).
-    pub fn take_pending_points(&mut self) -> Vec<Point> {
-        std::mem::take(&mut self.extra_pending)
-    }
-
     /// End of input: close every open window.
     pub fn flush(&mut self) -> Vec<ClosedWindow> {
         self.close_until(None)
@@ -771,44 +853,35 @@ impl WindowEngine {
                 .map(|(id, s)| (self.series[id as usize].clone(), s))
                 .collect();
             series.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut extra = Vec::new();
-            if let Some(drift) = &self.drift {
-                for (key, state) in &series {
-                    if let Some(w) = &state.drift {
-                        extra.extend(drift.points(key, w, end));
-                    }
-                }
-            }
-            for ((model, run_id), g) in &window.gradients {
-                extra.push(g.point(model, run_id, end));
-            }
-            if let Some(canary) = self.canary.as_mut() {
-                extra.extend(compare_serving(canary, &series, end));
-            }
             closed.push(ClosedWindow {
                 start,
                 end,
                 series,
                 batches: window.batches,
                 late: Vec::new(),
-                extra,
+                gradients: window.gradients.into_iter().collect(),
             });
         }
         if let Some(labels) = self.labels.as_mut() {
             let series = &self.series;
-            let judged = labels.emit(watermark, |id| series[id as usize].model.as_str());
-            for j in &judged {
-                let key = &series[j.series as usize];
-                if let Some(q) = &j.quality {
-                    self.extra_pending.push(q.point(key, j.end));
+            for j in labels.emit(watermark) {
+                if self.labelled.last().is_none_or(|l| l.end != j.end) {
+                    self.labelled.push(LabelledWindow {
+                        end: j.end,
+                        series: Vec::new(),
+                    });
                 }
-                if let Some(r) = &j.ranking {
-                    self.extra_pending.extend(r.points(key, j.end));
-                }
+                let state = LabelState {
+                    labels: j.labels,
+                    ranking: j.ranking,
+                };
+                let window = self.labelled.last_mut().expect("pushed above");
+                window
+                    .series
+                    .push((series[j.series as usize].clone(), state));
             }
-            if let Some(canary) = self.canary.as_mut() {
-                self.extra_pending
-                    .extend(compare_labels(canary, series, &judged));
+            for l in &mut self.labelled {
+                l.series.sort_by(|a, b| a.0.cmp(&b.0));
             }
         }
         // Late counts ride on the last window closed now; if none closed they
@@ -818,59 +891,40 @@ impl WindowEngine {
                 .into_iter()
                 .map(|(id, n)| (self.series[id as usize].clone(), n))
                 .collect();
-            last.extra.append(&mut self.extra_pending);
         }
         closed
     }
+
+    /// Label state of the windows whose label wait ended (oldest first),
+    /// taken once.
+    pub fn take_labelled(&mut self) -> Vec<LabelledWindow> {
+        std::mem::take(&mut self.labelled)
+    }
 }
 
-/// `comparison` points of the versions of each model serving in one window
-/// (whole-version series only; `series` is sorted by key, so a model's
-/// versions are neighbours).
-fn compare_serving(
-    canary: &mut CanaryJudge,
-    series: &[(SeriesKey, SeriesState)],
-    end: i64,
-) -> Vec<Point> {
-    let whole: Vec<_> = series.iter().filter(|s| s.0.segments.is_empty()).collect();
-    let mut out = Vec::new();
-    for model in whole.chunk_by(|a, b| a.0.model == b.0.model) {
-        let served: Vec<Served<'_>> = model
-            .iter()
-            .map(|(key, state)| Served {
-                version: &key.model_version,
-                requests: state.throughput.requests() as u64,
-                errors: state.throughput.errors() as u64,
-                latency: state.stages[0].sketch(),
-            })
-            .collect();
-        out.extend(canary.compare_serving(&model[0].0.model, &served, end));
-    }
-    out
+fn timestamps(
+    batch: &RecordBatch,
+    column: usize,
+) -> Result<&arrow::array::TimestampMillisecondArray, EngineError> {
+    batch
+        .column(column)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| EngineError::Schema("ts must be Timestamp(ms)".into()))
 }
 
-/// `comparison` points of the label quality of each model's versions, per
-/// window judged.
-fn compare_labels(canary: &mut CanaryJudge, series: &[SeriesKey], judged: &[Judged]) -> Vec<Point> {
-    let mut groups: BTreeMap<(i64, &str), Vec<Labelled<'_>>> = BTreeMap::new();
-    for j in judged {
-        let key = &series[j.series as usize];
-        if key.segments.is_empty() {
-            groups
-                .entry((j.end, key.model.as_str()))
-                .or_default()
-                .push(Labelled {
-                    version: &key.model_version,
-                    quality: j.quality.as_ref(),
-                    ranking: j.ranking.as_ref(),
-                });
-        }
-    }
-    let mut out = Vec::new();
-    for ((end, model), versions) in groups {
-        out.extend(canary.compare_labels(model, &versions, end));
-    }
-    out
+/// The newest event time up to each row, starting from `before`.
+pub(crate) fn running_max(
+    ts: &arrow::array::TimestampMillisecondArray,
+    before: Option<i64>,
+) -> Vec<i64> {
+    let mut max = before.unwrap_or(i64::MIN);
+    ts.values()
+        .iter()
+        .map(|&t| {
+            max = max.max(t);
+            max
+        })
+        .collect()
 }
 
 /// The schema the engine expects, re-exported for callers building batches.

@@ -179,7 +179,7 @@ impl RunState {
         Self {
             log_norms: Rolling::default(),
             losses: Rolling::default(),
-            norms: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+            norms: norms_sketch(),
             explode_streak: 0,
             vanish_streak: 0,
             loss_streak: 0,
@@ -198,15 +198,16 @@ pub struct StepVerdict {
     pub nonfinite: bool,
 }
 
-/// Per-window summary of one run (the `gradients` measurement).
-#[derive(Clone)]
+/// Per-window summary of one run (the `gradients` measurement); mergeable.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct GradientWindow {
     steps: u64,
-    grad_norm_max: f64,
+    grad_norm_max: Option<f64>,
+    #[serde(with = "norms_serde")]
     norms: DDSketch,
     zscore_max: Option<f64>,
-    /// (step, loss) of the highest step seen.
-    loss_last: Option<(u64, f64)>,
+    /// (step, loss) of the highest step seen (None: a non-finite loss).
+    loss_last: Option<(u64, Option<f64>)>,
     nonfinite: u64,
     anomalies: u64,
 }
@@ -224,8 +225,8 @@ impl Default for GradientWindow {
     fn default() -> Self {
         Self {
             steps: 0,
-            grad_norm_max: f64::NAN,
-            norms: DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9)),
+            grad_norm_max: None,
+            norms: norms_sketch(),
             zscore_max: None,
             loss_last: None,
             nonfinite: 0,
@@ -241,8 +242,8 @@ impl GradientWindow {
             .tag("model", model)
             .tag("run_id", run_id)
             .field("steps", FieldValue::Int(self.steps as i64));
-        if self.grad_norm_max.is_finite() {
-            p = p.field("grad_norm_max", FieldValue::Float(self.grad_norm_max));
+        if let Some(max) = self.grad_norm_max {
+            p = p.field("grad_norm_max", FieldValue::Float(max));
         }
         if let Ok(Some(m)) = self.norms.quantile(0.5) {
             p = p.field("grad_norm_median", FieldValue::Float(m));
@@ -250,7 +251,7 @@ impl GradientWindow {
         if let Some(z) = self.zscore_max {
             p = p.field("zscore_max", FieldValue::Float(z));
         }
-        if let Some((_, loss)) = self.loss_last.filter(|(_, l)| l.is_finite()) {
+        if let Some((_, Some(loss))) = self.loss_last {
             p = p.field("loss_last", FieldValue::Float(loss));
         }
         p.field("nonfinite", FieldValue::Int(self.nonfinite as i64))
@@ -267,11 +268,7 @@ impl GradientWindow {
         {
             w.steps += 1;
             if g.is_finite() {
-                w.grad_norm_max = if w.grad_norm_max.is_nan() {
-                    g
-                } else {
-                    w.grad_norm_max.max(g)
-                };
+                w.grad_norm_max = Some(w.grad_norm_max.map_or(g, |m| m.max(g)));
                 if g > 0.0 {
                     w.norms.add(g);
                 }
@@ -282,16 +279,61 @@ impl GradientWindow {
             if let Some(l) = loss
                 && w.loss_last.is_none_or(|(s, _)| e.step >= s)
             {
-                w.loss_last = Some((e.step, l));
+                w.loss_last = Some((e.step, Some(l).filter(|l| l.is_finite())));
             }
             w.nonfinite += if nonfinite { e.nonfinite.max(1) } else { 0 };
             w.anomalies += verdict.anomalies.len() as u64;
         }
     }
 
+    /// Fold in the summary of the same run and window from another
+    /// partial (steps of one run are judged in one place, so this only
+    /// meets summaries of disjoint steps).
+    pub fn merge(&mut self, other: &Self) {
+        self.steps += other.steps;
+        self.grad_norm_max = match (self.grad_norm_max, other.grad_norm_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if other.norms.count() > 0 {
+            // Same configuration on both sides: the merge cannot fail.
+            let _ = self.norms.merge(&other.norms);
+        }
+        self.zscore_max = match (self.zscore_max, other.zscore_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some((step, loss)) = other.loss_last
+            && self.loss_last.is_none_or(|(s, _)| step >= s)
+        {
+            self.loss_last = Some((step, loss));
+        }
+        self.nonfinite += other.nonfinite;
+        self.anomalies += other.anomalies;
+    }
+
     /// Anomalies counted in this window.
     pub fn anomalies(&self) -> u64 {
         self.anomalies
+    }
+}
+
+fn norms_sketch() -> DDSketch {
+    DDSketch::new(SketchConfig::new(0.01, 2048, 1e-9))
+}
+
+/// The grad-norm sketch as its serde form, or null when empty (an empty
+/// sketch's infinite min and max do not fit JSON).
+mod norms_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use sketches_ddsketch::DDSketch;
+
+    pub fn serialize<S: Serializer>(sketch: &DDSketch, s: S) -> Result<S::Ok, S::Error> {
+        (sketch.count() > 0).then_some(sketch).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DDSketch, D::Error> {
+        Ok(Option::<DDSketch>::deserialize(d)?.unwrap_or_else(super::norms_sketch))
     }
 }
 

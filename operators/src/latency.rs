@@ -50,6 +50,16 @@ impl LatencyAccumulator {
     pub fn sketch(&self) -> &LatencySketch {
         &self.sketch
     }
+
+    /// An accumulator holding `sketch` (a partial's state).
+    pub fn from_sketch(sketch: LatencySketch) -> Self {
+        Self { sketch }
+    }
+
+    /// Fold in another accumulator's values (exact: bin counts add).
+    pub fn merge(&mut self, other: &Self) -> Result<(), crate::sketch::SketchError> {
+        self.sketch.merge(&other.sketch)
+    }
 }
 
 impl Accumulator for LatencyAccumulator {

@@ -8,7 +8,9 @@
 //! Flow: prediction batches → [`engine::WindowEngine`] (event-time windows,
 //! [`watermark`]s, late-data counting) → per-(window, series) DataFusion
 //! accumulators ([`latency`], [`throughput`]) → [`engine::ClosedWindow`]
-//! → points; plus user-defined [`sql`] metrics over each closed window.
+//! (a partial: mergeable state) → [`merge::Merger`] (the partials of every
+//! shard added up, [`shards`]) → points; plus user-defined [`sql`] metrics
+//! over each closed window.
 //!
 //! The analytic operators ride on the same windows: [`drift`] (features and
 //! scores against a frozen reference), [`gradients`] (training telemetry
@@ -23,7 +25,9 @@ pub mod engine;
 pub mod event_time;
 pub mod gradients;
 pub mod latency;
+pub mod merge;
 pub mod quality;
+pub mod shards;
 pub mod sketch;
 pub mod sql;
 pub mod throughput;
@@ -37,10 +41,14 @@ pub use drift::{
     DriftConfig, DriftOperator, DriftThresholds, FrozenReference, ProfileCollector,
     read_profile_file,
 };
-pub use engine::{ClosedWindow, EngineError, SeriesKey, SeriesStats, WindowEngine};
+pub use engine::{
+    ClosedWindow, EngineError, LabelState, LabelledWindow, SeriesKey, SeriesStats, WindowEngine,
+};
 pub use event_time::{Check, EventTimeGuard};
 pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
+pub use merge::{Merger, Released, ShardProgress};
 pub use quality::{LabelJoin, QualityConfig};
+pub use shards::Shards;
 pub use sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
 pub use topology::{Emitted, Sections, Topology, TopologyError};
 pub use window::{WindowConfig, WindowSpec};

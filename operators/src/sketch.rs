@@ -4,6 +4,7 @@
 //! relative (1% of 3 ms and 1% of 3 s alike), and its state is O(log range)
 //! bins — a window holds a few hundred counters, never the raw timings.
 
+use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 
 /// Relative accuracy: every reported quantile is within 1% of the exact
@@ -138,13 +139,33 @@ impl LatencySketch {
     /// before anything reads it: each store's bins must cover its key range
     /// and add up to its count.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        Self::from_value(serde_json::from_slice(bytes)?)
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Self, SketchError> {
         for name in ["store", "negative_store"] {
             check_store(name, &value[name]).map_err(SketchError::Inconsistent)?;
         }
         Ok(Self {
             sketch: serde_json::from_value(value)?,
         })
+    }
+}
+
+/// The DDSketch's own serde form (what [`LatencySketch::to_bytes`] writes);
+/// deserializing checks it as [`LatencySketch::from_bytes`] does. Empty
+/// sketches are not serialized: their min and max are infinite, which JSON
+/// cannot hold.
+impl Serialize for LatencySketch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.sketch.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencySketch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Self::from_value(value).map_err(serde::de::Error::custom)
     }
 }
 

@@ -23,7 +23,7 @@ pub fn throughput_summary_type() -> DataType {
 }
 
 /// Counts over `(status Utf8, batch_size UInt32)` columns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ThroughputAccumulator {
     window_secs: f64,
     requests: i64,
@@ -52,6 +52,14 @@ impl ThroughputAccumulator {
     /// Failed requests so far.
     pub fn errors(&self) -> i64 {
         self.errors
+    }
+
+    /// Add another accumulator's counts.
+    pub fn merge(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.batch_size_sum += other.batch_size_sum;
+        self.batch_size_count += other.batch_size_count;
     }
 }
 

@@ -5,11 +5,16 @@
 //! custom SQL metrics and alert evaluations, in one order.
 //!
 //! ```text
-//! engine() ─▶ WindowEngine ─ fire() ─▶ ClosedWindow ─┐
-//!                          ─ anomalies, pending ─────┤
-//!                                                    ▼
-//!            emit(): window points + SQL metrics ─▶ AlertRules ─▶ Emitted
+//! shards() ─▶ WindowEngine × SHARDS ─ fire() ─▶ ClosedWindow, LabelledWindow (partials)
+//!                                                 │ Merger: added up per window
+//!                 anomalies ──────────────────────┤ once every shard's watermark passed
+//!                                                 ▼
+//!   emit(): window points, drift, canary, quality + SQL metrics ─▶ AlertRules ─▶ Emitted
 //! ```
+//!
+//! The scale-out runs the same stages in two processes: partial monitors
+//! send each engine's closed windows over Kafka, and the merge stage feeds
+//! them to a [`Merger`] and calls [`Topology::emit`].
 //!
 //! No I/O: the caller reads the references, writes the points to its
 //! sinks and delivers the notifications.
@@ -20,11 +25,15 @@ use infermon_schemas::Point;
 
 use crate::Profile;
 use crate::alerts::{AlertRules, Evaluation, Notification, PolicyStats, Restored};
-use crate::canary::CanaryConfig;
+use crate::canary::{CanaryConfig, CanaryJudge, Labelled, Served};
 use crate::drift::{DriftConfig, DriftError, DriftOperator, FrozenReference};
-use crate::engine::{ClosedWindow, EngineError, WindowEngine, engine_schema};
+use crate::engine::{
+    ClosedWindow, EngineError, LabelledWindow, SeriesKey, SeriesState, WindowEngine, engine_schema,
+};
 use crate::gradients::{GradientConfig, GradientMonitor};
-use crate::quality::{LabelJoin, QualityConfig, QualityConfigError};
+use crate::merge::{Merger, Released};
+use crate::quality::{LabelJoin, Quality, QualityConfig, QualityConfigError};
+use crate::shards::{SHARDS, Shards};
 use crate::sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
 use crate::window::WindowConfig;
 
@@ -90,7 +99,11 @@ pub struct Topology {
     drift: Option<(DriftConfig, BTreeMap<String, Profile>)>,
     gradients: GradientConfig,
     quality: QualityConfig,
-    canary: CanaryConfig,
+    /// Compares a model's versions in merged windows (when on).
+    canary_judge: Option<CanaryJudge>,
+    /// Judges merged drift counts (the config; references ride in the
+    /// windows).
+    drift_judge: Option<DriftOperator>,
     sql: SqlMetrics,
     rules: AlertRules,
 }
@@ -116,17 +129,73 @@ impl Topology {
             window_ms,
         )
         .await?;
+        let drift_judge = match &references {
+            Some(r) => Some(DriftOperator::new(sections.drift, window_ms, r.clone())?),
+            None => None,
+        };
         let topology = Self {
             window: sections.window.clone(),
             drift: references.map(|r| (sections.drift.clone(), r)),
             gradients: sections.gradients,
             quality: sections.quality.clone(),
-            canary: sections.canary.clone(),
+            canary_judge: sections
+                .canary
+                .enabled
+                .then(|| CanaryJudge::new(sections.canary.clone())),
+            drift_judge,
             sql,
             rules,
         };
         topology.engine(Vec::new())?;
         Ok(topology)
+    }
+
+    /// [`SHARDS`] window engines on `threads` threads, merged: what one
+    /// process runs. `frozen`: drift references kept by an earlier run.
+    ///
+    /// # Errors
+    /// As [`Topology::engine`].
+    pub fn shards(
+        &self,
+        frozen: Vec<FrozenReference>,
+        threads: usize,
+    ) -> Result<Shards, TopologyError> {
+        let engines = (0..SHARDS)
+            .map(|_| self.engine(frozen.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let owner = match &self.drift {
+            Some((config, references)) => {
+                let window_ms = self.window.size.as_millis() as i64;
+                let mut owner = DriftOperator::new(config, window_ms, references.clone())?;
+                frozen.into_iter().for_each(|r| owner.restore(r));
+                Some(owner)
+            }
+            None => None,
+        };
+        Ok(Shards::new(engines, owner, threads, self.label_wait_ms()))
+    }
+
+    /// A merger of `shards` partial engines (the merge stage's).
+    pub fn merger(&self, shards: usize) -> Merger {
+        Merger::new(shards, self.label_wait_ms())
+    }
+
+    /// How long labels are awaited past a window's end, ms.
+    pub fn label_wait_ms(&self) -> i64 {
+        self.quality.label_wait.as_millis() as i64
+    }
+
+    /// A fresh window state of `series` starting at `start`, with the drift
+    /// reference every partial of it was counted against (what a merge
+    /// stage adds decoded counts to). None when drift is off.
+    pub fn drift_window(
+        &self,
+        series: &SeriesKey,
+        start: i64,
+    ) -> Option<crate::drift::DriftWindow> {
+        self.drift_judge
+            .as_ref()
+            .map(|d| d.new_window(series, start))
     }
 
     /// A fresh window engine with every operator, taking up the drift
@@ -146,20 +215,22 @@ impl Topology {
             }
             None => None,
         };
-        Ok(WindowEngine::new(&self.window, !self.sql.is_empty())?
-            .with_operators(
+        Ok(
+            WindowEngine::new(&self.window, !self.sql.is_empty())?.with_operators(
                 drift,
                 Some(GradientMonitor::new(self.gradients)),
                 Some(LabelJoin::new(self.quality.clone())),
-            )
-            .with_canary(self.canary.clone()))
+            ),
+        )
     }
 
-    /// Turn `loose` points (gradient anomalies, quality whose label wait
-    /// ended) and `closed` windows into points and alert evaluations.
+    /// Turn `loose` points (gradient anomalies) and merged windows and
+    /// labels into points and alert evaluations.
     ///
     /// Loose points (when there are any) are evaluated first, on their own;
-    /// each window is evaluated at its end, after its points.
+    /// each window is evaluated at its end, after its points. Label quality
+    /// rides with the last window released with it, or is evaluated on its
+    /// own when none was.
     ///
     /// # Errors
     /// A window whose state does not fit the schema, or a failing SQL
@@ -167,15 +238,21 @@ impl Topology {
     pub async fn emit(
         &mut self,
         loose: Vec<Point>,
-        closed: Vec<ClosedWindow>,
+        released: Released,
     ) -> Result<Emitted, TopologyError> {
         let mut out = Emitted::default();
         if !loose.is_empty() {
             out.add_loose(&mut self.rules, loose);
         }
-        for mut window in closed {
+        let mut quality = self.label_points(&released.labelled);
+        let last = released.windows.len();
+        for (i, mut window) in released.windows.into_iter().enumerate() {
             out.windows += 1;
             let mut points = window.points()?;
+            points.extend(self.window_points(&window));
+            if i + 1 == last {
+                points.append(&mut quality);
+            }
             if !self.sql.is_empty() {
                 let batches = std::mem::take(&mut window.batches);
                 points.extend(self.sql.evaluate(window.end, batches).await?);
@@ -184,18 +261,64 @@ impl Topology {
             out.points.extend(points);
             out.add(evaluation);
         }
+        if !quality.is_empty() {
+            out.add_loose(&mut self.rules, quality);
+        }
         Ok(out)
     }
 
-    /// End of input (a replay): every window still open, then the quality
-    /// still waiting for labels, in a last evaluation (held notifications
-    /// are released there even when nothing waits).
+    /// `drift` and canary `comparison` points of a merged window.
+    fn window_points(&mut self, window: &ClosedWindow) -> Vec<Point> {
+        let mut out = Vec::new();
+        if let Some(drift) = &self.drift_judge {
+            for (key, state) in &window.series {
+                if let Some(w) = &state.drift {
+                    out.extend(drift.points(key, w, window.end));
+                }
+            }
+        }
+        if let Some(canary) = self.canary_judge.as_mut() {
+            out.extend(compare_serving(canary, &window.series, window.end));
+        }
+        out
+    }
+
+    /// `quality`, `ranking`, `position_ctr` and the canary's label
+    /// `comparison` points of merged label windows.
+    fn label_points(&mut self, labelled: &[LabelledWindow]) -> Vec<Point> {
+        let mut out = Vec::new();
+        for window in labelled {
+            let mut judged = Vec::new();
+            for (key, state) in &window.series {
+                let threshold = self.quality.threshold_of(&key.model);
+                let quality = state
+                    .labels
+                    .as_ref()
+                    .and_then(|l| Quality::of(l, threshold));
+                if let Some(q) = &quality {
+                    out.push(q.point(key, window.end));
+                }
+                if let Some(r) = &state.ranking {
+                    out.extend(r.points(key, window.end));
+                }
+                judged.push((key, quality, state.ranking.as_ref()));
+            }
+            if let Some(canary) = self.canary_judge.as_mut() {
+                out.extend(compare_labels(canary, &judged, window.end));
+            }
+        }
+        out
+    }
+
+    /// End of input (a replay): every window still open and every label
+    /// window, then a last evaluation (held notifications are released
+    /// there even when nothing waits).
     ///
     /// # Errors
     /// As [`Topology::emit`].
-    pub async fn finish(&mut self, engine: &mut WindowEngine) -> Result<Emitted, TopologyError> {
-        let mut out = self.emit(Vec::new(), engine.flush()).await?;
-        out.add_loose(&mut self.rules, engine.take_pending_points());
+    pub async fn finish(&mut self, shards: &mut Shards) -> Result<Emitted, TopologyError> {
+        let mut out = self.emit(Vec::new(), shards.flush()?).await?;
+        out.add_loose(&mut self.rules, Vec::new());
         Ok(out)
     }
 
@@ -222,4 +345,56 @@ impl Emitted {
             .extend(evaluation.passed.iter().map(Notification::point));
         self.evaluations.push(evaluation);
     }
+}
+
+/// `comparison` points of the versions of each model serving in one window
+/// (whole-version series only; `series` is sorted by key, so a model's
+/// versions are neighbours).
+fn compare_serving(
+    canary: &mut CanaryJudge,
+    series: &[(SeriesKey, SeriesState)],
+    end: i64,
+) -> Vec<Point> {
+    let whole: Vec<_> = series.iter().filter(|s| s.0.segments.is_empty()).collect();
+    let mut out = Vec::new();
+    for model in whole.chunk_by(|a, b| a.0.model == b.0.model) {
+        let served: Vec<Served<'_>> = model
+            .iter()
+            .map(|(key, state)| Served {
+                version: &key.model_version,
+                requests: state.throughput.requests() as u64,
+                errors: state.throughput.errors() as u64,
+                latency: state.stages[0].sketch(),
+            })
+            .collect();
+        out.extend(canary.compare_serving(&model[0].0.model, &served, end));
+    }
+    out
+}
+
+/// `comparison` points of the label quality of each model's versions in
+/// one window (`judged` sorted by series key).
+fn compare_labels(
+    canary: &mut CanaryJudge,
+    judged: &[(
+        &SeriesKey,
+        Option<Quality>,
+        Option<&crate::quality::Ranking>,
+    )],
+    end: i64,
+) -> Vec<Point> {
+    let whole: Vec<_> = judged.iter().filter(|j| j.0.segments.is_empty()).collect();
+    let mut out = Vec::new();
+    for model in whole.chunk_by(|a, b| a.0.model == b.0.model) {
+        let versions: Vec<Labelled<'_>> = model
+            .iter()
+            .map(|(key, quality, ranking)| Labelled {
+                version: &key.model_version,
+                quality: quality.as_ref(),
+                ranking: *ranking,
+            })
+            .collect();
+        out.extend(canary.compare_labels(&model[0].0.model, &versions, end));
+    }
+    out
 }

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use infermon_operators::quality::Quality;
 use infermon_operators::{
-    DriftConfig, DriftOperator, GradientConfig, GradientMonitor, LabelJoin, QualityConfig,
-    WindowConfig, WindowEngine,
+    ClosedWindow, DriftConfig, DriftOperator, GradientConfig, GradientMonitor, LabelJoin,
+    QualityConfig, WindowConfig, WindowEngine,
 };
 use infermon_schemas::{
     Feature, FeedbackEvent, FieldValue, Point, PredictionBatchBuilder, PredictionEvent, Status,
@@ -82,15 +83,35 @@ fn run(engine: &mut WindowEngine, events: &[PredictionEvent]) -> Vec<Point> {
         let mut b = PredictionBatchBuilder::new(&[]);
         chunk.iter().for_each(|e| b.push(e));
         engine.push_predictions(input, &b.finish(), 0).unwrap();
-        for mut w in engine.fire(0) {
-            out.extend(w.points().unwrap());
-        }
+        let closed = engine.fire(0);
+        out.extend(points(engine, closed));
     }
     engine.finish_input(input);
-    for mut w in engine.flush() {
+    let closed = engine.flush();
+    out.extend(points(engine, closed));
+    out
+}
+
+/// What the topology makes of an engine's closed windows and labels:
+/// window points, `drift` and `quality` (threshold 0.5).
+fn points(engine: &mut WindowEngine, closed: Vec<ClosedWindow>) -> Vec<Point> {
+    let mut out = Vec::new();
+    for mut w in closed {
         out.extend(w.points().unwrap());
+        let drift = engine.drift_mut().unwrap();
+        for (key, state) in &w.series {
+            if let Some(d) = &state.drift {
+                out.extend(drift.points(key, d, w.end));
+            }
+        }
     }
-    out.extend(engine.take_pending_points());
+    for l in engine.take_labelled() {
+        for (key, state) in &l.series {
+            if let Some(q) = state.labels.as_ref().and_then(|c| Quality::of(c, 0.5)) {
+                out.push(q.point(key, l.end));
+            }
+        }
+    }
     out
 }
 
@@ -187,21 +208,14 @@ fn quality_waits_for_labels_and_keeps_the_store_bounded() {
 
     // One minute past the window: closed, but the label wait is not over.
     engine.observe(input, t0 + 2 * MINUTE, 0);
-    let mut closed = engine.fire(0);
+    let closed = engine.fire(0);
     assert_eq!(closed.len(), 1);
-    let early: Vec<Point> = closed
-        .iter_mut()
-        .flat_map(|w| w.points().unwrap())
-        .collect();
+    let early = points(&mut engine, closed);
     assert!(early.iter().all(|p| p.measurement != "quality"));
     // Past end + label wait: the window's quality comes out.
     engine.observe(input, t0 + 4 * MINUTE, 0);
-    let mut out: Vec<Point> = engine
-        .fire(0)
-        .iter_mut()
-        .flat_map(|w| w.points().unwrap())
-        .collect();
-    out.extend(engine.take_pending_points());
+    let closed = engine.fire(0);
+    let out = points(&mut engine, closed);
     let q = out
         .iter()
         .find(|p| p.measurement == "quality")

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use infermon_operators::alerts::{AlertStatus, PolicyStats};
-use infermon_operators::{Emitted, WindowEngine};
+use infermon_operators::{Emitted, Shards};
 use infermon_schemas::{FieldValue, Point, TopicKind};
 
 use crate::alerts::{AlertOutputs, DeliveryStats};
@@ -130,7 +130,7 @@ pub async fn replay(
         OFFLINE_RECEIVER,
         alerts_log,
     )?;
-    let mut engine = topology.engine(Vec::new())?;
+    let mut engine = topology.shards(Vec::new(), config.monitor.threads())?;
     let mut report = ReplayReport::default();
 
     let bytes_read = Arc::new(AtomicU64::new(0));
@@ -175,9 +175,9 @@ pub async fn replay(
         .min_by_key(|i| i.next_ts())
     {
         let anomalies = step(input, &mut engine, rejects, &mut report, now)?;
-        let closed = engine.fire(now);
-        if !anomalies.is_empty() || !closed.is_empty() {
-            let emitted = topology.emit(anomalies, closed).await?;
+        let released = engine.fire(now)?;
+        if !anomalies.is_empty() || !released.is_empty() {
+            let emitted = topology.emit(anomalies, released).await?;
             out(emitted, engine.watermark().unwrap_or(i64::MIN), &mut report)?;
         }
         bar.set_position(bytes_read.load(Ordering::Relaxed));
@@ -211,7 +211,7 @@ pub async fn replay(
 /// gradient anomalies it judged, as points.
 fn step(
     input: &mut Input,
-    engine: &mut WindowEngine,
+    engine: &mut Shards,
     rejects: &mut RejectsFile,
     report: &mut ReplayReport,
     now: i64,

@@ -249,6 +249,111 @@ pub struct DriftWindow {
     layout: RowLayout,
 }
 
+/// A [`DriftWindow`]'s counters without its reference: what a partial
+/// carries. The receiver attaches the same reference (one config, one
+/// owner of references) with [`DriftOperator::new_window`] and adds these
+/// with [`DriftWindow::add_counts`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftCounts {
+    feature_rows: u64,
+    score_rows: u64,
+    features: Vec<FeatureCountsWire>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct FeatureCountsWire {
+    name: String,
+    present: u64,
+    invalid: u64,
+    /// Per reference bin or category (empty: unbinned).
+    counts: Vec<u64>,
+    /// Numeric: (min, max) seen, and the sums of the values in the first
+    /// and the last bin.
+    range: Option<(f64, f64)>,
+    tail_sums: (f64, f64),
+}
+
+impl DriftWindow {
+    /// The counters, in first-seen feature order.
+    pub fn counts(&self) -> DriftCounts {
+        let features = self
+            .features
+            .iter()
+            .map(|(name, f)| {
+                let (counts, range, tail_sums) = match &f.counts {
+                    FeatureCounts::Numeric {
+                        counts,
+                        min,
+                        max,
+                        tail_sums,
+                        ..
+                    } => (
+                        counts.clone(),
+                        (min.is_finite() && max.is_finite()).then_some((*min, *max)),
+                        *tail_sums,
+                    ),
+                    FeatureCounts::Categorical { counts, .. } => (counts.clone(), None, (0.0, 0.0)),
+                    FeatureCounts::Unbinned => (Vec::new(), None, (0.0, 0.0)),
+                };
+                FeatureCountsWire {
+                    name: name.clone(),
+                    present: f.present,
+                    invalid: f.invalid,
+                    counts,
+                    range,
+                    tail_sums,
+                }
+            })
+            .collect();
+        DriftCounts {
+            feature_rows: self.feature_rows,
+            score_rows: self.score_rows,
+            features,
+        }
+    }
+
+    /// Add counters of the same series and window (made against the same
+    /// reference). Bins beyond this window's reference are ignored: a
+    /// partial made against another reference is a configuration error
+    /// the merge stage names at start-up, not here.
+    pub fn add_counts(&mut self, other: &DriftCounts) {
+        self.feature_rows += other.feature_rows;
+        self.score_rows += other.score_rows;
+        for w in &other.features {
+            let i = self.slot(usize::MAX, &w.name);
+            let f = self.features.at(i);
+            f.present += w.present;
+            f.invalid += w.invalid;
+            match &mut f.counts {
+                FeatureCounts::Numeric {
+                    counts,
+                    min,
+                    max,
+                    tail_sums,
+                    ..
+                } => {
+                    counts.iter_mut().zip(&w.counts).for_each(|(a, b)| *a += b);
+                    if let Some((lo, hi)) = w.range {
+                        *min = min.min(lo);
+                        *max = max.max(hi);
+                    }
+                    tail_sums.0 += w.tail_sums.0;
+                    tail_sums.1 += w.tail_sums.1;
+                }
+                FeatureCounts::Categorical { counts, .. } => {
+                    counts.iter_mut().zip(&w.counts).for_each(|(a, b)| *a += b);
+                }
+                FeatureCounts::Unbinned => {}
+            }
+        }
+    }
+
+    /// Fold in another window state of the same series and window.
+    pub fn merge(&mut self, other: &DriftWindow) {
+        self.add_counts(&other.counts());
+    }
+}
+
 /// A numeric feature map's keys (their bytes and lengths) and the slot of
 /// each (None: not monitored).
 #[derive(Debug, Clone, Default)]
@@ -693,6 +798,28 @@ impl DriftOperator {
             });
             self.latest
                 .insert(model.to_string(), (entry.ends_at, profile));
+        }
+    }
+
+    /// Feed every row of a batch to its version's reference
+    /// ([`DriftOperator::feed_reference`]), versions in name order.
+    pub fn feed_batch(&mut self, batch: &RecordBatch) {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+        };
+        let (Some(model), Some(version)) = (column("model"), column("model_version")) else {
+            return;
+        };
+        let mut rows: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
+        for row in 0..batch.num_rows() {
+            rows.entry((model.value(row), version.value(row)))
+                .or_default()
+                .push(row as u32);
+        }
+        for ((model, version), rows) in rows {
+            self.feed_reference(model, version, batch, &rows);
         }
     }
 

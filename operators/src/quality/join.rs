@@ -1,8 +1,8 @@
 //! The feedback join: predictions wait in a bounded store for
 //! `label_wait` past their window's end; feedback sets their label (a
 //! click after an impression wins). Once a window's wait is over, its
-//! labelled predictions become [`Quality`] and its ranked lists
-//! [`Ranking`], and they leave the store.
+//! labelled predictions become [`LabelCounts`] and its ranked lists
+//! [`Ranking`] (both mergeable across partials), and they leave the store.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Quality, Ranking};
+#[cfg(test)]
+use super::Quality;
+use super::{LabelCounts, Ranking};
 
 /// Join settings (`[quality]` in the config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,8 +112,8 @@ pub struct Judged {
     pub end: i64,
     /// The engine's series id.
     pub series: u32,
-    /// Pointwise quality of the labelled predictions (None: none labelled).
-    pub quality: Option<Quality>,
+    /// The labelled predictions (None: none labelled).
+    pub labels: Option<LabelCounts>,
     /// Ranking quality of its lists (None: no ranked prediction).
     pub ranking: Option<Ranking>,
 }
@@ -293,14 +295,10 @@ impl LabelJoin {
         self.early_order.push_back((ts, k));
     }
 
-    /// Quality of every window whose label wait ended by `watermark` (all
-    /// windows when `None`), oldest first, by series; `model_of` names a
-    /// series' model (for its decision threshold).
-    pub fn emit<'m>(
-        &mut self,
-        watermark: Option<i64>,
-        model_of: impl Fn(u32) -> &'m str,
-    ) -> Vec<Judged> {
+    /// The labelled predictions and lists of every window whose label wait
+    /// ended by `watermark` (all windows when `None`), oldest first, by
+    /// series.
+    pub fn emit(&mut self, watermark: Option<i64>) -> Vec<Judged> {
         let wait = self.config.label_wait.as_millis() as i64;
         let mut out = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
@@ -343,15 +341,16 @@ impl LabelJoin {
             series.sort_unstable();
             series.dedup();
             for id in series {
-                let quality = by_series
+                let labels = by_series
                     .get_mut(&id)
-                    .and_then(|pairs| Quality::of(pairs, self.config.threshold_of(model_of(id))));
+                    .map(|pairs| LabelCounts::of(pairs))
+                    .filter(|l| !l.is_empty());
                 let ranking = rankings.remove(&id).filter(|r| r.lists > 0);
-                if quality.is_some() || ranking.is_some() {
+                if labels.is_some() || ranking.is_some() {
                     out.push(Judged {
                         end,
                         series: id,
-                        quality,
+                        labels,
                         ranking,
                     });
                 }
@@ -409,10 +408,10 @@ mod tests {
         j.add_label("a", None, 1, 2_000); // a click after the impression
         j.add_label("b", None, 0, 1_000);
         j.add_label("zzz", None, 1, 1_000);
-        assert!(j.emit(Some(69_999), |_| "m").is_empty(), "wait not over");
-        let out = j.emit(Some(70_000), |_| "m");
+        assert!(j.emit(Some(69_999)).is_empty(), "wait not over");
+        let out = j.emit(Some(70_000));
         assert_eq!(out.len(), 1);
-        let q = out[0].quality.as_ref().unwrap();
+        let q = Quality::of(out[0].labels.as_ref().unwrap(), 0.5).unwrap();
         assert_eq!(out[0].end, 60_000);
         assert_eq!(q.n_labeled, 2);
         assert_eq!(q.auc, Some(1.0));
@@ -420,7 +419,7 @@ mod tests {
         assert_eq!(j.len(), 1, "a and b left the store");
         assert_eq!(j.stats().unmatched, 1);
         // c never got a label: its window emits nothing.
-        assert!(j.emit(None, |_| "m").is_empty());
+        assert!(j.emit(None).is_empty());
     }
 
     #[test]
@@ -432,8 +431,9 @@ mod tests {
         j.add_prediction(scored("b", 0.1), 0, &[60_000]);
         j.add_label("b", None, 0, 40_000);
         assert_eq!(j.stats().matched, 2);
-        let out = j.emit(Some(70_000), |_| "m");
-        assert_eq!(out[0].quality.as_ref().unwrap().n_labeled, 2);
+        let out = j.emit(Some(70_000));
+        let q = Quality::of(out[0].labels.as_ref().unwrap(), 0.5).unwrap();
+        assert_eq!(q.n_labeled, 2);
         assert_eq!(j.stats().unmatched, 1, "late's prediction never came");
     }
 
@@ -447,7 +447,7 @@ mod tests {
         j.add_label("a", None, 1, 1_000);
         j.add_label("b", None, 1, 1_000);
         assert_eq!(j.stats().matched, 1);
-        j.emit(Some(11_000), |_| "m");
+        j.emit(Some(11_000));
         assert_eq!(
             j.stats().unmatched,
             1,

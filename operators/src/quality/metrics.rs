@@ -2,6 +2,7 @@
 //! calibration, and the confusion counts at the decision threshold.
 
 use infermon_schemas::{FieldValue, Point};
+use serde::{Deserialize, Serialize};
 
 use crate::engine::SeriesKey;
 
@@ -104,38 +105,49 @@ fn ratio(num: u64, den: u64) -> Option<f64> {
 }
 
 impl Quality {
-    /// Statistics of `(score, label)` pairs, deciding at `threshold`;
-    /// `None` when empty.
-    pub fn of(pairs: &mut [(f64, u8)], threshold: f64) -> Option<Self> {
-        if pairs.is_empty() {
+    /// Statistics of labelled predictions, deciding at `threshold`; `None`
+    /// when empty. Every sum runs over the distinct scores in ascending
+    /// order, so the result does not depend on how the predictions were
+    /// split into partials.
+    pub fn of(labels: &LabelCounts, threshold: f64) -> Option<Self> {
+        let (mut n, mut positives) = (0u64, 0u64);
+        let (mut score_sum, mut loss_sum, mut variance) = (0.0, 0.0, 0.0);
+        let mut confusion = Confusion {
+            threshold,
+            ..Confusion::default()
+        };
+        let eps = f64::EPSILON;
+        for &(s, neg, pos) in &labels.scores {
+            n += neg + pos;
+            positives += pos;
+            let both = (neg + pos) as f64;
+            score_sum += s * both;
+            variance += s * (1.0 - s) * both;
+            let c = s.clamp(eps, 1.0 - eps);
+            loss_sum += pos as f64 * c.ln() + neg as f64 * (1.0 - c).ln();
+            if s >= threshold {
+                confusion.true_positives += pos;
+                confusion.false_positives += neg;
+            } else {
+                confusion.false_negatives += pos;
+                confusion.true_negatives += neg;
+            }
+        }
+        if n == 0 {
             return None;
         }
-        let n = pairs.len() as f64;
-        let positives = pairs.iter().filter(|p| p.1 == 1).count() as f64;
-        let mean_score = pairs.iter().map(|p| p.0).sum::<f64>() / n;
-        let eps = f64::EPSILON;
-        let logloss = -pairs
-            .iter()
-            .map(|&(s, y)| {
-                let s = s.clamp(eps, 1.0 - eps);
-                if y == 1 { s.ln() } else { (1.0 - s).ln() }
-            })
-            .sum::<f64>()
-            / n;
-        let ctr = positives / n;
-        let expected_clicks: f64 = pairs.iter().map(|p| p.0).sum();
-        let click_variance = pairs.iter().map(|p| p.0 * (1.0 - p.0)).sum();
-        let confusion = Confusion::of(pairs, threshold);
+        let mean_score = score_sum / n as f64;
+        let ctr = positives as f64 / n as f64;
         Some(Self {
-            auc: auc(pairs),
-            logloss,
+            auc: labels.auc(),
+            logloss: -loss_sum / n as f64,
             ctr,
             mean_score,
             calibration: (ctr > 0.0).then(|| mean_score / ctr),
-            n_labeled: pairs.len() as u64,
-            clicks: positives as u64,
-            expected_clicks,
-            click_variance,
+            n_labeled: n,
+            clicks: positives,
+            expected_clicks: score_sum,
+            click_variance: variance,
             confusion,
         })
     }
@@ -171,29 +183,105 @@ impl Quality {
     }
 }
 
-/// Exact AUC by the Mann–Whitney U statistic with average ranks for ties.
-/// Sorts `pairs` by score.
-pub fn auc(pairs: &mut [(f64, u8)]) -> Option<f64> {
-    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = pairs.iter().filter(|p| p.1 == 1).count() as f64;
-    let negatives = pairs.len() as f64 - positives;
-    if positives == 0.0 || negatives == 0.0 {
-        return None;
-    }
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < pairs.len() {
-        let mut j = i;
-        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
-            j += 1;
+/// The labelled predictions of one series in one window as counts per
+/// distinct score: exact, and mergeable by adding (what a partial carries
+/// instead of the pairs). Its size is the number of distinct scores,
+/// bounded by the join's `max_pending`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelCounts {
+    /// (score, negatives, positives), ascending by score, scores distinct.
+    scores: Vec<(f64, u64, u64)>,
+}
+
+impl LabelCounts {
+    /// The counts of `(score, label)` pairs (label 1 is positive); sorts
+    /// `pairs` by score.
+    pub fn of(pairs: &mut [(f64, u8)]) -> Self {
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut scores: Vec<(f64, u64, u64)> = Vec::new();
+        for &(s, y) in pairs.iter() {
+            match scores.last_mut() {
+                Some(last) if last.0.total_cmp(&s).is_eq() => {}
+                _ => scores.push((s, 0, 0)),
+            }
+            let last = scores.last_mut().expect("pushed above");
+            if y == 1 {
+                last.2 += 1;
+            } else {
+                last.1 += 1;
+            }
         }
-        // Ranks i+1..=j share their average.
-        let avg_rank = (i + 1 + j) as f64 / 2.0;
-        let pos = pairs[i..j].iter().filter(|p| p.1 == 1).count() as f64;
-        rank_sum += pos * avg_rank;
-        i = j;
+        Self { scores }
     }
-    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+
+    /// True when nothing is counted.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+
+    /// Add `other`'s counts (a merge of sorted runs).
+    pub fn merge(&mut self, other: &Self) {
+        let (a, b) = (std::mem::take(&mut self.scores), &other.scores);
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => match x.0.total_cmp(&y.0) {
+                    std::cmp::Ordering::Less => {
+                        i += 1;
+                        *x
+                    }
+                    std::cmp::Ordering::Greater => {
+                        j += 1;
+                        *y
+                    }
+                    std::cmp::Ordering::Equal => {
+                        i += 1;
+                        j += 1;
+                        (x.0, x.1 + y.1, x.2 + y.2)
+                    }
+                },
+                (Some(x), None) => {
+                    i += 1;
+                    *x
+                }
+                (None, Some(y)) => {
+                    j += 1;
+                    *y
+                }
+                (None, None) => unreachable!("loop condition"),
+            };
+            out.push(next);
+        }
+        self.scores = out;
+    }
+
+    /// Exact AUC by the Mann–Whitney U statistic with average ranks for
+    /// ties; None unless both labels occur.
+    pub fn auc(&self) -> Option<f64> {
+        let positives: u64 = self.scores.iter().map(|s| s.2).sum();
+        let negatives: u64 = self.scores.iter().map(|s| s.1).sum();
+        if positives == 0 || negatives == 0 {
+            return None;
+        }
+        let (positives, negatives) = (positives as f64, negatives as f64);
+        let mut rank_sum = 0.0;
+        let mut below = 0u64;
+        for &(_, neg, pos) in &self.scores {
+            // Ranks below+1..=below+n share their average.
+            let n = neg + pos;
+            let avg_rank = (2 * below + 1 + n) as f64 / 2.0;
+            rank_sum += pos as f64 * avg_rank;
+            below += n;
+        }
+        Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+    }
+}
+
+/// Exact AUC of `(score, label)` pairs (see [`LabelCounts::auc`]). Sorts
+/// `pairs` by score.
+pub fn auc(pairs: &mut [(f64, u8)]) -> Option<f64> {
+    LabelCounts::of(pairs).auc()
 }
 
 #[cfg(test)]
@@ -206,6 +294,19 @@ mod tests {
         // Pairs (pos, neg): (0.4,0.1)=1, (0.4,0.4)=0.5, (0.8,0.1)=1, (0.8,0.4)=1.
         assert_eq!(auc(&mut pairs), Some(3.5 / 4.0));
         assert_eq!(auc(&mut [(0.3, 1), (0.5, 1)]), None);
+    }
+
+    #[test]
+    fn label_counts_merge_to_the_counts_of_all_pairs() {
+        let mut all = vec![(0.1, 0), (0.4, 1), (0.4, 0), (0.8, 1), (0.4, 1), (0.9, 0)];
+        let whole = LabelCounts::of(&mut all.clone());
+        let mut a = LabelCounts::of(&mut all[..3]);
+        a.merge(&LabelCounts::of(&mut all[3..]));
+        assert_eq!(a, whole);
+        let q = Quality::of(&a, 0.5).unwrap();
+        assert_eq!((q.n_labeled, q.clicks), (6, 3));
+        assert_eq!(q.auc, auc(&mut all));
+        assert!((q.mean_score - 3.0 / 6.0).abs() < 1e-12);
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub mod metrics;
 pub mod ranking;
 
 pub use join::{JoinStats, Judged, LabelJoin, QualityConfig, QualityConfigError, Scored};
-pub use metrics::{Confusion, Quality, auc};
+pub use metrics::{Confusion, LabelCounts, Quality, auc};
 pub use ranking::Ranking;

@@ -15,11 +15,12 @@
 //! and the per-list means are over `lists_clicked`.
 
 use infermon_schemas::{FieldValue, Point};
+use serde::{Deserialize, Serialize};
 
 use crate::engine::SeriesKey;
 
 /// Ranking statistics of one series in one window.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranking {
     /// The cut-offs k, ascending.
     ks: Vec<usize>,
@@ -98,6 +99,21 @@ impl Ranking {
             }
             self.hits[j] += u64::from(first < k);
         }
+    }
+
+    /// Add the lists judged in `other` (same cut-offs: one config).
+    pub fn merge(&mut self, other: &Self) {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        self.lists += other.lists;
+        self.lists_clicked += other.lists_clicked;
+        for (x, y) in self.ndcg_sum.iter_mut().zip(&other.ndcg_sum) {
+            *x += y;
+        }
+        self.ndcg_sq_sum += other.ndcg_sq_sum;
+        add(&mut self.hits, &other.hits);
+        self.rr_sum += other.rr_sum;
+        add(&mut self.impressions, &other.impressions);
+        add(&mut self.clicks, &other.clicks);
     }
 
     /// The largest cut-off with Σ NDCG@k, Σ NDCG@k² and the number of

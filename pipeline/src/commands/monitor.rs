@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use infermon_operators::{Topology, WindowEngine};
+use infermon_operators::{Shards, Topology};
 use infermon_schemas::Point;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,7 +61,7 @@ fn export(sinks: &Sinks, m: &MonitorMetrics) {
 struct Assigned {
     /// Which rebalance this state belongs to.
     generation: u64,
-    engine: WindowEngine,
+    engine: Shards,
     inputs: HashMap<TopicPartition, usize>,
     /// Per partition: windows ending at or before this were written by an
     /// earlier owner.
@@ -225,7 +225,7 @@ impl<'c> Monitor<'c> {
             if rebalanced(
                 &self.consumer,
                 &mut self.assigned,
-                (&self.topology, state_dir),
+                (&self.topology, state_dir, self.config.monitor.threads()),
                 &mut self.paused,
                 &self.store,
                 &mut self.generation,
@@ -311,9 +311,7 @@ impl<'c> Monitor<'c> {
         let Some(a) = self.assigned.as_mut() else {
             return Ok(());
         };
-        if let Some(d) = a.engine.drift_mut() {
-            references_store::save(&self.config.monitor.state_dir, &d.take_frozen())?;
-        }
+        references_store::save(&self.config.monitor.state_dir, &a.engine.take_frozen())?;
         // A partition is idle only when it is caught up: one with lag still
         // holds the watermark. While paused the cached lag goes stale:
         // every partition holds.
@@ -325,26 +323,23 @@ impl<'c> Monitor<'c> {
         for &input in &holding {
             a.engine.touch_input(input, now);
         }
-        let closed = a.engine.fire(now);
+        let released = a.engine.fire(now)?;
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
-        if !closed.is_empty() {
+        if let Some(first) = released.windows.first() {
             tracing::debug!(
                 watermark,
-                windows = closed.len(),
-                first_end = closed[0].end,
+                windows = released.windows.len(),
+                first_end = first.end,
                 holding = holding.len(),
                 "windows closed"
             );
         }
-        // Quality of windows whose label wait ended with no window closing.
-        let waiting = a.engine.take_pending_points();
         let anomalies_due = !self.anomaly_points.is_empty()
             && self.anomalies_since.elapsed() >= self.anomaly_linger;
-        if !closed.is_empty() || !waiting.is_empty() || anomalies_due {
-            let mut loose = std::mem::take(&mut self.anomaly_points);
-            loose.extend(waiting);
+        if !released.is_empty() || anomalies_due {
+            let loose = std::mem::take(&mut self.anomaly_points);
             self.anomalies_since = Instant::now();
-            let emitted = self.topology.emit(loose, closed).await?;
+            let emitted = self.topology.emit(loose, released).await?;
             let m = &self.metrics;
             m.windows.inc_by(emitted.windows as u64);
             for n in emitted.passed() {
@@ -442,7 +437,7 @@ impl<'c> Monitor<'c> {
 fn rebalanced(
     consumer: &MonitorConsumer,
     assigned: &mut Option<Assigned>,
-    (topology, state_dir): (&Topology, &Path),
+    (topology, state_dir, threads): (&Topology, &Path, usize),
     paused: &mut bool,
     store: &WatermarkStore,
     generation: &mut u64,
@@ -458,7 +453,7 @@ fn rebalanced(
             }
             Assignment::Assigned(parts) => {
                 let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
-                let mut engine = topology.engine(references_store::load(state_dir)?)?;
+                let mut engine = topology.shards(references_store::load(state_dir)?, threads)?;
                 let now = now_ms();
                 let mut inputs = HashMap::new();
                 let mut kept = HashMap::new();

@@ -34,6 +34,20 @@ pub struct MonitorConfig {
     pub shutdown_timeout: Duration,
     /// Deliver notifications to the configured webhooks and mail.
     pub send_alerts: bool,
+    /// Threads the window shards run on (0: one per core). The output does
+    /// not depend on it: the stream is split into a fixed number of shards
+    /// whatever the number of threads. The offline replay honours it too.
+    pub threads: usize,
+}
+
+impl MonitorConfig {
+    /// [`MonitorConfig::threads`], 0 resolved to the core count.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for MonitorConfig {
@@ -46,6 +60,7 @@ impl Default for MonitorConfig {
             rejects_out: "infermon-influx-rejects.jsonl".into(),
             shutdown_timeout: Duration::from_secs(10),
             send_alerts: true,
+            threads: 0,
         }
     }
 }

@@ -20,6 +20,7 @@ mod ranking_quality;
 mod replay_offline;
 mod report_browser;
 mod support;
+mod threads;
 mod trustworthy_alerts;
 mod webhook_delivery;
 mod worker;

@@ -285,7 +285,6 @@ struct OpenWindow {
 /// Column positions of the prediction schema that the engine reads.
 #[derive(Debug, Clone)]
 struct Columns {
-    ts: usize,
     request_id: usize,
     score: usize,
     model: usize,
@@ -311,7 +310,6 @@ impl Columns {
             *slot = idx(&stage_column(stage))?;
         }
         Ok(Self {
-            ts: idx("ts")?,
             request_id: idx("request_id")?,
             score: idx("score")?,
             model: idx("model")?,
@@ -581,7 +579,7 @@ impl WindowEngine {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let ts = timestamps(batch, self.columns.ts)?;
+        let ts = timestamps(batch)?;
         let event_max = running_max(ts, self.watermarks.input_max(input));
         let rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
         self.push_rows(input, batch, &rows, &event_max, now_ms)
@@ -604,7 +602,7 @@ impl WindowEngine {
             return Ok(());
         };
         let c = self.columns.clone();
-        let ts = timestamps(batch, c.ts)?;
+        let ts = timestamps(batch)?;
         let string_col = |i: usize| -> Result<&StringArray, EngineError> {
             batch
                 .column(i)
@@ -902,14 +900,14 @@ impl WindowEngine {
     }
 }
 
-fn timestamps(
+/// The `ts` column of a prediction batch.
+pub(crate) fn timestamps(
     batch: &RecordBatch,
-    column: usize,
 ) -> Result<&arrow::array::TimestampMillisecondArray, EngineError> {
     batch
-        .column(column)
-        .as_primitive_opt::<TimestampMillisecondType>()
-        .ok_or_else(|| EngineError::Schema("ts must be Timestamp(ms)".into()))
+        .column_by_name("ts")
+        .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+        .ok_or_else(|| EngineError::Schema("ts must be a Timestamp(ms) column".into()))
 }
 
 /// The newest event time up to each row, starting from `before`.

@@ -16,12 +16,11 @@
 use std::hash::BuildHasher;
 
 use arrow::array::{AsArray, RecordBatch, StringArray};
-use arrow::datatypes::TimestampMillisecondType;
 use foldhash::fast::FixedState;
 use infermon_schemas::{FeedbackEvent, TrainingEvent};
 
 use crate::drift::{DriftOperator, FrozenReference};
-use crate::engine::{EngineError, SeriesKey, SeriesStats, WindowEngine, running_max};
+use crate::engine::{EngineError, SeriesKey, SeriesStats, WindowEngine, running_max, timestamps};
 use crate::gradients::GradientAnomaly;
 use crate::merge::{Merger, Released, ShardProgress};
 use crate::quality::JoinStats;
@@ -133,17 +132,11 @@ impl Shards {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| EngineError::Schema(format!("missing column {name}")))
-        };
-        let ts = column("ts")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| EngineError::Schema("ts must be Timestamp(ms)".into()))?;
-        let request_id: &StringArray = column("request_id")?
-            .as_string_opt()
-            .ok_or_else(|| EngineError::Schema("request_id must be Utf8".into()))?;
+        let ts = timestamps(batch)?;
+        let request_id: &StringArray = batch
+            .column_by_name("request_id")
+            .and_then(|c| c.as_string_opt())
+            .ok_or_else(|| EngineError::Schema("request_id must be a Utf8 column".into()))?;
         if let Some(owner) = self.owner.as_mut() {
             owner.feed_batch(batch);
             let fresh = owner.take_frozen();

@@ -540,6 +540,11 @@ impl WindowEngine {
         self.watermarks.finish(input);
     }
 
+    /// Every input is finished or idle ([`WatermarkTracker::is_idle`]).
+    pub fn is_idle(&self, now_ms: i64) -> bool {
+        self.watermarks.is_idle(now_ms)
+    }
+
     /// Newest event time `input` has delivered.
     pub(crate) fn input_max(&self, input: InputId) -> Option<i64> {
         self.watermarks.input_max(input)

@@ -26,6 +26,7 @@ pub mod event_time;
 pub mod gradients;
 pub mod latency;
 pub mod merge;
+pub mod partial;
 pub mod quality;
 pub mod shards;
 pub mod sketch;
@@ -47,8 +48,9 @@ pub use engine::{
 pub use event_time::{Check, EventTimeGuard};
 pub use gradients::{AnomalyKind, GradientAnomaly, GradientConfig, GradientMonitor};
 pub use merge::{Merger, Released, ShardProgress};
+pub use partial::{PartialMessage, WindowWire};
 pub use quality::{LabelJoin, QualityConfig};
-pub use shards::Shards;
+pub use shards::{ShardOutput, Shards};
 pub use sql::{SqlMetricConfig, SqlMetricError, SqlMetrics};
 pub use topology::{Emitted, Sections, Topology, TopologyError};
 pub use window::{WindowConfig, WindowSpec};

@@ -88,6 +88,16 @@ impl Merger {
         self.windows.len() + self.labelled.len()
     }
 
+    /// Windows ending at or before `floor` (and labels of windows ending
+    /// `label_wait` before it) were written by an earlier run: their
+    /// partials, read again, are dropped.
+    pub fn set_floor(&mut self, floor: i64) {
+        self.released = self.released.max(floor);
+        self.released_labels = self
+            .released_labels
+            .max(floor.saturating_sub(self.label_wait_ms));
+    }
+
     /// A shard's closed window; replaces an earlier partial of the same
     /// shard and window.
     pub fn add_window(&mut self, shard: usize, window: ClosedWindow) {
@@ -122,11 +132,13 @@ impl Merger {
 
     /// The merged watermark: the lowest of the shards that are not idle
     /// (None while one of them has none); when every shard is idle, the
-    /// highest.
+    /// lowest of those with a watermark. Never the highest: a quiet shard
+    /// has not closed the windows past its own watermark, and releasing
+    /// them would write them without its rows.
     pub fn watermark(&self) -> Option<i64> {
         let live: Vec<_> = self.shards.iter().filter(|s| !s.idle).collect();
         if live.is_empty() {
-            return self.shards.iter().filter_map(|s| s.watermark).max();
+            return self.shards.iter().filter_map(|s| s.watermark).min();
         }
         live.iter()
             .map(|s| s.watermark)

@@ -37,9 +37,34 @@ pub fn shard_of(request_id: &str, n: usize) -> usize {
     (ROUTE.hash_one(request_id) % n as u64) as usize
 }
 
+/// Where an input's rows go.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Split by request id over every shard (the same id in each).
+    Split(InputId),
+    /// All to one shard (a source partition of a partial monitor), under
+    /// that shard's id for it.
+    One(usize, InputId),
+}
+
+/// One shard's output of a [`Shards::fire_partials`]: what a partial
+/// monitor publishes.
+#[derive(Debug)]
+pub struct ShardOutput {
+    /// The shard.
+    pub shard: usize,
+    /// Windows its watermark passed.
+    pub windows: Vec<crate::engine::ClosedWindow>,
+    /// Label state of windows whose label wait ended.
+    pub labelled: Vec<crate::engine::LabelledWindow>,
+    /// Its watermark and idleness.
+    pub progress: ShardProgress,
+}
+
 /// Window engines over shares of the stream, merged.
 pub struct Shards {
     engines: Vec<WindowEngine>,
+    inputs: Vec<Route>,
     /// Freezes drift references from every row and hands them to the
     /// shards (when drift learns references from traffic).
     owner: Option<DriftOperator>,
@@ -72,6 +97,7 @@ impl Shards {
         };
         Self {
             engines,
+            inputs: Vec::new(),
             owner,
             frozen: Vec::new(),
             merger: Merger::new(n, label_wait_ms),
@@ -80,42 +106,53 @@ impl Shards {
         }
     }
 
-    /// Register an input (file or partition) with every shard. Returns its
-    /// id, the same in every shard.
+    /// Register an input (file or partition) whose rows are split over
+    /// every shard by request id.
     pub fn add_input(&mut self, now_ms: i64) -> InputId {
         let ids: Vec<_> = self
             .engines
             .iter_mut()
             .map(|e| e.add_input(now_ms))
             .collect();
-        ids[0]
+        self.inputs.push(Route::Split(ids[0]));
+        self.inputs.len() - 1
+    }
+
+    /// Register an input whose rows all go to `shard` (a source partition:
+    /// predictions, feedback and training of partition p share a shard).
+    pub fn add_input_to(&mut self, shard: usize, now_ms: i64) -> InputId {
+        let id = self.engines[shard].add_input(now_ms);
+        self.inputs.push(Route::One(shard, id));
+        self.inputs.len() - 1
+    }
+
+    /// Apply `f` to every engine that has `input`, with its id there.
+    fn each(&mut self, input: InputId, mut f: impl FnMut(&mut WindowEngine, InputId)) {
+        match self.inputs[input] {
+            Route::Split(id) => self.engines.iter_mut().for_each(|e| f(e, id)),
+            Route::One(shard, id) => f(&mut self.engines[shard], id),
+        }
     }
 
     /// Rows of `input` skip windows ending at or before `floor_ms`
     /// ([`WindowEngine::set_floor`]).
     pub fn set_floor(&mut self, input: InputId, floor_ms: i64) {
-        self.engines
-            .iter_mut()
-            .for_each(|e| e.set_floor(input, floor_ms));
+        self.each(input, |e, id| e.set_floor(id, floor_ms));
     }
 
     /// Event time progressed on `input` without predictions.
     pub fn observe(&mut self, input: InputId, max_ts: i64, now_ms: i64) {
-        self.engines
-            .iter_mut()
-            .for_each(|e| e.observe(input, max_ts, now_ms));
+        self.each(input, |e, id| e.observe(id, max_ts, now_ms));
     }
 
     /// `input` has data waiting to be read: it holds the watermark.
     pub fn touch_input(&mut self, input: InputId, now_ms: i64) {
-        self.engines
-            .iter_mut()
-            .for_each(|e| e.touch_input(input, now_ms));
+        self.each(input, |e, id| e.touch_input(id, now_ms));
     }
 
     /// The input is exhausted.
     pub fn finish_input(&mut self, input: InputId) {
-        self.engines.iter_mut().for_each(|e| e.finish_input(input));
+        self.each(input, |e, id| e.finish_input(id));
     }
 
     /// Route a batch of predictions to the shards of their request ids and
@@ -132,6 +169,12 @@ impl Shards {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let input = match self.inputs[input] {
+            Route::One(shard, id) => {
+                return self.engines[shard].push_predictions(id, batch, now_ms);
+            }
+            Route::Split(id) => id,
+        };
         let ts = timestamps(batch)?;
         let request_id: &StringArray = batch
             .column_by_name("request_id")
@@ -185,8 +228,13 @@ impl Shards {
         })
     }
 
-    /// Feedback to the shards of their request ids.
-    pub fn push_feedback(&mut self, events: &[FeedbackEvent]) {
+    /// Feedback read from `input`, to the shards of their request ids (or
+    /// to the input's shard).
+    pub fn push_feedback(&mut self, input: InputId, events: &[FeedbackEvent]) {
+        if let Route::One(shard, _) = self.inputs[input] {
+            self.engines[shard].push_feedback(events);
+            return;
+        }
         let n = self.engines.len();
         let mut routed: Vec<Vec<FeedbackEvent>> = vec![Vec::new(); n];
         for e in events {
@@ -205,6 +253,10 @@ impl Shards {
         events: &[TrainingEvent],
         now_ms: i64,
     ) -> Vec<GradientAnomaly> {
+        let input = match self.inputs[input] {
+            Route::One(shard, id) => return self.engines[shard].push_training(id, events, now_ms),
+            Route::Split(id) => id,
+        };
         let anomalies = self.engines[0].push_training(input, events, now_ms);
         if let Some(max) = events.iter().map(|e| e.ts).max() {
             for e in &mut self.engines[1..] {
@@ -220,20 +272,35 @@ impl Shards {
     /// # Errors
     /// Partials that do not merge.
     pub fn fire(&mut self, now_ms: i64) -> Result<Released, EngineError> {
-        for (i, e) in self.engines.iter_mut().enumerate() {
-            for w in e.fire(now_ms) {
-                self.merger.add_window(i, w);
+        for out in self.fire_partials(now_ms) {
+            for w in out.windows {
+                self.merger.add_window(out.shard, w);
             }
-            for l in e.take_labelled() {
-                self.merger.add_labelled(i, l);
+            for l in out.labelled {
+                self.merger.add_labelled(out.shard, l);
             }
-            let progress = ShardProgress {
-                watermark: e.watermark(),
-                idle: false,
-            };
-            self.merger.set_progress(i, progress);
+            self.merger.set_progress(out.shard, out.progress);
         }
         self.merger.release()
+    }
+
+    /// Advance every shard to processing time `now_ms` and return each
+    /// one's closed windows, labels and progress, unmerged (what a partial
+    /// monitor publishes).
+    pub fn fire_partials(&mut self, now_ms: i64) -> Vec<ShardOutput> {
+        self.engines
+            .iter_mut()
+            .enumerate()
+            .map(|(shard, e)| ShardOutput {
+                shard,
+                windows: e.fire(now_ms),
+                labelled: e.take_labelled(),
+                progress: ShardProgress {
+                    watermark: e.watermark(),
+                    idle: e.is_idle(now_ms),
+                },
+            })
+            .collect()
     }
 
     /// End of input: every window and label window.

@@ -116,6 +116,11 @@ impl SqlMetrics {
         Ok(Self { ctx, table, plans })
     }
 
+    /// The measurement of the first custom metric, if any.
+    pub fn first(&self) -> Option<&str> {
+        self.plans.first().map(|(m, _)| m.as_str())
+    }
+
     /// True when no custom metric is configured (the engine then need not
     /// keep rows).
     pub fn is_empty(&self) -> bool {

@@ -53,6 +53,12 @@ pub enum TopologyError {
     /// Bad `[quality]` settings.
     #[error(transparent)]
     Quality(#[from] QualityConfigError),
+    /// A custom SQL metric in the scale-out (partial monitors send window
+    /// state, not rows).
+    #[error(
+        "custom metric {0:?}: [[sql_metrics]] need the window's rows, which the scale-out's partial monitors do not send; remove it or run one monitor (role = \"single\")"
+    )]
+    ScaleOut(String),
 }
 
 /// The config sections the operators read (`[window]`, `[drift]`,
@@ -222,6 +228,35 @@ impl Topology {
                 Some(LabelJoin::new(self.quality.clone())),
             ),
         )
+    }
+
+    /// The partial stage of the scale-out: one window engine per source
+    /// partition (`partitions` of them, inputs added with
+    /// [`Shards::add_input_to`]), whose outputs are published unmerged
+    /// ([`Shards::fire_partials`]). Drift references come only from
+    /// `[drift.reference_files]`: a partial monitor never freezes one from
+    /// its share of the traffic.
+    ///
+    /// # Errors
+    /// A custom SQL metric (named): the partials carry no rows.
+    pub fn partition_shards(&self, partitions: usize) -> Result<Shards, TopologyError> {
+        self.check_scale_out()?;
+        let engines = (0..partitions.max(1))
+            .map(|_| Ok(self.engine(Vec::new())?.without_reference_feed()))
+            .collect::<Result<Vec<_>, TopologyError>>()?;
+        Ok(Shards::new(engines, None, 1, self.label_wait_ms()))
+    }
+
+    /// The scale-out's partial and merge stages carry no rows: a custom
+    /// SQL metric cannot run there.
+    ///
+    /// # Errors
+    /// [`TopologyError::ScaleOut`] naming the first custom metric.
+    pub fn check_scale_out(&self) -> Result<(), TopologyError> {
+        match self.sql.first() {
+            Some(m) => Err(TopologyError::ScaleOut(m.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Turn `loose` points (gradient anomalies) and merged windows and

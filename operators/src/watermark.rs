@@ -112,6 +112,15 @@ impl WatermarkTracker {
         Some(self.current.map_or(candidate, |w| w.max(candidate)))
     }
 
+    /// Every input is finished or idle at processing time `now_ms`: this
+    /// tracker's watermark holds nothing back (a partial monitor says so
+    /// to the merge stage).
+    pub fn is_idle(&self, now_ms: i64) -> bool {
+        self.inputs
+            .iter()
+            .all(|i| i.finished || now_ms - i.last_active_ms >= self.idle_timeout_ms)
+    }
+
     /// Newest event time `input` has delivered.
     pub fn input_max(&self, input: InputId) -> Option<i64> {
         self.inputs[input].max_ts

@@ -232,7 +232,7 @@ fn step(
     }
     let events = &batch.events;
     engine.push_predictions(input.id, &events.predictions, now)?;
-    engine.push_feedback(&events.feedback);
+    engine.push_feedback(input.id, &events.feedback);
     let anomalies = engine.push_training(input.id, &events.training, now);
     for a in &anomalies {
         *report.anomalies.entry(a.kind.as_str()).or_default() += 1;

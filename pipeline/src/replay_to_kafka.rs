@@ -56,7 +56,7 @@ pub fn replay_to_kafka(
     // Recorded `topic` values → (topic to produce to, key field).
     let routes: BTreeMap<&str, (&str, &str)> = [
         (t.requests.as_str(), "request_id"),
-        (t.predictions.as_str(), "model"),
+        (t.predictions.as_str(), t.prediction_key.field()),
         (t.feedback.as_str(), "request_id"),
         (t.training.as_str(), "run_id"),
     ]

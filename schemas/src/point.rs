@@ -18,7 +18,7 @@
 use std::fmt::Write;
 
 /// A field value; integers carry the `i` suffix on the wire.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum FieldValue {
     /// Written as `3i`.
     Int(i64),
@@ -31,7 +31,7 @@ pub enum FieldValue {
 }
 
 /// One point of one measurement at one timestamp (a window end).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Point {
     /// Measurement name, e.g. `latency`.
     pub measurement: String,

@@ -51,6 +51,37 @@ pub struct TopicNames {
     pub dlq: String,
     /// Commands to every inference worker (rollbacks), keyed by model.
     pub control: String,
+    /// The scale-out's internal topic: partial monitors publish each
+    /// source partition's closed windows and watermarks here; the merge
+    /// stage reads them.
+    pub partials: String,
+    /// The key predictions are produced with (workers, `replay
+    /// --to-kafka`).
+    pub prediction_key: PredictionKey,
+}
+
+/// The key of a prediction message, which decides its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionKey {
+    /// By model: a model's stream is one partition (ordered, one monitor
+    /// holds all of it).
+    #[default]
+    Model,
+    /// By request id, like feedback: with the same partition count,
+    /// predictions and their labels are co-partitioned, so one model
+    /// spreads over partitions and partial monitors (the scale-out).
+    RequestId,
+}
+
+impl PredictionKey {
+    /// The event field whose value is the key.
+    pub fn field(self) -> &'static str {
+        match self {
+            PredictionKey::Model => "model",
+            PredictionKey::RequestId => "request_id",
+        }
+    }
 }
 
 impl Default for TopicNames {
@@ -62,6 +93,8 @@ impl Default for TopicNames {
             training: "training.telemetry".into(),
             dlq: "infermon.dlq".into(),
             control: "infermon.control".into(),
+            partials: "infermon.partials".into(),
+            prediction_key: PredictionKey::Model,
         }
     }
 }

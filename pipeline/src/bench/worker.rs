@@ -22,6 +22,7 @@ use crate::sources::kafka::{DeliveryCounter, KafkaConfig};
 use crate::worker::send;
 use infermon_inference::answer::{Queued, score};
 use infermon_inference::serving::highest_version;
+use infermon_schemas::topics::PredictionKey;
 
 /// What `infermon bench-worker` measures.
 #[derive(Debug, Clone)]
@@ -201,7 +202,9 @@ pub fn bench(opts: &WorkerBenchOptions) -> anyhow::Result<String> {
                 for event in events.drain(..) {
                     pre += event.timings_ms.preprocess.unwrap_or(0.0) / n;
                     match &producer {
-                        Some((p, topic)) => send(p, topic, &event, &mut buf)?,
+                        Some((p, topic)) => {
+                            send(p, (topic, PredictionKey::Model), &event, &mut buf)?
+                        }
                         None => {
                             buf.clear();
                             event.write_json(&mut buf)?;

@@ -4,6 +4,7 @@
 //! take their own section.
 
 pub mod generate;
+pub mod merge;
 pub mod model;
 pub mod monitor;
 pub mod profile;

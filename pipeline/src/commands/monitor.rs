@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use infermon_operators::{Shards, Topology};
+use infermon_operators::{PartialMessage, ShardProgress, Shards, Topology, WindowWire};
 use infermon_schemas::Point;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,8 +31,9 @@ use crate::config::Config;
 use crate::decode::kafka::{DecodeSettings, DecodedBatch, Decoder};
 use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
-use crate::monitor::{MONITOR_RECEIVER, references_store};
+use crate::monitor::{MONITOR_RECEIVER, Role, references_store};
 use crate::sinks::alerts_file::AlertsFile;
+use crate::sinks::partials::PartialsTopic;
 use crate::sinks::{SinkSettings, Sinks};
 use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
 use crate::sources::offsets::{OffsetTracker, TopicPartition};
@@ -68,10 +69,16 @@ struct Assigned {
     floors: HashMap<TopicPartition, i64>,
     tracker: OffsetTracker,
     late_seen: u64,
+    /// Partial stage: the source partition of each shard, and the progress
+    /// last published for it.
+    partitions: Vec<(i32, Option<ShardProgress>)>,
 }
 
 /// Run until `stop` is set (SIGTERM/SIGINT in the binary).
 pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    if config.monitor.role == Role::Merge {
+        return super::merge::run(config, stop).await;
+    }
     let mc = &config.monitor;
     // The alerts log is also the journal of alert state: a restarted
     // monitor goes on from where its alerts stood.
@@ -137,6 +144,9 @@ struct Monitor<'c> {
     health: Arc<Health>,
     topology: Topology,
     sinks: Sinks,
+    /// The partial stage's sink (role = "partial"): closed windows go to
+    /// the partials topic instead of points to `sinks`.
+    partials: Option<PartialsTopic>,
     consumer: MonitorConsumer,
     dlq: Dlq,
     store: WatermarkStore,
@@ -172,6 +182,14 @@ impl<'c> Monitor<'c> {
         let addr = http::serve(&mc.listen, telemetry)?;
         tracing::info!(%addr, "serving /metrics /healthz /readyz");
         let topology = config.topology().await?;
+        let partials = match mc.role {
+            Role::Partial => {
+                topology.check_scale_out()?;
+                tracing::info!(topic = %config.topics.partials, "partial stage: closed windows go to the partials topic");
+                Some(PartialsTopic::new(&config.kafka, &config.topics.partials)?)
+            }
+            _ => None,
+        };
         let sinks = Sinks::open(&SinkSettings {
             influxdb: &config.influxdb,
             metrics_out: mc.metrics_out.clone(),
@@ -193,6 +211,7 @@ impl<'c> Monitor<'c> {
             health,
             topology,
             sinks,
+            partials,
             consumer,
             dlq,
             store: WatermarkStore::new(&mc.state_dir, &kc.group_id),
@@ -225,7 +244,12 @@ impl<'c> Monitor<'c> {
             if rebalanced(
                 &self.consumer,
                 &mut self.assigned,
-                (&self.topology, state_dir, self.config.monitor.threads()),
+                (
+                    &self.topology,
+                    state_dir,
+                    self.config.monitor.threads(),
+                    self.partials.is_some(),
+                ),
                 &mut self.paused,
                 &self.store,
                 &mut self.generation,
@@ -289,7 +313,7 @@ impl<'c> Monitor<'c> {
             if events.predictions.num_rows() > 0 {
                 a.engine.push_predictions(input, &events.predictions, now)?;
             }
-            feedback.extend(events.feedback);
+            feedback.push((input, events.feedback));
             for anomaly in a.engine.push_training(input, &events.training, now) {
                 self.anomaly_points.push(anomaly.point());
             }
@@ -297,7 +321,9 @@ impl<'c> Monitor<'c> {
                 a.engine.observe(input, ts, now);
             }
         }
-        a.engine.push_feedback(&feedback);
+        for (input, events) in feedback {
+            a.engine.push_feedback(input, &events);
+        }
         Ok(())
     }
 
@@ -322,6 +348,10 @@ impl<'c> Monitor<'c> {
         };
         for &input in &holding {
             a.engine.touch_input(input, now);
+        }
+        if let Some(partials) = self.partials.as_mut() {
+            let anomalies = std::mem::take(&mut self.anomaly_points);
+            return publish_partials(a, partials, anomalies, now);
         }
         let released = a.engine.fire(now)?;
         let watermark = a.engine.watermark().unwrap_or(i64::MIN);
@@ -383,10 +413,14 @@ impl<'c> Monitor<'c> {
             return Ok(());
         };
         let m = &self.metrics;
+        let acked = match &self.partials {
+            Some(p) => p.acked(),
+            None => self.sinks.acked(),
+        };
         commit_offsets(
             &self.consumer,
             a,
-            &self.sinks,
+            acked,
             &mut self.dlq,
             m,
             &self.store,
@@ -432,12 +466,70 @@ impl<'c> Monitor<'c> {
     }
 }
 
+/// The partial stage's turn: every source partition's closed windows,
+/// labels and (changed) progress, and the gradient anomalies judged, to
+/// the partials topic. The acknowledged watermark is the lowest shard
+/// watermark: offsets are committed behind it.
+fn publish_partials(
+    a: &mut Assigned,
+    partials: &mut PartialsTopic,
+    anomalies: Vec<Point>,
+    now: i64,
+) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    if !anomalies.is_empty() {
+        let shard = a.partitions.first().map_or(0, |p| p.0 as usize);
+        messages.push(PartialMessage::Points {
+            shard,
+            points: anomalies.into_iter().map(finite_fields).collect(),
+        });
+    }
+    let mut watermark: Option<i64> = None;
+    for out in a.engine.fire_partials(now) {
+        let (partition, last) = &mut a.partitions[out.shard];
+        let shard = *partition as usize;
+        for w in &out.windows {
+            let window = WindowWire::of(w);
+            messages.push(PartialMessage::Window { shard, window });
+        }
+        for window in out.labelled {
+            messages.push(PartialMessage::Labels { shard, window });
+        }
+        if *last != Some(out.progress) {
+            messages.push(PartialMessage::progress(shard, out.progress));
+            *last = Some(out.progress);
+        }
+        // A shard without a watermark that is not idle may hold rows of
+        // windows not yet published: nothing is acknowledged past it.
+        let holds = match out.progress.watermark {
+            Some(w) => Some(w),
+            None if !out.progress.idle => Some(i64::MIN),
+            None => None,
+        };
+        if let Some(w) = holds {
+            watermark = Some(watermark.map_or(w, |m: i64| m.min(w)));
+        }
+    }
+    if !messages.is_empty() {
+        partials.publish(&messages, watermark.unwrap_or(i64::MIN))?;
+    }
+    Ok(())
+}
+
+/// A point without non-finite float fields (JSON cannot carry them, and
+/// line protocol does not write them).
+fn finite_fields(mut p: Point) -> Point {
+    p.fields
+        .retain(|(_, v)| !matches!(v, infermon_schemas::FieldValue::Float(x) if !x.is_finite()));
+    p
+}
+
 /// Apply rebalances the consumer queued during the last poll. Returns true
 /// when there were any.
 fn rebalanced(
     consumer: &MonitorConsumer,
     assigned: &mut Option<Assigned>,
-    (topology, state_dir, threads): (&Topology, &Path, usize),
+    (topology, state_dir, threads, partial): (&Topology, &Path, usize, bool),
     paused: &mut bool,
     store: &WatermarkStore,
     generation: &mut u64,
@@ -453,12 +545,26 @@ fn rebalanced(
             }
             Assignment::Assigned(parts) => {
                 let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
-                let mut engine = topology.shards(references_store::load(state_dir)?, threads)?;
+                // Partial stage: one engine per source partition number
+                // (predictions, feedback and training of p together).
+                let mut numbers: Vec<i32> = parts.iter().map(|tp| tp.1).collect();
+                numbers.sort_unstable();
+                numbers.dedup();
+                let mut engine = match partial {
+                    true => topology.partition_shards(numbers.len())?,
+                    false => topology.shards(references_store::load(state_dir)?, threads)?,
+                };
                 let now = now_ms();
                 let mut inputs = HashMap::new();
                 let mut kept = HashMap::new();
                 for tp in parts {
-                    let input = engine.add_input(now);
+                    let input = match partial {
+                        true => {
+                            let shard = numbers.binary_search(&tp.1).expect("listed above");
+                            engine.add_input_to(shard, now)
+                        }
+                        false => engine.add_input(now),
+                    };
                     let committed = floors.get(&tp).copied().flatten();
                     if let Some(floor) = committed.max(store.load(&tp)) {
                         engine.set_floor(input, floor);
@@ -475,6 +581,7 @@ fn rebalanced(
                     floors: kept,
                     tracker: OffsetTracker::new(),
                     late_seen: 0,
+                    partitions: numbers.into_iter().map(|p| (p, None)).collect(),
                 });
                 *paused = false;
             }
@@ -500,13 +607,12 @@ fn lagging(consumer: &MonitorConsumer, inputs: &HashMap<TopicPartition, usize>) 
 fn commit_offsets(
     consumer: &MonitorConsumer,
     a: &mut Assigned,
-    sinks: &Sinks,
+    acked: i64,
     dlq: &mut Dlq,
     metrics: &MonitorMetrics,
     store: &WatermarkStore,
     mode: CommitMode,
 ) -> anyhow::Result<()> {
-    let acked = sinks.acked();
     metrics.acked_watermark_seconds.set(http::seconds(acked));
     a.tracker.release(acked);
     // DLQ'd messages must be in the DLQ before we commit past them.

@@ -34,10 +34,29 @@ pub struct MonitorConfig {
     pub shutdown_timeout: Duration,
     /// Deliver notifications to the configured webhooks and mail.
     pub send_alerts: bool,
+    /// What this process does in the topology: the whole of it
+    /// (`single`), the partial stage of the scale-out (`partial`: window
+    /// state per source partition to the partials topic) or its merge stage
+    /// (`merge`: partials added up, points to the sinks, alert rules).
+    pub role: Role,
     /// Threads the window shards run on (0: one per core). The output does
     /// not depend on it: the stream is split into a fixed number of shards
     /// whatever the number of threads. The offline replay honours it too.
     pub threads: usize,
+}
+
+/// A monitor's part in the topology.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything in one process (threads over shards).
+    #[default]
+    Single,
+    /// Scale-out partial stage: one window engine per source partition;
+    /// closed windows go to the partials topic.
+    Partial,
+    /// Scale-out merge stage: reads the partials topic, merges, writes.
+    Merge,
 }
 
 impl MonitorConfig {
@@ -60,6 +79,7 @@ impl Default for MonitorConfig {
             rejects_out: "infermon-influx-rejects.jsonl".into(),
             shutdown_timeout: Duration::from_secs(10),
             send_alerts: true,
+            role: Role::Single,
             threads: 0,
         }
     }

@@ -6,6 +6,7 @@
 pub mod alerts_file;
 pub mod influxdb;
 pub mod line_protocol_file;
+pub mod partials;
 pub mod rejects_file;
 pub mod spool;
 

@@ -4,7 +4,7 @@
 //! → dynamic batch (`max_batch` rows or `max_delay` since the oldest
 //! queued request) → stable version or canary (by a hash of `request_id`)
 //! → preprocess (feature spec or tokenizer) → ONNX Runtime → postprocess →
-//! one PredictionEvent per request, keyed by model, with `timings_ms`
+//! one PredictionEvent per request, keyed by `[topics] prediction_key`, with `timings_ms`
 //! measured on a monotonic clock (queue, preprocess, inference,
 //! postprocess, total). A request the model cannot score (bad features or
 //! text, unknown model, a failed run, a timeout) becomes a `status:
@@ -26,6 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use infermon_inference::{Environment, ort_environment};
+use infermon_schemas::topics::PredictionKey;
 use infermon_schemas::{Decoded, PredictionEvent, TopicKind, TopicNames, decode_event};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -163,7 +164,12 @@ pub fn run(
         }
         count_predictions(&metrics, &out, &served);
         for event in out.drain(..) {
-            send(&producer, &topics.predictions, &event, &mut buf)?;
+            send(
+                &producer,
+                (&topics.predictions, topics.prediction_key),
+                &event,
+                &mut buf,
+            )?;
         }
         if last_commit.elapsed() >= wc.commit_interval {
             crate::telemetry::count_to(
@@ -186,7 +192,12 @@ pub fn run(
     }
     count_predictions(&metrics, &out, &served);
     for event in out.drain(..) {
-        send(&producer, &topics.predictions, &event, &mut buf)?;
+        send(
+            &producer,
+            (&topics.predictions, topics.prediction_key),
+            &event,
+            &mut buf,
+        )?;
     }
     commit(&consumer, &producer, &mut dlq, &served)?;
     tracing::info!("stopped");
@@ -470,19 +481,22 @@ fn commit(
     Ok(())
 }
 
-/// Publish one prediction, keyed by model, waiting while the producer's
-/// queue is full (never dropping). `buf` is reused between calls.
+/// Publish one prediction, keyed by `key` (`[topics] prediction_key`),
+/// waiting while the producer's queue is full (never dropping). `buf` is
+/// reused between calls.
 pub fn send(
     producer: &ThreadedProducer<DeliveryCounter>,
-    topic: &str,
+    (topic, key): (&str, PredictionKey),
     event: &PredictionEvent,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     buf.clear();
     event.write_json(buf)?;
-    let record = BaseRecord::to(topic)
-        .key(event.model.as_bytes())
-        .payload(buf.as_slice());
+    let key = match key {
+        PredictionKey::Model => event.model.as_bytes(),
+        PredictionKey::RequestId => event.request_id.as_bytes(),
+    };
+    let record = BaseRecord::to(topic).key(key).payload(buf.as_slice());
     crate::sources::kafka::produce(producer, record)
         .map_err(|e| anyhow::anyhow!("predictions topic {topic}: {e}"))
 }

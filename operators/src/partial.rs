@@ -1,0 +1,167 @@
+//! What a partial monitor publishes on the partials topic and the merge
+//! stage reads: one source partition's closed windows (mergeable state:
+//! sketch bins, counters, drift bin counts, gradient summaries), its label
+//! state once a window's label wait ended, and its progress (watermark,
+//! idleness) — JSON, one message each.
+//!
+//! Drift counts travel without their reference: the merge stage attaches
+//! the same reference (from `[drift.reference_files]`, the one owner of
+//! references in the scale-out) before adding them up.
+
+use serde::{Deserialize, Serialize};
+
+use crate::drift::DriftCounts;
+use crate::engine::{ClosedWindow, LabelledWindow, SeriesKey, SeriesState};
+use crate::gradients::GradientWindow;
+use crate::latency::LatencyAccumulator;
+use crate::merge::ShardProgress;
+use crate::sketch::LatencySketch;
+use crate::throughput::ThroughputAccumulator;
+use crate::topology::Topology;
+
+/// One message of the partials topic. `shard` is the source partition
+/// (predictions, feedback and training of partition p are shard p).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PartialMessage {
+    /// A window the shard's watermark passed.
+    Window {
+        /// Source partition.
+        shard: usize,
+        /// The window's state.
+        window: WindowWire,
+    },
+    /// Label state of a window whose label wait ended in the shard.
+    Labels {
+        /// Source partition.
+        shard: usize,
+        /// Labels per series.
+        window: LabelledWindow,
+    },
+    /// Points judged at once, not per window (gradient anomalies); fields
+    /// that are not finite numbers are left out (line protocol cannot
+    /// carry them either).
+    Points {
+        /// Source partition.
+        shard: usize,
+        /// The points.
+        points: Vec<infermon_schemas::Point>,
+    },
+    /// The shard's watermark, sent after its windows on every turn (also
+    /// when it had no data: it may be idle).
+    Progress {
+        /// Source partition.
+        shard: usize,
+        /// Watermark, ms (None: no event time yet).
+        watermark: Option<i64>,
+        /// Idle by the engine's rules: it does not hold the merge.
+        idle: bool,
+    },
+}
+
+/// A [`ClosedWindow`] without its rows or drift reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowWire {
+    start: i64,
+    end: i64,
+    series: Vec<(SeriesKey, SeriesWire)>,
+    late: Vec<(SeriesKey, u64)>,
+    gradients: Vec<((String, String), GradientWindow)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesWire {
+    /// Per stage ([`infermon_schemas::batch::STAGES`] order); None when
+    /// empty.
+    stages: Vec<Option<LatencySketch>>,
+    throughput: ThroughputAccumulator,
+    drift: Option<DriftCounts>,
+}
+
+impl WindowWire {
+    /// The state of `window` (its rows are not sent: custom SQL metrics
+    /// are refused in the scale-out).
+    pub fn of(window: &ClosedWindow) -> Self {
+        let series = window
+            .series
+            .iter()
+            .map(|(key, s)| {
+                let stages = s
+                    .stages
+                    .iter()
+                    .map(|a| (a.sketch().count() > 0).then(|| a.sketch().clone()))
+                    .collect();
+                let wire = SeriesWire {
+                    stages,
+                    throughput: s.throughput.clone(),
+                    drift: s.drift.as_ref().map(|d| d.counts()),
+                };
+                (key.clone(), wire)
+            })
+            .collect();
+        Self {
+            start: window.start,
+            end: window.end,
+            series,
+            late: window.late.clone(),
+            gradients: window.gradients.clone(),
+        }
+    }
+
+    /// Back into a window, drift counts on `topology`'s references.
+    pub fn into_window(self, topology: &Topology) -> ClosedWindow {
+        let start = self.start;
+        let series = self
+            .series
+            .into_iter()
+            .map(|(key, wire)| {
+                let mut stages: [LatencyAccumulator; 5] = Default::default();
+                for (acc, sketch) in stages.iter_mut().zip(wire.stages) {
+                    if let Some(s) = sketch {
+                        *acc = LatencyAccumulator::from_sketch(s);
+                    }
+                }
+                let drift = wire.drift.and_then(|counts| {
+                    let mut w = topology.drift_window(&key, start)?;
+                    w.add_counts(&counts);
+                    Some(w)
+                });
+                let state = SeriesState {
+                    stages,
+                    throughput: wire.throughput,
+                    drift,
+                };
+                (key, state)
+            })
+            .collect();
+        ClosedWindow {
+            start,
+            end: self.end,
+            series,
+            batches: Vec::new(),
+            late: self.late,
+            gradients: self.gradients,
+        }
+    }
+}
+
+impl PartialMessage {
+    /// The progress message of `shard`.
+    pub fn progress(shard: usize, p: ShardProgress) -> Self {
+        PartialMessage::Progress {
+            shard,
+            watermark: p.watermark,
+            idle: p.idle,
+        }
+    }
+
+    /// The source partition the message is from.
+    pub fn shard(&self) -> usize {
+        match self {
+            PartialMessage::Window { shard, .. }
+            | PartialMessage::Labels { shard, .. }
+            | PartialMessage::Points { shard, .. }
+            | PartialMessage::Progress { shard, .. } => *shard,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! `infermon monitor` with `[monitor] role = "merge"`: the scale-out's
+//! merge stage.
+//!
+//! Partials topic (consumer group) → [`PartialMessage`]s → [`Merger`]
+//! (each window added up once every source partition's watermark passed
+//! it) → [`Topology::emit`] (statistics, drift tests, canary, alert rules)
+//! → sinks and alert outputs: the only writer. Offsets of the partials
+//! topic are committed behind acknowledged sink writes, with the
+//! acknowledged watermark in the commit metadata: a restarted merge stage
+//! re-reads the partials of every window not yet written (a window's
+//! partials all lie after the committed offset) and drops those of windows
+//! written before.
+//!
+//! The number of source partitions (shards) is the predictions topic's
+//! partition count: a window is complete only when every one of them has
+//! reported a watermark past it, or is idle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use infermon_operators::{Merger, PartialMessage, ShardProgress, Topology};
+use infermon_schemas::Point;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer};
+
+use crate::alerts::AlertOutputs;
+use crate::config::Config;
+use crate::monitor::MONITOR_RECEIVER;
+use crate::monitor::metrics::MonitorMetrics;
+use crate::sinks::alerts_file::AlertsFile;
+use crate::sinks::{SinkSettings, Sinks};
+use crate::sources::kafka::{self, Assignment, MonitorConsumer};
+use crate::sources::offsets::OffsetTracker;
+use crate::telemetry::{self as http, Health, Labels};
+
+/// The merge state of the current assignment of the partials topic.
+struct Assigned {
+    merger: Merger,
+    tracker: OffsetTracker,
+    floor: i64,
+}
+
+/// Run the merge stage until `stop` is set.
+pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mc = &config.monitor;
+    let (mut alerts_log, restored, _) = AlertsFile::open_journal(&mc.alerts_out)
+        .with_context(|| format!("alerts_out {}", mc.alerts_out.display()))?;
+    let mut alerts = AlertOutputs::new(
+        &config.alerts,
+        mc.send_alerts,
+        MONITOR_RECEIVER,
+        &mut alerts_log,
+    )?;
+    alerts.resume(&restored);
+    let metrics = Arc::new(MonitorMetrics::default());
+    let health = Arc::new(Health::default());
+    health.beat();
+    let telemetry = http::Telemetry {
+        registry: metrics.registry(),
+        health: health.clone(),
+        stall_after: Some(Duration::from_secs(30)),
+        alerts: None,
+    };
+    let addr = http::serve(&mc.listen, telemetry)?;
+    tracing::info!(%addr, "merge stage: serving /metrics /healthz /readyz");
+    let mut topology = config.topology().await?;
+    topology.check_scale_out()?;
+    topology.restore_alerts(restored);
+    let mut sinks = Sinks::open(&SinkSettings {
+        influxdb: &config.influxdb,
+        metrics_out: mc.metrics_out.clone(),
+        state_dir: &mc.state_dir,
+        rejects_out: &mc.rejects_out,
+    })?;
+    let (kc, topics) = (&config.kafka, &config.topics);
+    let consumer = kafka::consumer(kc, &[topics.partials.as_str()], metrics.lag.clone())?;
+    let shards = consumer
+        .fetch_metadata(Some(&topics.predictions), Duration::from_secs(10))
+        .context("reading the predictions topic's partition count")?
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(
+        shards > 0,
+        "topic {} has no partitions: the merge stage needs its partition count",
+        topics.predictions
+    );
+    tracing::info!(topic = %topics.partials, source_partitions = shards, "merge stage: consuming partials");
+
+    let mut assigned: Option<Assigned> = None;
+    let mut pushed = i64::MIN;
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        health.beat();
+        let linger_until = Instant::now() + kc.batch_linger;
+        let mut loose: Vec<Point> = Vec::new();
+        let mut read = 0;
+        while read < kc.batch_size {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            let polled = consumer.poll(left.max(Duration::from_millis(1)));
+            rebalanced(&consumer, &mut assigned, &topology, shards)?;
+            if assigned.is_some() {
+                health.ready.store(true, Ordering::Relaxed);
+            }
+            match (polled, assigned.as_mut()) {
+                (Some(Ok(msg)), Some(a)) => {
+                    read += 1;
+                    let tp = (msg.topic().to_string(), msg.partition());
+                    let l: Labels = vec![("topic".into(), tp.0.clone())];
+                    metrics.consumed.get_or_create(&l).inc();
+                    let bytes = msg.payload().unwrap_or_default();
+                    let release_at = take(a, &topology, bytes, &mut loose, pushed);
+                    a.tracker.read(&tp, msg.offset(), release_at);
+                }
+                (Some(Err(e)), _) => tracing::warn!(error = %e, "consumer error"),
+                _ => {}
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        if let Some(a) = assigned.as_mut() {
+            let released = a.merger.release()?;
+            let watermark = a.merger.watermark().unwrap_or(i64::MIN).max(a.floor);
+            if !released.is_empty() || !loose.is_empty() {
+                let emitted = topology.emit(loose, released).await?;
+                metrics.windows.inc_by(emitted.windows as u64);
+                for n in emitted.passed() {
+                    let l: Labels = vec![
+                        ("alertname".into(), n.labels["alertname"].clone()),
+                        ("status".into(), n.status.as_str().to_string()),
+                    ];
+                    metrics.alerts.get_or_create(&l).inc();
+                }
+                alerts.deliver(&emitted.evaluations)?;
+                metrics.points.inc_by(emitted.points.len() as u64);
+                sinks.push(&emitted.points, watermark)?;
+                pushed = watermark;
+            }
+            metrics.watermark_seconds.set(http::seconds(watermark));
+        }
+        if last_commit.elapsed() >= kc.commit_interval {
+            last_commit = Instant::now();
+            commit(
+                &consumer,
+                assigned.as_mut(),
+                &sinks,
+                &metrics,
+                CommitMode::Async,
+            );
+        }
+    }
+    tracing::info!("stopping: draining sinks and committing");
+    health.ready.store(false, Ordering::Relaxed);
+    alerts.finish(mc.shutdown_timeout)?;
+    let deadline = Instant::now() + mc.shutdown_timeout;
+    while sinks.acked() < pushed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    commit(
+        &consumer,
+        assigned.as_mut(),
+        &sinks,
+        &metrics,
+        CommitMode::Sync,
+    );
+    sinks.close(deadline.saturating_duration_since(Instant::now()));
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// One partials message into the merger; returns until which watermark
+/// its offset must stay uncommitted. A message that does not decode is
+/// logged and skipped (its producer is infermon: a bug or another
+/// version, not data to keep).
+fn take(
+    a: &mut Assigned,
+    topology: &Topology,
+    bytes: &[u8],
+    loose: &mut Vec<Point>,
+    pushed: i64,
+) -> Option<i64> {
+    let message: PartialMessage = match serde_json::from_slice(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "a partials message does not decode: skipped");
+            return None;
+        }
+    };
+    if message.shard() >= a.merger.shards() {
+        tracing::error!(
+            shard = message.shard(),
+            shards = a.merger.shards(),
+            "a partial from a partition the predictions topic does not have: skipped"
+        );
+        return None;
+    }
+    match message {
+        PartialMessage::Window { shard, window } => {
+            let window = window.into_window(topology);
+            let end = window.end;
+            a.merger.add_window(shard, window);
+            Some(end)
+        }
+        PartialMessage::Labels { shard, window } => {
+            let end = window.end + topology.label_wait_ms();
+            a.merger.add_labelled(shard, window);
+            Some(end)
+        }
+        PartialMessage::Points { points, .. } => {
+            loose.extend(points);
+            Some(pushed.saturating_add(1))
+        }
+        PartialMessage::Progress {
+            shard,
+            watermark,
+            idle,
+        } => {
+            a.merger
+                .set_progress(shard, ShardProgress { watermark, idle });
+            None
+        }
+    }
+}
+
+/// Take up the rebalances queued during the last poll: a new assignment
+/// starts a fresh merger above the acknowledged watermark of the
+/// committed offsets.
+fn rebalanced(
+    consumer: &MonitorConsumer,
+    assigned: &mut Option<Assigned>,
+    topology: &Topology,
+    shards: usize,
+) -> anyhow::Result<()> {
+    let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
+    for e in events {
+        match e {
+            Assignment::Revoked(_) => *assigned = None,
+            Assignment::Assigned(parts) => {
+                let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
+                let floor = floors.values().flatten().copied().max().unwrap_or(i64::MIN);
+                let mut merger = topology.merger(shards);
+                merger.set_floor(floor);
+                tracing::info!(floor, "merge state rebuilt for the new assignment");
+                *assigned = Some(Assigned {
+                    merger,
+                    tracker: OffsetTracker::new(),
+                    floor,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commit the partials offsets no unacknowledged window needs.
+fn commit(
+    consumer: &MonitorConsumer,
+    assigned: Option<&mut Assigned>,
+    sinks: &Sinks,
+    metrics: &MonitorMetrics,
+    mode: CommitMode,
+) {
+    let Some(a) = assigned else { return };
+    let acked = sinks.acked().max(a.floor);
+    metrics.acked_watermark_seconds.set(http::seconds(acked));
+    a.tracker.release(acked);
+    let offsets: Vec<_> = a
+        .tracker
+        .committable()
+        .into_iter()
+        .map(|(tp, o)| (tp, o, acked))
+        .collect();
+    if offsets.is_empty() {
+        return;
+    }
+    let committed = kafka::commit_list(&offsets).and_then(|tpl| {
+        consumer.commit(&tpl, mode)?;
+        *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
+        Ok(())
+    });
+    match committed {
+        Ok(()) => {
+            metrics
+                .committed_watermark_seconds
+                .set(http::seconds(acked));
+        }
+        Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+    }
+}

@@ -31,6 +31,7 @@ mod dlq;
 mod points;
 mod prometheus;
 mod record;
+mod scale_out;
 
 /// Lateness that covers the recordings' 20–90 s late events, so the offline
 /// and the Kafka runs agree on every row's window (late-data handling has
@@ -46,20 +47,37 @@ struct Setup {
     id: String,
     dir: tempfile::TempDir,
     topics: BTreeMap<&'static str, String>,
+    /// More `[topics]` settings (e.g. the prediction key).
+    topics_extra: String,
 }
 
 impl Setup {
     fn new(name: &str) -> Self {
+        Self::with_partitions(name, 4)
+    }
+
+    /// Topics of `partitions` partitions each (the DLQ and the partials
+    /// topic have one).
+    fn with_partitions(name: &str, partitions: i32) -> Self {
         let brokers = required_env("INFERMON_TEST_KAFKA_BROKERS");
         let id = unique_id(name);
-        let topics: BTreeMap<&'static str, String> =
-            ["requests", "predictions", "feedback", "training", "dlq"]
-                .into_iter()
-                .map(|base| (base, format!("t{id}.{base}")))
-                .collect();
+        let topics: BTreeMap<&'static str, String> = [
+            "requests",
+            "predictions",
+            "feedback",
+            "training",
+            "dlq",
+            "partials",
+        ]
+        .into_iter()
+        .map(|base| (base, format!("t{id}.{base}")))
+        .collect();
         let partitions: Vec<(&str, i32)> = topics
             .iter()
-            .map(|(base, t)| (t.as_str(), if *base == "dlq" { 1 } else { 4 }))
+            .map(|(base, t)| {
+                let one = matches!(*base, "dlq" | "partials");
+                (t.as_str(), if one { 1 } else { partitions })
+            })
             .collect();
         create_topics(&brokers, &partitions);
         Self {
@@ -72,6 +90,7 @@ impl Setup {
                 .tempdir()
                 .unwrap(),
             topics,
+            topics_extra: String::new(),
         }
     }
 
@@ -93,6 +112,7 @@ impl Setup {
         for (base, t) in &self.topics {
             toml.push_str(&format!("{base} = {t:?}\n"));
         }
+        toml.push_str(&self.topics_extra);
         toml.push_str(&format!(
             "\n[kafka]\nbrokers = {:?}\ngroup_id = \"g{}\"\ncommit_interval = \"500ms\"\n\
              [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n",
@@ -179,6 +199,25 @@ fn recording_lines(name: &str) -> Vec<String> {
 /// before the final watermark, quality whose wait also ended. `alerts`
 /// points are left out (alert state is checked on its own).
 fn expected_points(setup: &Setup, config: &Path, lines: &[String]) -> (Vec<Line>, i64) {
+    let max_ts = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["ts"]
+                .as_i64()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    expected_points_until(setup, config, lines, max_ts - LATENESS_MS)
+}
+
+/// [`expected_points`] up to a given final `watermark`.
+fn expected_points_until(
+    setup: &Setup,
+    config: &Path,
+    lines: &[String],
+    watermark: i64,
+) -> (Vec<Line>, i64) {
     let file = setup.path("all.jsonl");
     std::fs::write(&file, setup.relabel(lines)).unwrap();
     let out = setup.path("offline.lp");
@@ -195,16 +234,6 @@ fn expected_points(setup: &Setup, config: &Path, lines: &[String]) -> (Vec<Line>
             .arg("--rejects-out")
             .arg(setup.path("offline-rejects.jsonl")),
     );
-    let max_ts = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["ts"]
-                .as_i64()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
-    let watermark = max_ts - LATENESS_MS;
     let points: Vec<Line> = parse_lines(&std::fs::read_to_string(out).unwrap())
         .into_iter()
         .filter(|l| l.measurement != "alerts")

@@ -98,7 +98,7 @@ fn influx_v1_points(
 
 /// Every expected point is in the database with the same fields, and the
 /// database has no window the offline replay does not.
-fn assert_influx_v1_matches(url: &str, db: &str, expected: &[Line], what: &str) {
+pub(super) fn assert_influx_v1_matches(url: &str, db: &str, expected: &[Line], what: &str) {
     let got = influx_v1_points(url, db, expected);
     let mut missing = Vec::new();
     let mut differ = Vec::new();

@@ -286,6 +286,23 @@ fn kill_9_and_restart(name: &str, victim: &str) {
     stage.start(&run.setup);
     let (expected, last, _) = run.expected(&merge.config);
     merge.get().wait_acked(last, Duration::from_secs(240));
+    // The restarted stage went on from what was committed, not from the
+    // start.
+    let log = match victim {
+        "merge" => merge.get().log_text(),
+        _ => partials[1].get().log_text(),
+    };
+    let resumed = match victim {
+        "merge" => {
+            log.contains("merge state rebuilt") && !log.contains("floor=-9223372036854775808")
+        }
+        _ => log.contains("floors={(\""),
+    };
+    assert!(
+        resumed,
+        "the restarted {victim} found no committed watermark:\n{}",
+        tail(&log, 20)
+    );
     for p in partials {
         assert!(p.monitor.unwrap().terminate().success());
     }

@@ -29,6 +29,7 @@ use crate::alerts::AlertOutputs;
 use crate::config::Config;
 use crate::monitor::MONITOR_RECEIVER;
 use crate::monitor::metrics::MonitorMetrics;
+use crate::monitor::watermark_store::WatermarkStore;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::{SinkSettings, Sinks};
 use crate::sources::kafka::{self, Assignment, MonitorConsumer};
@@ -89,6 +90,9 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     );
     tracing::info!(topic = %topics.partials, source_partitions = shards, "merge stage: consuming partials");
 
+    // The acknowledged watermark is also kept in the state directory, for
+    // brokers that drop commit metadata (as the monitor does).
+    let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
     let mut assigned: Option<Assigned> = None;
     let mut pushed = i64::MIN;
     let mut last_commit = Instant::now();
@@ -100,7 +104,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         while read < kc.batch_size {
             let left = linger_until.saturating_duration_since(Instant::now());
             let polled = consumer.poll(left.max(Duration::from_millis(1)));
-            rebalanced(&consumer, &mut assigned, &topology, shards)?;
+            rebalanced(&consumer, &mut assigned, (&topology, &store), shards)?;
             if assigned.is_some() {
                 health.ready.store(true, Ordering::Relaxed);
             }
@@ -146,8 +150,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             commit(
                 &consumer,
                 assigned.as_mut(),
-                &sinks,
-                &metrics,
+                (&sinks, &metrics, &store),
                 CommitMode::Async,
             );
         }
@@ -162,8 +165,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     commit(
         &consumer,
         assigned.as_mut(),
-        &sinks,
-        &metrics,
+        (&sinks, &metrics, &store),
         CommitMode::Sync,
     );
     sinks.close(deadline.saturating_duration_since(Instant::now()));
@@ -231,7 +233,7 @@ fn take(
 fn rebalanced(
     consumer: &MonitorConsumer,
     assigned: &mut Option<Assigned>,
-    topology: &Topology,
+    (topology, store): (&Topology, &WatermarkStore),
     shards: usize,
 ) -> anyhow::Result<()> {
     let events = std::mem::take(&mut *consumer.context().events.lock().expect("events lock"));
@@ -240,7 +242,11 @@ fn rebalanced(
             Assignment::Revoked(_) => *assigned = None,
             Assignment::Assigned(parts) => {
                 let floors = kafka::committed_floors(consumer, &parts, Duration::from_secs(10))?;
-                let floor = floors.values().flatten().copied().max().unwrap_or(i64::MIN);
+                let floor = floors
+                    .iter()
+                    .filter_map(|(tp, committed)| (*committed).max(store.load(tp)))
+                    .max()
+                    .unwrap_or(i64::MIN);
                 let mut merger = topology.merger(shards);
                 merger.set_floor(floor);
                 tracing::info!(floor, "merge state rebuilt for the new assignment");
@@ -259,8 +265,7 @@ fn rebalanced(
 fn commit(
     consumer: &MonitorConsumer,
     assigned: Option<&mut Assigned>,
-    sinks: &Sinks,
-    metrics: &MonitorMetrics,
+    (sinks, metrics, store): (&Sinks, &MonitorMetrics, &WatermarkStore),
     mode: CommitMode,
 ) {
     let Some(a) = assigned else { return };
@@ -278,6 +283,11 @@ fn commit(
     }
     let committed = kafka::commit_list(&offsets).and_then(|tpl| {
         consumer.commit(&tpl, mode)?;
+        let watermarks: Vec<_> = offsets
+            .iter()
+            .map(|(tp, _, wm)| (tp.clone(), *wm))
+            .collect();
+        store.save(&watermarks)?;
         *consumer.context().safe.lock().expect("safe lock") = Some(tpl);
         Ok(())
     });

@@ -115,7 +115,13 @@ mod tests {
 
     #[test]
     fn the_deploy_examples_parse() {
-        for f in ["infermon.toml", "monitor.toml", "worker.toml"] {
+        for f in [
+            "infermon.toml",
+            "monitor.toml",
+            "worker.toml",
+            "partial.toml",
+            "merge.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../deploy")
                 .join(f);

@@ -324,3 +324,26 @@ fn a_partial_monitor_killed_and_restarted_loses_and_doubles_no_window() {
 fn the_merge_stage_killed_and_restarted_loses_and_doubles_no_window() {
     kill_9_and_restart("killmerge", "merge");
 }
+
+/// Partials carry window state, not rows: a custom SQL metric cannot run
+/// in the scale-out, and each stage says so at start-up, naming it.
+#[test]
+fn a_custom_sql_metric_is_refused_by_both_stages_naming_it() {
+    let setup = setup("sqlrefused");
+    let sql = "[[sql_metrics]]\nmeasurement = \"score_by_site\"\nquery = \"SELECT model, avg(score) AS mean_score FROM window GROUP BY model\"\n\n";
+    for role in ["partial", "merge"] {
+        let config = role_config(&setup, sql, role, role);
+        let out = infermon()
+            .arg("--config")
+            .arg(&config)
+            .arg("monitor")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{role} started with a SQL metric");
+        assert!(
+            stderr.contains("\"score_by_site\"") && stderr.contains("scale-out"),
+            "{role}: {stderr}"
+        );
+    }
+}

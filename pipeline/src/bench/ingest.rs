@@ -83,14 +83,14 @@ pub fn bare_consumer(brokers: &str, topic: &str, messages: u64) -> anyhow::Resul
     })
 }
 
-fn unique() -> u128 {
+pub(crate) fn unique() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros())
 }
 
 /// CPU seconds (user + system) and peak RSS of a process (`self` or a pid).
-fn proc_usage(pid: &str) -> anyhow::Result<(f64, u64)> {
+pub(crate) fn proc_usage(pid: &str) -> anyhow::Result<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces).
     let rest = stat.rsplit_once(')').context("/proc stat")?.1;
@@ -103,11 +103,52 @@ fn proc_usage(pid: &str) -> anyhow::Result<(f64, u64)> {
     ))
 }
 
+/// How a bench topic is laid out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    /// Partitions of each topic.
+    pub partitions: i32,
+    /// The event field predictions are keyed by.
+    pub key: &'static str,
+    /// Only this model's predictions (None: all).
+    pub model: Option<&'static str>,
+    /// Stop after this many passes over the files (None: at `messages`).
+    pub passes: Option<i64>,
+    /// Each pass over the files is shifted past the previous one in event
+    /// time (true: the same rate, a longer stream) or lies on it (false:
+    /// the same windows, `passes` times the rate).
+    pub shift_time: bool,
+}
+
 /// Create the topics and fill the predictions topic with `messages`
 /// predictions keyed by model.
 async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
+    let layout = Layout {
+        partitions: 4,
+        key: "model",
+        model: None,
+        passes: None,
+        shift_time: true,
+    };
+    Ok(
+        fill_topic(&opts.brokers, &opts.files, opts.messages, base, layout)
+            .await?
+            .0,
+    )
+}
+
+/// Create `{base}.predictions|feedback|training` and fill the predictions
+/// topic with `messages` predictions of `files` (cycled; request ids made
+/// unique per pass). Returns the seconds it took and the messages sent.
+pub(crate) async fn fill_topic(
+    brokers: &str,
+    files: &[PathBuf],
+    messages: u64,
+    base: &str,
+    layout: Layout,
+) -> anyhow::Result<(f64, u64)> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+        .set("bootstrap.servers", brokers)
         .create()?;
     let names: Vec<String> = ["predictions", "feedback", "training"]
         .iter()
@@ -115,18 +156,20 @@ async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
         .collect();
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|t| NewTopic::new(t, 4, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, layout.partitions, TopicReplication::Fixed(1)))
         .collect();
     for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     let mut lines = Vec::new();
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-    for f in &opts.files {
+    for f in files {
         let reader = infermon_schemas::recording::open(f)?;
         for line in reader.lines() {
             let mut v: Value = serde_json::from_str(&line?)?;
-            if v["topic"] != "inference.predictions" {
+            if v["topic"] != "inference.predictions"
+                || layout.model.is_some_and(|m| v["model"] != m)
+            {
                 continue;
             }
             v.as_object_mut().expect("object").remove("topic");
@@ -141,7 +184,7 @@ async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
     }
     let span = hi - lo + 60_000;
     let producer: ThreadedProducer<_> = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+        .set("bootstrap.servers", brokers)
         .set("compression.type", "zstd")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
@@ -152,17 +195,21 @@ async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
     let mut sent = 0u64;
     let mut pass = 0i64;
     'fill: loop {
+        if layout.passes.is_some_and(|p| pass == p) {
+            break;
+        }
         for v in &lines {
-            if sent == opts.messages {
+            if sent == messages {
                 break 'fill;
             }
             let mut v = v.clone();
-            let ts = v["ts"].as_i64().expect("checked") + pass * span;
+            let shift = if layout.shift_time { pass * span } else { 0 };
+            let ts = v["ts"].as_i64().expect("checked") + shift;
             v["ts"] = Value::from(ts);
             let rid = format!("{}-{pass}", v["request_id"].as_str().unwrap_or(""));
             v["request_id"] = Value::from(rid);
             let body = v.to_string();
-            let key = v["model"].as_str().unwrap_or("").to_string();
+            let key = v[layout.key].as_str().unwrap_or("").to_string();
             let mut record = BaseRecord::to(&topic).key(&key).payload(&body);
             loop {
                 match producer.send(record) {
@@ -180,7 +227,7 @@ async fn fill(opts: &IngestBenchOptions, base: &str) -> anyhow::Result<f64> {
     producer
         .flush(Duration::from_secs(300))
         .context("filling the topic")?;
-    Ok(started.elapsed().as_secs_f64())
+    Ok((started.elapsed().as_secs_f64(), sent))
 }
 
 /// Run the monitor on `base` until it consumed `messages` predictions.

@@ -5,4 +5,5 @@
 pub mod drift;
 pub mod ingest;
 pub mod replay;
+pub mod scale_out;
 pub mod worker;

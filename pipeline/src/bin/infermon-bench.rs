@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use infermon::bench::drift::{DriftBenchOptions, run_drift_bench};
 use infermon::bench::ingest::{IngestBenchOptions, bare_consumer, bundled_files, run_ingest_bench};
 use infermon::bench::replay::{BenchOptions, run_bench};
+use infermon::bench::scale_out::{ScaleOutBenchOptions, run_scale_out_bench};
 use infermon::bench::worker::{WorkerBenchOptions, bench};
 use infermon::config::Config;
 use tracing_subscriber::EnvFilter;
@@ -54,6 +55,23 @@ enum Command {
         /// Internal: be the bare consumer of this topic, print JSON.
         #[arg(long, hide = true)]
         bare_topic: Option<String>,
+    },
+    /// The scale-out: CPU per 1M messages of 1..4 partial monitors on an
+    /// 8-partition topic, and the merge stage's CPU per window at 1x and
+    /// 10x the event rate (real broker, the real binary).
+    ScaleOut {
+        /// Files whose predictions fill the topics (default: the bundled
+        /// recordings).
+        files: Vec<PathBuf>,
+        /// Brokers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Predictions in the partial-stage topic.
+        #[arg(long, default_value_t = 400_000)]
+        messages: u64,
+        /// Scratch directory (configs, logs).
+        #[arg(long, default_value = "bench-scale-out")]
+        dir: PathBuf,
     },
     /// Time the worker's path (encode, ONNX Runtime, timings, events, JSON,
     /// publish) against a bare ONNX Runtime loop on the same model and
@@ -156,6 +174,24 @@ async fn main() -> anyhow::Result<()> {
                 dir,
             };
             print!("{}", run_ingest_bench(&opts).await?);
+        }
+        Command::ScaleOut {
+            files,
+            brokers,
+            messages,
+            dir,
+        } => {
+            let files = match files.is_empty() {
+                true => bundled_files(std::path::Path::new(".")),
+                false => files,
+            };
+            let opts = ScaleOutBenchOptions {
+                brokers,
+                messages,
+                files,
+                dir,
+            };
+            print!("{}", run_scale_out_bench(&opts).await?);
         }
         Command::Worker {
             model_dir,

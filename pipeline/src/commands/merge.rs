@@ -30,11 +30,13 @@ use crate::config::Config;
 use crate::monitor::MONITOR_RECEIVER;
 use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
+use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
-use crate::sinks::{SinkSettings, Sinks};
+
+use super::monitor::{open_sinks, serve_telemetry};
 use crate::sources::kafka::{self, Assignment, MonitorConsumer};
 use crate::sources::offsets::OffsetTracker;
-use crate::telemetry::{self as http, Health, Labels};
+use crate::telemetry::{self as http, Labels};
 
 /// The merge state of the current assignment of the partials topic.
 struct Assigned {
@@ -55,26 +57,11 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         &mut alerts_log,
     )?;
     alerts.resume(&restored);
-    let metrics = Arc::new(MonitorMetrics::default());
-    let health = Arc::new(Health::default());
-    health.beat();
-    let telemetry = http::Telemetry {
-        registry: metrics.registry(),
-        health: health.clone(),
-        stall_after: Some(Duration::from_secs(30)),
-        alerts: None,
-    };
-    let addr = http::serve(&mc.listen, telemetry)?;
-    tracing::info!(%addr, "merge stage: serving /metrics /healthz /readyz");
+    let (metrics, health) = serve_telemetry(config)?;
     let mut topology = config.topology().await?;
     topology.check_scale_out()?;
     topology.restore_alerts(restored);
-    let mut sinks = Sinks::open(&SinkSettings {
-        influxdb: &config.influxdb,
-        metrics_out: mc.metrics_out.clone(),
-        state_dir: &mc.state_dir,
-        rejects_out: &mc.rejects_out,
-    })?;
+    let mut sinks = open_sinks(config)?;
     let (kc, topics) = (&config.kafka, &config.topics);
     let consumer = kafka::consumer(kc, &[topics.partials.as_str()], metrics.lag.clone())?;
     let shards = consumer

@@ -58,6 +58,35 @@ fn export(sinks: &Sinks, m: &MonitorMetrics) {
     }
 }
 
+/// `/metrics`, `/healthz` and `/readyz` on `[monitor] listen`.
+pub(super) fn serve_telemetry(
+    config: &Config,
+) -> anyhow::Result<(Arc<MonitorMetrics>, Arc<Health>)> {
+    let metrics = Arc::new(MonitorMetrics::default());
+    let health = Arc::new(Health::default());
+    health.beat();
+    let telemetry = http::Telemetry {
+        registry: metrics.registry(),
+        health: health.clone(),
+        stall_after: Some(Duration::from_secs(30)),
+        alerts: None,
+    };
+    let addr = http::serve(&config.monitor.listen, telemetry)?;
+    tracing::info!(%addr, role = ?config.monitor.role, "serving /metrics /healthz /readyz");
+    Ok((metrics, health))
+}
+
+/// The `[[influxdb]]` sinks behind their spools (or the metrics file).
+pub(super) fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
+    let mc = &config.monitor;
+    Sinks::open(&SinkSettings {
+        influxdb: &config.influxdb,
+        metrics_out: mc.metrics_out.clone(),
+        state_dir: &mc.state_dir,
+        rejects_out: &mc.rejects_out,
+    })
+}
+
 /// Window state for the partitions currently assigned.
 struct Assigned {
     /// Which rebalance this state belongs to.
@@ -170,17 +199,7 @@ impl<'c> Monitor<'c> {
     /// Telemetry, topology, sinks, the consumer group and the DLQ.
     async fn start(config: &'c Config) -> anyhow::Result<Self> {
         let mc = &config.monitor;
-        let metrics = Arc::new(MonitorMetrics::default());
-        let health = Arc::new(Health::default());
-        health.beat();
-        let telemetry = http::Telemetry {
-            registry: metrics.registry(),
-            health: health.clone(),
-            stall_after: Some(Duration::from_secs(30)),
-            alerts: None,
-        };
-        let addr = http::serve(&mc.listen, telemetry)?;
-        tracing::info!(%addr, "serving /metrics /healthz /readyz");
+        let (metrics, health) = serve_telemetry(config)?;
         let topology = config.topology().await?;
         let partials = match mc.role {
             Role::Partial => {
@@ -190,12 +209,7 @@ impl<'c> Monitor<'c> {
             }
             _ => None,
         };
-        let sinks = Sinks::open(&SinkSettings {
-            influxdb: &config.influxdb,
-            metrics_out: mc.metrics_out.clone(),
-            state_dir: &mc.state_dir,
-            rejects_out: &mc.rejects_out,
-        })?;
+        let sinks = open_sinks(config)?;
         let (topics, kc) = (&config.topics, &config.kafka);
         let names = [
             topics.predictions.as_str(),

@@ -241,15 +241,23 @@ async fn merge_run(
     wait("the partial monitor", || {
         Ok(partial.metric("infermon_consumed_messages_total")? as u64 >= messages)
     })?;
-    // Everything published is read by the merge stage, and it went quiet.
-    let published = high_watermark(&opts.brokers, &partials)?;
+    // The partial monitor goes idle and publishes its last windows; the
+    // merge stage reads all of it: nothing changes for 3 s.
+    let mut last = (-1, -1.0, -1.0);
+    let mut quiet = 0;
     wait("the merge stage", || {
-        Ok(
-            merge.metric("infermon_consumed_messages_total")? as i64 >= published
-                && high_watermark(&opts.brokers, &partials)? == published,
-        )
+        std::thread::sleep(Duration::from_millis(900));
+        let now = (
+            high_watermark(&opts.brokers, &partials)?,
+            merge.metric("infermon_consumed_messages_total")?,
+            merge.metric("infermon_windows_emitted_total")?,
+        );
+        let settled = now == last && now.1 as i64 >= now.0 && now.2 > 0.0;
+        quiet = if settled { quiet + 1 } else { 0 };
+        last = now;
+        Ok(quiet >= 3)
     })?;
-    std::thread::sleep(Duration::from_secs(2));
+    let published = last.0;
     let cpu = merge.cpu()?;
     let windows = merge.metric("infermon_windows_emitted_total")?;
     partial.stop();

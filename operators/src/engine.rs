@@ -121,8 +121,8 @@ impl SeriesState {
 
 /// A window whose end the watermark has passed: the state of its series,
 /// final for the events this engine saw. One engine's closed window is a
-/// partial; [`crate::merge::Merger`] adds up the partials of a window
-/// before [`crate::topology::Topology`] turns it into points.
+/// partial; the merge stage (`Merger`) adds up the partials of a window
+/// before the topology turns it into points.
 #[derive(Debug)]
 pub struct ClosedWindow {
     /// Inclusive start, ms.
@@ -354,7 +354,7 @@ pub struct WindowEngine {
     gradients: Option<GradientMonitor>,
     labels: Option<LabelJoin>,
     /// This engine freezes drift references from its own rows (false when
-    /// an owner feeds them to every shard: [`crate::shards::Shards`]).
+    /// an owner feeds them to every shard, as `Shards` does).
     feeds_reference: bool,
     /// Late events of other topics (training steps whose window closed).
     late_other: u64,

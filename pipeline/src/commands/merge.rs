@@ -27,13 +27,12 @@ use rdkafka::consumer::{CommitMode, Consumer};
 
 use crate::alerts::AlertOutputs;
 use crate::config::Config;
-use crate::monitor::MONITOR_RECEIVER;
 use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
+use crate::monitor::{MONITOR_RECEIVER, start};
 use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 
-use super::monitor::{open_sinks, serve_telemetry};
 use crate::sources::kafka::{self, Assignment, MonitorConsumer};
 use crate::sources::offsets::OffsetTracker;
 use crate::telemetry::{self as http, Labels};
@@ -57,11 +56,11 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         &mut alerts_log,
     )?;
     alerts.resume(&restored);
-    let (metrics, health) = serve_telemetry(config)?;
+    let (metrics, health) = start::serve_telemetry(mc)?;
     let mut topology = config.topology().await?;
     topology.check_scale_out()?;
     topology.restore_alerts(restored);
-    let mut sinks = open_sinks(config)?;
+    let mut sinks = start::open_sinks(&config.influxdb, mc)?;
     let (kc, topics) = (&config.kafka, &config.topics);
     let consumer = kafka::consumer(kc, &[topics.partials.as_str()], metrics.lag.clone())?;
     let shards = consumer

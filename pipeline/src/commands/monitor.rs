@@ -31,10 +31,10 @@ use crate::config::Config;
 use crate::decode::kafka::{DecodeSettings, DecodedBatch, Decoder};
 use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
-use crate::monitor::{MONITOR_RECEIVER, Role, references_store};
+use crate::monitor::{MONITOR_RECEIVER, Role, references_store, start};
+use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::partials::PartialsTopic;
-use crate::sinks::{SinkSettings, Sinks};
 use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
 use crate::sources::offsets::{OffsetTracker, TopicPartition};
 use crate::telemetry::{self as http, Health, Labels, now_ms};
@@ -56,35 +56,6 @@ fn export(sinks: &Sinks, m: &MonitorMetrics) {
         let total = st.write_micros.load(Ordering::Relaxed) as f64 / 1e6;
         seconds.inc_by((total - seconds.get()).max(0.0));
     }
-}
-
-/// `/metrics`, `/healthz` and `/readyz` on `[monitor] listen`.
-pub(super) fn serve_telemetry(
-    config: &Config,
-) -> anyhow::Result<(Arc<MonitorMetrics>, Arc<Health>)> {
-    let metrics = Arc::new(MonitorMetrics::default());
-    let health = Arc::new(Health::default());
-    health.beat();
-    let telemetry = http::Telemetry {
-        registry: metrics.registry(),
-        health: health.clone(),
-        stall_after: Some(Duration::from_secs(30)),
-        alerts: None,
-    };
-    let addr = http::serve(&config.monitor.listen, telemetry)?;
-    tracing::info!(%addr, role = ?config.monitor.role, "serving /metrics /healthz /readyz");
-    Ok((metrics, health))
-}
-
-/// The `[[influxdb]]` sinks behind their spools (or the metrics file).
-pub(super) fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
-    let mc = &config.monitor;
-    Sinks::open(&SinkSettings {
-        influxdb: &config.influxdb,
-        metrics_out: mc.metrics_out.clone(),
-        state_dir: &mc.state_dir,
-        rejects_out: &mc.rejects_out,
-    })
 }
 
 /// Window state for the partitions currently assigned.
@@ -199,7 +170,7 @@ impl<'c> Monitor<'c> {
     /// Telemetry, topology, sinks, the consumer group and the DLQ.
     async fn start(config: &'c Config) -> anyhow::Result<Self> {
         let mc = &config.monitor;
-        let (metrics, health) = serve_telemetry(config)?;
+        let (metrics, health) = start::serve_telemetry(mc)?;
         let topology = config.topology().await?;
         let partials = match mc.role {
             Role::Partial => {
@@ -209,7 +180,7 @@ impl<'c> Monitor<'c> {
             }
             _ => None,
         };
-        let sinks = open_sinks(config)?;
+        let sinks = start::open_sinks(&config.influxdb, mc)?;
         let (topics, kc) = (&config.topics, &config.kafka);
         let names = [
             topics.predictions.as_str(),

@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod references_store;
+pub mod start;
 pub mod watermark_store;
 
 use std::path::PathBuf;

@@ -427,6 +427,11 @@ impl<'c> Monitor<'c> {
         tracing::info!("stopping: draining sinks and committing");
         let mc = &self.config.monitor;
         self.health.ready.store(false, Ordering::Relaxed);
+        if let (Some(a), Some(partials)) = (self.assigned.as_mut(), self.partials.as_mut()) {
+            // The partial stage's last anomalies go to the merge stage.
+            let anomalies = std::mem::take(&mut self.anomaly_points);
+            publish_partials(a, partials, anomalies, now_ms())?;
+        }
         if let Some(a) = self.assigned.as_mut() {
             let watermark = a.engine.watermark().unwrap_or(i64::MIN);
             if !self.anomaly_points.is_empty() {

@@ -47,8 +47,9 @@ impl Released {
 #[derive(Debug)]
 pub struct Merger {
     shards: Vec<ShardProgress>,
-    windows: BTreeMap<i64, BTreeMap<usize, ClosedWindow>>,
-    labelled: BTreeMap<i64, BTreeMap<usize, LabelledWindow>>,
+    /// Per window end: partials by (shard, part).
+    windows: BTreeMap<i64, BTreeMap<(usize, String), ClosedWindow>>,
+    labelled: BTreeMap<i64, BTreeMap<(usize, String), LabelledWindow>>,
     label_wait_ms: i64,
     /// Windows ending at or before this were released.
     released: i64,
@@ -101,6 +102,13 @@ impl Merger {
     /// A shard's closed window; replaces an earlier partial of the same
     /// shard and window.
     pub fn add_window(&mut self, shard: usize, window: ClosedWindow) {
+        self.add_window_part(shard, "", window);
+    }
+
+    /// One part of a shard's closed window (the partial stage sends one per
+    /// model, so that merge consumers can own models); replaces an earlier
+    /// partial of the same shard, window and part.
+    pub fn add_window_part(&mut self, shard: usize, part: &str, window: ClosedWindow) {
         if window.end <= self.released {
             self.late_partials += 1;
             return;
@@ -108,11 +116,17 @@ impl Merger {
         self.windows
             .entry(window.end)
             .or_default()
-            .insert(shard, window);
+            .insert((shard, part.to_string()), window);
     }
 
     /// A shard's labels of a window; replaces an earlier one.
     pub fn add_labelled(&mut self, shard: usize, labelled: LabelledWindow) {
+        self.add_labelled_part(shard, "", labelled);
+    }
+
+    /// One part of a shard's labels of a window (see
+    /// [`Merger::add_window_part`]).
+    pub fn add_labelled_part(&mut self, shard: usize, part: &str, labelled: LabelledWindow) {
         if labelled.end <= self.released_labels {
             self.late_partials += 1;
             return;
@@ -120,7 +134,7 @@ impl Merger {
         self.labelled
             .entry(labelled.end)
             .or_default()
-            .insert(shard, labelled);
+            .insert((shard, part.to_string()), labelled);
     }
 
     /// A shard's progress (it never goes back).

@@ -8,6 +8,8 @@
 //! the same reference (from `[drift.reference_files]`, the one owner of
 //! references in the scale-out) before adding them up.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::drift::DriftCounts;
@@ -24,17 +26,25 @@ use crate::topology::Topology;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PartialMessage {
-    /// A window the shard's watermark passed.
+    /// A window the shard's watermark passed (one model's series).
     Window {
         /// Source partition.
         shard: usize,
+        /// The model: a window's partial is sent per model, keyed by it, so
+        /// that each merge consumer owns whole models.
+        #[serde(default)]
+        model: String,
         /// The window's state.
         window: WindowWire,
     },
-    /// Label state of a window whose label wait ended in the shard.
+    /// Label state of a window whose label wait ended in the shard (one
+    /// model's series).
     Labels {
         /// Source partition.
         shard: usize,
+        /// The model.
+        #[serde(default)]
+        model: String,
         /// Labels per series.
         window: LabelledWindow,
     },
@@ -79,6 +89,44 @@ struct SeriesWire {
 }
 
 impl WindowWire {
+    /// Split into one window per model (series, late counts and training
+    /// summaries of that model).
+    pub fn by_model(self) -> BTreeMap<String, Self> {
+        let mut models: BTreeMap<String, Self> = BTreeMap::new();
+        let (start, end) = (self.start, self.end);
+        fn part<'m>(
+            models: &'m mut BTreeMap<String, WindowWire>,
+            model: &str,
+            (start, end): (i64, i64),
+        ) -> &'m mut WindowWire {
+            models
+                .entry(model.to_string())
+                .or_insert_with(|| WindowWire {
+                    start,
+                    end,
+                    series: Vec::new(),
+                    late: Vec::new(),
+                    gradients: Vec::new(),
+                })
+        }
+        for (key, s) in self.series {
+            part(&mut models, &key.model, (start, end))
+                .series
+                .push((key, s));
+        }
+        for (key, n) in self.late {
+            part(&mut models, &key.model, (start, end))
+                .late
+                .push((key, n));
+        }
+        for (key, g) in self.gradients {
+            part(&mut models, &key.0, (start, end))
+                .gradients
+                .push((key, g));
+        }
+        models
+    }
+
     /// The state of `window` (its rows are not sent: custom SQL metrics
     /// are refused in the scale-out).
     pub fn of(window: &ClosedWindow) -> Self {
@@ -145,6 +193,22 @@ impl WindowWire {
     }
 }
 
+/// Split labels of a window into one per model.
+pub fn labels_by_model(window: LabelledWindow) -> BTreeMap<String, LabelledWindow> {
+    let mut models: BTreeMap<String, LabelledWindow> = BTreeMap::new();
+    for (key, state) in window.series {
+        models
+            .entry(key.model.clone())
+            .or_insert_with(|| LabelledWindow {
+                end: window.end,
+                series: Vec::new(),
+            })
+            .series
+            .push((key, state));
+    }
+    models
+}
+
 impl PartialMessage {
     /// The progress message of `shard`.
     pub fn progress(shard: usize, p: ShardProgress) -> Self {
@@ -152,6 +216,20 @@ impl PartialMessage {
             shard,
             watermark: p.watermark,
             idle: p.idle,
+        }
+    }
+
+    /// The model a message is about, its key on the partials topic (None:
+    /// progress, which every partition gets).
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            PartialMessage::Window { model, .. } | PartialMessage::Labels { model, .. } => {
+                Some(model)
+            }
+            PartialMessage::Points { points, .. } => {
+                points.first().and_then(|p| p.tag_value("model"))
+            }
+            PartialMessage::Progress { .. } => None,
         }
     }
 

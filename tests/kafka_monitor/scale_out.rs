@@ -196,17 +196,25 @@ const RECORDINGS: [&str; 5] = [
     "gradient-explosion",
 ];
 
-/// 3 partial monitors and a merge stage over `lines`: the merge stage
-/// writes the offline replay's points (each of `measurements` among them)
-/// and fires what it fires, nothing else.
-fn golden(name: &str, lines: Vec<String>, measurements: &[&str]) {
-    let run = Run::new(name, lines);
-    let mut merge = run.stage("merge", "merge");
+/// 3 partial monitors and `merges` merge stages (one group; the partials
+/// topic then has 4 partitions, keyed by model) over `lines`: together the
+/// merge stages write the offline replay's points (each of `measurements`
+/// among them) and fire what it fires, nothing else.
+fn golden(name: &str, lines: Vec<String>, measurements: &[&str], merges: usize) {
+    let mut run = Run::new(name, lines);
+    if merges > 1 {
+        let topic = format!("{}4", run.setup.topics["partials"]);
+        create_topics(&run.setup.brokers, &[(topic.as_str(), 4)]);
+        run.setup.topics.insert("partials", topic);
+    }
+    let mut stages: Vec<Stage> = (0..merges)
+        .map(|i| run.stage("merge", &format!("merge{i}")))
+        .collect();
     let mut partials: Vec<Stage> = (0..3)
         .map(|i| run.stage("partial", &format!("partial{i}")))
         .collect();
-    run.setup.produce(&merge.config, &run.lines);
-    let (expected, last, watermark) = run.expected(&merge.config);
+    run.setup.produce(&stages[0].config, &run.lines);
+    let (expected, last, watermark) = run.expected(&stages[0].config);
     assert!(expected.len() > 300, "{name}: {} points", expected.len());
     for m in measurements {
         assert!(
@@ -214,26 +222,31 @@ fn golden(name: &str, lines: Vec<String>, measurements: &[&str]) {
             "{name}: the offline replay has no {m} points"
         );
     }
-    merge.start(&run.setup);
+    for m in &mut stages {
+        m.start(&run.setup);
+    }
     for p in &mut partials {
         p.start(&run.setup);
     }
-    merge.get().wait_acked(last, Duration::from_secs(240));
+    for m in &stages {
+        m.get().wait_acked(last, Duration::from_secs(240));
+    }
     let firing = offline_firing(&run.setup, watermark);
     assert!(!firing.is_empty(), "{name}: no documented alert");
+    let fired = |labels: &[&str]| -> f64 {
+        stages
+            .iter()
+            .map(|m| m.get().metric("infermon_alert_notifications_total", labels))
+            .sum()
+    };
     for (alertname, n) in &firing {
-        let got = merge.get().metric(
-            "infermon_alert_notifications_total",
-            &[&format!("alertname=\"{alertname}\""), "status=\"firing\""],
-        );
+        let got = fired(&[&format!("alertname=\"{alertname}\""), "status=\"firing\""]);
         assert_eq!(
             got as usize, *n,
             "{name}: {alertname} fired {got} times, offline {n}"
         );
     }
-    let all = merge
-        .get()
-        .metric("infermon_alert_notifications_total", &["status=\"firing\""]);
+    let all = fired(&["status=\"firing\""]);
     assert_eq!(
         all as usize,
         firing.values().sum::<usize>(),
@@ -242,12 +255,14 @@ fn golden(name: &str, lines: Vec<String>, measurements: &[&str]) {
     for p in partials {
         assert!(p.monitor.unwrap().terminate().success());
     }
-    assert!(merge.monitor.take().unwrap().terminate().success());
+    for m in stages {
+        assert!(m.monitor.unwrap().terminate().success());
+    }
     assert_influx_v1_matches(
         &run.url,
         &run.db,
         &expected,
-        &format!("{name}: 3 partial monitors + merge"),
+        &format!("{name}: 3 partial monitors + {merges} merge stage(s)"),
     );
 }
 
@@ -268,14 +283,17 @@ fn three_partial_monitors_and_a_merge_stage_write_what_the_offline_replay_writes
         })
         .collect();
     let all = ["latency", "throughput", "drift", "quality", "gradients"];
-    golden("scale", lines, &all);
+    golden("scale", lines.clone(), &all, 1);
+    // Two merge stages in one group split the partials topic's partitions:
+    // each owns whole models, and between them nothing is missing.
+    golden("scale2", lines, &all, 2);
 }
 
 #[test]
 fn each_bundled_recording_alone_through_the_scale_out_equals_the_offline_replay() {
     for r in RECORDINGS {
         let name = format!("scale-{}", r.split('-').next().unwrap());
-        golden(&name, recording_lines(r), &["latency", "throughput"]);
+        golden(&name, recording_lines(r), &["latency", "throughput"], 1);
     }
 }
 

@@ -11,9 +11,13 @@
 //! partials all lie after the committed offset) and drops those of windows
 //! written before.
 //!
-//! The number of source partitions (shards) is the predictions topic's
-//! partition count: a window is complete only when every one of them has
-//! reported a watermark past it, or is idle.
+//! The number of source partitions is the predictions topic's partition
+//! count: a window is complete only when every one of them has reported a
+//! watermark past it, or is idle. Merge stages in one group split the
+//! partials topic's partitions (windows are keyed by model); each source
+//! partition's progress comes on every partials partition after the
+//! windows it covers there, so the merger tracks it per (source, partials
+//! partition).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,9 +43,20 @@ use crate::telemetry::{self as http, Labels};
 
 /// The merge state of the current assignment of the partials topic.
 struct Assigned {
+    /// One merge shard per (source partition, assigned partials partition):
+    /// each partials partition carries every source partition's progress
+    /// after the windows it covers on that partition, and partitions are
+    /// not ordered with each other.
     merger: Merger,
+    /// The assigned partitions of the partials topic, sorted.
+    partitions: Vec<i32>,
+    /// Partitions of the predictions topic.
+    sources: usize,
     tracker: OffsetTracker,
     floor: i64,
+    /// The merged watermark of the last release: every window ending at or
+    /// before it has been handed to the sinks (or had nothing to write).
+    released_to: i64,
 }
 
 /// Run the merge stage until `stop` is set.
@@ -101,7 +116,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     let l: Labels = vec![("topic".into(), tp.0.clone())];
                     metrics.consumed.get_or_create(&l).inc();
                     let bytes = msg.payload().unwrap_or_default();
-                    let release_at = take(a, &topology, bytes, &mut loose, pushed);
+                    let release_at = take(a, &topology, (tp.1, bytes), &mut loose, pushed);
                     a.tracker.read(&tp, msg.offset(), release_at);
                 }
                 (Some(Err(e)), _) => tracing::warn!(error = %e, "consumer error"),
@@ -129,6 +144,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 sinks.push(&emitted.points, watermark)?;
                 pushed = watermark;
             }
+            a.released_to = watermark;
             metrics.watermark_seconds.set(http::seconds(watermark));
         }
         if last_commit.elapsed() >= kc.commit_interval {
@@ -137,6 +153,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 &consumer,
                 assigned.as_mut(),
                 (&sinks, &metrics, &store),
+                pushed,
                 CommitMode::Async,
             );
         }
@@ -152,6 +169,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         &consumer,
         assigned.as_mut(),
         (&sinks, &metrics, &store),
+        pushed,
         CommitMode::Sync,
     );
     sinks.close(deadline.saturating_duration_since(Instant::now()));
@@ -166,7 +184,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 fn take(
     a: &mut Assigned,
     topology: &Topology,
-    bytes: &[u8],
+    (partition, bytes): (i32, &[u8]),
     loose: &mut Vec<Point>,
     pushed: i64,
 ) -> Option<i64> {
@@ -177,24 +195,30 @@ fn take(
             return None;
         }
     };
-    if message.shard() >= a.merger.shards() {
+    let Ok(local) = a.partitions.binary_search(&partition) else {
+        return None; // not (or no longer) ours
+    };
+    if message.shard() >= a.sources {
         tracing::error!(
             shard = message.shard(),
-            shards = a.merger.shards(),
+            sources = a.sources,
             "a partial from a partition the predictions topic does not have: skipped"
         );
         return None;
     }
+    // The merger's shard: this source partition as seen on this partials
+    // partition.
+    let shard = message.shard() * a.partitions.len() + local;
     match message {
-        PartialMessage::Window { shard, window } => {
+        PartialMessage::Window { model, window, .. } => {
             let window = window.into_window(topology);
             let end = window.end;
-            a.merger.add_window(shard, window);
+            a.merger.add_window_part(shard, &model, window);
             Some(end)
         }
-        PartialMessage::Labels { shard, window } => {
+        PartialMessage::Labels { model, window, .. } => {
             let end = window.end + topology.label_wait_ms();
-            a.merger.add_labelled(shard, window);
+            a.merger.add_labelled_part(shard, &model, window);
             Some(end)
         }
         PartialMessage::Points { points, .. } => {
@@ -202,9 +226,7 @@ fn take(
             Some(pushed.saturating_add(1))
         }
         PartialMessage::Progress {
-            shard,
-            watermark,
-            idle,
+            watermark, idle, ..
         } => {
             a.merger
                 .set_progress(shard, ShardProgress { watermark, idle });
@@ -233,13 +255,18 @@ fn rebalanced(
                     .filter_map(|(tp, committed)| (*committed).max(store.load(tp)))
                     .max()
                     .unwrap_or(i64::MIN);
-                let mut merger = topology.merger(shards);
+                let mut partitions: Vec<i32> = parts.iter().map(|tp| tp.1).collect();
+                partitions.sort_unstable();
+                let mut merger = topology.merger(shards * partitions.len());
                 merger.set_floor(floor);
                 tracing::info!(floor, "merge state rebuilt for the new assignment");
                 *assigned = Some(Assigned {
                     merger,
+                    partitions,
+                    sources: shards,
                     tracker: OffsetTracker::new(),
                     floor,
+                    released_to: floor,
                 });
             }
         }
@@ -247,15 +274,23 @@ fn rebalanced(
     Ok(())
 }
 
-/// Commit the partials offsets no unacknowledged window needs.
+/// Commit the partials offsets no unacknowledged window needs. Once the
+/// sinks acknowledged everything pushed (up to `pushed`), every window up
+/// to the last release is written, also those with nothing to write (a
+/// merge consumer owning models that went quiet).
 fn commit(
     consumer: &MonitorConsumer,
     assigned: Option<&mut Assigned>,
     (sinks, metrics, store): (&Sinks, &MonitorMetrics, &WatermarkStore),
+    pushed: i64,
     mode: CommitMode,
 ) {
     let Some(a) = assigned else { return };
-    let acked = sinks.acked().max(a.floor);
+    let written = match sinks.acked() >= pushed {
+        true => a.released_to,
+        false => sinks.acked(),
+    };
+    let acked = written.max(a.floor);
     metrics.acked_watermark_seconds.set(http::seconds(acked));
     a.tracker.release(acked);
     let offsets: Vec<_> = a

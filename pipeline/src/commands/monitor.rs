@@ -12,13 +12,14 @@
 //! fresh from them. That re-reads at most a window plus the label wait per
 //! rebalance, and no window is ever written from half its data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use infermon_operators::partial::labels_by_model;
 use infermon_operators::{PartialMessage, ShardProgress, Shards, Topology, WindowWire};
 use infermon_schemas::Point;
 use prometheus_client::metrics::counter::Counter;
@@ -467,23 +468,36 @@ fn publish_partials(
     now: i64,
 ) -> anyhow::Result<()> {
     let mut messages = Vec::new();
-    if !anomalies.is_empty() {
-        let shard = a.partitions.first().map_or(0, |p| p.0 as usize);
-        messages.push(PartialMessage::Points {
-            shard,
-            points: anomalies.into_iter().map(finite_fields).collect(),
-        });
+    let shard = a.partitions.first().map_or(0, |p| p.0 as usize);
+    let mut by_model: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for p in anomalies {
+        let model = p.tag_value("model").unwrap_or_default().to_string();
+        by_model.entry(model).or_default().push(finite_fields(p));
+    }
+    for points in by_model.into_values() {
+        messages.push(PartialMessage::Points { shard, points });
     }
     let mut watermark: Option<i64> = None;
     for out in a.engine.fire_partials(now) {
         let (partition, last) = &mut a.partitions[out.shard];
         let shard = *partition as usize;
         for w in &out.windows {
-            let window = WindowWire::of(w);
-            messages.push(PartialMessage::Window { shard, window });
+            for (model, window) in WindowWire::of(w).by_model() {
+                messages.push(PartialMessage::Window {
+                    shard,
+                    model,
+                    window,
+                });
+            }
         }
-        for window in out.labelled {
-            messages.push(PartialMessage::Labels { shard, window });
+        for labelled in out.labelled {
+            for (model, window) in labels_by_model(labelled) {
+                messages.push(PartialMessage::Labels {
+                    shard,
+                    model,
+                    window,
+                });
+            }
         }
         if *last != Some(out.progress) {
             messages.push(PartialMessage::progress(shard, out.progress));

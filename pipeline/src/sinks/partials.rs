@@ -3,6 +3,10 @@
 //! produced and flushed together; the watermark counts as acknowledged
 //! only once the broker acknowledged every one, so input offsets are
 //! committed behind acknowledged partials (at-least-once).
+//!
+//! Windows and labels are keyed by model, so one merge consumer owns each
+//! model's series; progress goes to every partition, since every merge
+//! consumer needs every source partition's watermark.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,15 +17,13 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::sources::kafka::{self, DeliveryCounter, KafkaConfig};
 
-/// Every partial goes to one partition (one active merge consumer), in
-/// the order produced.
-const KEY: &[u8] = b"partials";
-
 /// The producer of the partials topic.
 pub struct PartialsTopic {
     producer: ThreadedProducer<DeliveryCounter>,
     topic: String,
     acked: i64,
+    /// Partitions of the topic (progress goes to each).
+    partitions: i32,
     /// Bytes produced (for metrics and the benchmark).
     pub bytes: u64,
 }
@@ -32,11 +34,23 @@ impl PartialsTopic {
     /// # Errors
     /// Bad producer settings.
     pub fn new(config: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
-        let producer = config
+        let producer: ThreadedProducer<DeliveryCounter> = config
             .idempotent_producer_config(&[("compression.type", "lz4"), ("linger.ms", "5")])?
             .create_with_context(DeliveryCounter::default())
             .context("creating the partials producer")?;
+        let partitions = producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("partials topic {topic}: metadata"))?
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        anyhow::ensure!(
+            partitions > 0,
+            "partials topic {topic} has no partitions (create it first)"
+        );
         Ok(Self {
+            partitions,
             producer,
             topic: topic.to_string(),
             acked: i64::MIN,
@@ -55,12 +69,25 @@ impl PartialsTopic {
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         for m in messages {
             let payload = serde_json::to_vec(m)?;
+            let send = |partition: Option<i32>, key: &str| {
+                let mut record = BaseRecord::to(&self.topic)
+                    .key(key.as_bytes())
+                    .payload(payload.as_slice());
+                if let Some(p) = partition {
+                    record = record.partition(p);
+                }
+                kafka::produce(&self.producer, record)
+                    .map_err(|e| anyhow::anyhow!("partials topic {}: {e}", self.topic))
+            };
+            match m.model() {
+                Some(model) => send(None, model)?,
+                None => {
+                    for p in 0..self.partitions {
+                        send(Some(p), "progress")?;
+                    }
+                }
+            }
             self.bytes += payload.len() as u64;
-            let record = BaseRecord::to(&self.topic)
-                .key(KEY)
-                .payload(payload.as_slice());
-            kafka::produce(&self.producer, record)
-                .map_err(|e| anyhow::anyhow!("partials topic {}: {e}", self.topic))?;
         }
         self.producer
             .flush(Duration::from_secs(60))

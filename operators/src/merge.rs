@@ -84,11 +84,6 @@ impl Merger {
         self.late_partials
     }
 
-    /// Windows and label windows held, waiting for a watermark.
-    pub fn held(&self) -> usize {
-        self.windows.len() + self.labelled.len()
-    }
-
     /// Windows ending at or before `floor` (and labels of windows ending
     /// `label_wait` before it) were written by an earlier run: their
     /// partials, read again, are dropped.

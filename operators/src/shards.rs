@@ -360,13 +360,4 @@ impl Shards {
     pub fn late_training_steps(&self) -> u64 {
         self.engines.iter().map(|e| e.late_training_steps()).sum()
     }
-
-    /// Windows open in the fullest shard.
-    pub fn open_windows(&self) -> usize {
-        self.engines
-            .iter()
-            .map(|e| e.open_windows())
-            .max()
-            .unwrap_or(0)
-    }
 }

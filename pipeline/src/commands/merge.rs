@@ -158,7 +158,11 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             );
         }
     }
-    tracing::info!("stopping: draining sinks and committing");
+    let late = assigned.as_ref().map_or(0, |a| a.merger.late_partials());
+    tracing::info!(
+        late_partials = late,
+        "stopping: draining sinks and committing"
+    );
     health.ready.store(false, Ordering::Relaxed);
     alerts.finish(mc.shutdown_timeout)?;
     let deadline = Instant::now() + mc.shutdown_timeout;

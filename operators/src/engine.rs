@@ -491,7 +491,7 @@ impl WindowEngine {
     }
 
     /// Join feedback labels to the predictions waiting for them.
-    pub fn push_feedback(&mut self, events: &[FeedbackEvent]) {
+    pub fn push_feedback<'e>(&mut self, events: impl IntoIterator<Item = &'e FeedbackEvent>) {
         if let Some(labels) = self.labels.as_mut() {
             for e in events {
                 labels.add_label(&e.request_id, e.item_id.as_deref(), e.label, e.ts);

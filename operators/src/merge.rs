@@ -48,8 +48,8 @@ impl Released {
 pub struct Merger {
     shards: Vec<ShardProgress>,
     /// Per window end: partials by (shard, part).
-    windows: BTreeMap<i64, BTreeMap<(usize, String), ClosedWindow>>,
-    labelled: BTreeMap<i64, BTreeMap<(usize, String), LabelledWindow>>,
+    windows: Held<ClosedWindow>,
+    labelled: Held<LabelledWindow>,
     label_wait_ms: i64,
     /// Windows ending at or before this were released.
     released: i64,
@@ -104,14 +104,9 @@ impl Merger {
     /// model, so that merge consumers can own models); replaces an earlier
     /// partial of the same shard, window and part.
     pub fn add_window_part(&mut self, shard: usize, part: &str, window: ClosedWindow) {
-        if window.end <= self.released {
-            self.late_partials += 1;
-            return;
-        }
-        self.windows
-            .entry(window.end)
-            .or_default()
-            .insert((shard, part.to_string()), window);
+        let (end, floor) = (window.end, self.released);
+        let held = &mut self.windows;
+        self.late_partials += u64::from(!hold(held, floor, (end, shard, part), window));
     }
 
     /// A shard's labels of a window; replaces an earlier one.
@@ -122,14 +117,9 @@ impl Merger {
     /// One part of a shard's labels of a window (see
     /// [`Merger::add_window_part`]).
     pub fn add_labelled_part(&mut self, shard: usize, part: &str, labelled: LabelledWindow) {
-        if labelled.end <= self.released_labels {
-            self.late_partials += 1;
-            return;
-        }
-        self.labelled
-            .entry(labelled.end)
-            .or_default()
-            .insert((shard, part.to_string()), labelled);
+        let (end, floor) = (labelled.end, self.released_labels);
+        let held = &mut self.labelled;
+        self.late_partials += u64::from(!hold(held, floor, (end, shard, part), labelled));
     }
 
     /// A shard's progress (it never goes back).
@@ -200,6 +190,26 @@ impl Merger {
         }
         Ok(out)
     }
+}
+
+/// Partials held per window end, by (shard, part).
+type Held<T> = BTreeMap<i64, BTreeMap<(usize, String), T>>;
+
+/// Hold `partial` of window `end` (replacing the same shard and part's),
+/// unless windows up to `floor` were released: then false (late).
+fn hold<T>(
+    held: &mut Held<T>,
+    floor: i64,
+    (end, shard, part): (i64, usize, &str),
+    partial: T,
+) -> bool {
+    if end <= floor {
+        return false;
+    }
+    held.entry(end)
+        .or_default()
+        .insert((shard, part.to_string()), partial);
+    true
 }
 
 /// One window from its partials, in shard order.

@@ -236,12 +236,12 @@ impl Shards {
             return;
         }
         let n = self.engines.len();
-        let mut routed: Vec<Vec<FeedbackEvent>> = vec![Vec::new(); n];
+        let mut routed: Vec<Vec<&FeedbackEvent>> = vec![Vec::new(); n];
         for e in events {
-            routed[shard_of(&e.request_id, n)].push(e.clone());
+            routed[shard_of(&e.request_id, n)].push(e);
         }
         for (engine, events) in self.engines.iter_mut().zip(routed) {
-            engine.push_feedback(&events);
+            engine.push_feedback(events);
         }
     }
 

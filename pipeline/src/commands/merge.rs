@@ -95,7 +95,6 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     // brokers that drop commit metadata (as the monitor does).
     let store = WatermarkStore::new(&mc.state_dir, &kc.group_id);
     let mut assigned: Option<Assigned> = None;
-    let mut pushed = i64::MIN;
     let mut last_commit = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         health.beat();
@@ -116,7 +115,7 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                     let l: Labels = vec![("topic".into(), tp.0.clone())];
                     metrics.consumed.get_or_create(&l).inc();
                     let bytes = msg.payload().unwrap_or_default();
-                    let release_at = take(a, &topology, (tp.1, bytes), &mut loose, pushed);
+                    let release_at = take(a, &topology, (tp.1, bytes), &mut loose);
                     a.tracker.read(&tp, msg.offset(), release_at);
                 }
                 (Some(Err(e)), _) => tracing::warn!(error = %e, "consumer error"),
@@ -131,18 +130,9 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             let watermark = a.merger.watermark().unwrap_or(i64::MIN).max(a.floor);
             if !released.is_empty() || !loose.is_empty() {
                 let emitted = topology.emit(loose, released).await?;
-                metrics.windows.inc_by(emitted.windows as u64);
-                for n in emitted.passed() {
-                    let l: Labels = vec![
-                        ("alertname".into(), n.labels["alertname"].clone()),
-                        ("status".into(), n.status.as_str().to_string()),
-                    ];
-                    metrics.alerts.get_or_create(&l).inc();
-                }
+                metrics.count_emitted(&emitted);
                 alerts.deliver(&emitted.evaluations)?;
-                metrics.points.inc_by(emitted.points.len() as u64);
                 sinks.push(&emitted.points, watermark)?;
-                pushed = watermark;
             }
             a.released_to = watermark;
             metrics.watermark_seconds.set(http::seconds(watermark));
@@ -153,7 +143,6 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 &consumer,
                 assigned.as_mut(),
                 (&sinks, &metrics, &store),
-                pushed,
                 CommitMode::Async,
             );
         }
@@ -166,14 +155,13 @@ pub async fn run(config: &Config, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     health.ready.store(false, Ordering::Relaxed);
     alerts.finish(mc.shutdown_timeout)?;
     let deadline = Instant::now() + mc.shutdown_timeout;
-    while sinks.acked() < pushed && Instant::now() < deadline {
+    while !sinks.drained() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     commit(
         &consumer,
         assigned.as_mut(),
         (&sinks, &metrics, &store),
-        pushed,
         CommitMode::Sync,
     );
     sinks.close(deadline.saturating_duration_since(Instant::now()));
@@ -190,7 +178,6 @@ fn take(
     topology: &Topology,
     (partition, bytes): (i32, &[u8]),
     loose: &mut Vec<Point>,
-    pushed: i64,
 ) -> Option<i64> {
     let message: PartialMessage = match serde_json::from_slice(bytes) {
         Ok(m) => m,
@@ -227,7 +214,8 @@ fn take(
         }
         PartialMessage::Points { points, .. } => {
             loose.extend(points);
-            Some(pushed.saturating_add(1))
+            // Written with this turn's release.
+            Some(a.released_to.saturating_add(1))
         }
         PartialMessage::Progress {
             watermark, idle, ..
@@ -279,22 +267,17 @@ fn rebalanced(
 }
 
 /// Commit the partials offsets no unacknowledged window needs. Once the
-/// sinks acknowledged everything pushed (up to `pushed`), every window up
-/// to the last release is written, also those with nothing to write (a
-/// merge consumer owning models that went quiet).
+/// sinks acknowledged every push, every window up to the last release is
+/// written, also those with nothing to write (a merge consumer owning
+/// models that went quiet).
 fn commit(
     consumer: &MonitorConsumer,
     assigned: Option<&mut Assigned>,
     (sinks, metrics, store): (&Sinks, &MonitorMetrics, &WatermarkStore),
-    pushed: i64,
     mode: CommitMode,
 ) {
     let Some(a) = assigned else { return };
-    let written = match sinks.acked() >= pushed {
-        true => a.released_to,
-        false => sinks.acked(),
-    };
-    let acked = written.max(a.floor);
+    let acked = sinks.written(a.released_to).max(a.floor);
     metrics.acked_watermark_seconds.set(http::seconds(acked));
     a.tracker.release(acked);
     let offsets: Vec<_> = a

@@ -163,8 +163,6 @@ struct Monitor<'c> {
     anomalies_since: Instant,
     /// Anomaly events wait at most the shortest sink linger to be batched.
     anomaly_linger: Duration,
-    /// Watermark of the last points handed to the sinks.
-    pushed: i64,
 }
 
 impl<'c> Monitor<'c> {
@@ -213,7 +211,6 @@ impl<'c> Monitor<'c> {
                 .map(|c| c.linger)
                 .min()
                 .unwrap_or(Duration::from_secs(1)),
-            pushed: i64::MIN,
         })
     }
 
@@ -356,19 +353,9 @@ impl<'c> Monitor<'c> {
             let loose = std::mem::take(&mut self.anomaly_points);
             self.anomalies_since = Instant::now();
             let emitted = self.topology.emit(loose, released).await?;
-            let m = &self.metrics;
-            m.windows.inc_by(emitted.windows as u64);
-            for n in emitted.passed() {
-                let l: Labels = vec![
-                    ("alertname".into(), n.labels["alertname"].clone()),
-                    ("status".into(), n.status.as_str().to_string()),
-                ];
-                m.alerts.get_or_create(&l).inc();
-            }
+            self.metrics.count_emitted(&emitted);
             alerts.deliver(&emitted.evaluations)?;
-            m.points.inc_by(emitted.points.len() as u64);
             self.sinks.push(&emitted.points, watermark)?;
-            self.pushed = watermark;
         }
         self.metrics.watermark_seconds.set(http::seconds(watermark));
         Ok(())
@@ -437,7 +424,6 @@ impl<'c> Monitor<'c> {
             let watermark = a.engine.watermark().unwrap_or(i64::MIN);
             if !self.anomaly_points.is_empty() {
                 self.sinks.push(&self.anomaly_points, watermark)?;
-                self.pushed = watermark;
             }
         }
         let receivers = alerts.finish(mc.shutdown_timeout)?;
@@ -445,7 +431,7 @@ impl<'c> Monitor<'c> {
             tracing::info!(receiver = %name, delivered = s.delivered, undelivered = s.undelivered, "alert receiver closed");
         }
         let deadline = Instant::now() + mc.shutdown_timeout;
-        while self.sinks.acked() < self.pushed && Instant::now() < deadline {
+        while !self.sinks.drained() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.commit(CommitMode::Sync)?;

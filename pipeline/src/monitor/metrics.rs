@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use infermon_operators::Emitted;
+
 use crate::telemetry::Labels;
 
 /// Every metric the monitor exports. Counter names get `_total` appended
@@ -56,6 +58,20 @@ pub struct MonitorMetrics {
 }
 
 impl MonitorMetrics {
+    /// Count what one [`Emitted`] holds: windows, points, and the
+    /// notifications that passed, by alert name and status.
+    pub fn count_emitted(&self, emitted: &Emitted) {
+        self.windows.inc_by(emitted.windows as u64);
+        self.points.inc_by(emitted.points.len() as u64);
+        for n in emitted.passed() {
+            let l: Labels = vec![
+                ("alertname".into(), n.labels["alertname"].clone()),
+                ("status".into(), n.status.as_str().to_string()),
+            ];
+            self.alerts.get_or_create(&l).inc();
+        }
+    }
+
     /// A registry exporting these metrics under `infermon_`.
     pub fn registry(self: &Arc<Self>) -> Registry {
         let mut r = Registry::with_prefix("infermon");

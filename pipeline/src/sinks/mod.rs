@@ -77,6 +77,8 @@ pub struct Sinks {
     buf: String,
     /// Points written so far.
     pub points: u64,
+    /// Watermark of the last points pushed.
+    pushed: i64,
 }
 
 impl Sinks {
@@ -110,6 +112,7 @@ impl Sinks {
             sinks,
             buf: String::with_capacity(1 << 12),
             points: 0,
+            pushed: i64::MIN,
         }
     }
 
@@ -137,7 +140,24 @@ impl Sinks {
             s.push(self.buf.as_bytes(), watermark)
                 .with_context(|| format!("sink {}", s.name()))?;
         }
+        self.pushed = watermark;
         Ok(())
+    }
+
+    /// Every point pushed is acknowledged by every sink.
+    pub fn drained(&self) -> bool {
+        self.acked() >= self.pushed
+    }
+
+    /// What is written for good, given that everything up to `released`
+    /// was handed to [`Sinks::push`] (or had no points): `released` once
+    /// every push is acknowledged, else the acknowledged watermark.
+    pub fn written(&self, released: i64) -> i64 {
+        if self.drained() {
+            released
+        } else {
+            self.acked()
+        }
     }
 
     /// See [`Sink::new_generation`].

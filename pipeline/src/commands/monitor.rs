@@ -13,7 +13,6 @@
 //! rebalance, and no window is ever written from half its data.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use crate::config::Config;
 use crate::decode::kafka::{DecodeSettings, DecodedBatch, Decoder};
 use crate::monitor::metrics::MonitorMetrics;
 use crate::monitor::watermark_store::WatermarkStore;
-use crate::monitor::{MONITOR_RECEIVER, Role, references_store, start};
+use crate::monitor::{MONITOR_RECEIVER, MonitorConfig, Role, references_store, start};
 use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::partials::PartialsTopic;
@@ -223,14 +222,13 @@ impl<'c> Monitor<'c> {
         while raw.len() < kc.batch_size {
             let left = linger_until.saturating_duration_since(Instant::now());
             let polled = self.consumer.poll(left.max(Duration::from_millis(1)));
-            let state_dir = &self.config.monitor.state_dir;
+            // (Per message: nothing here may cost more than a lock.)
             if rebalanced(
                 &self.consumer,
                 &mut self.assigned,
                 (
                     &self.topology,
-                    state_dir,
-                    self.config.monitor.threads(),
+                    &self.config.monitor,
                     self.partials.is_some(),
                 ),
                 &mut self.paused,
@@ -519,7 +517,7 @@ fn finite_fields(mut p: Point) -> Point {
 fn rebalanced(
     consumer: &MonitorConsumer,
     assigned: &mut Option<Assigned>,
-    (topology, state_dir, threads, partial): (&Topology, &Path, usize, bool),
+    (topology, mc, partial): (&Topology, &MonitorConfig, bool),
     paused: &mut bool,
     store: &WatermarkStore,
     generation: &mut u64,
@@ -542,7 +540,10 @@ fn rebalanced(
                 numbers.dedup();
                 let mut engine = match partial {
                     true => topology.partition_shards(numbers.len())?,
-                    false => topology.shards(references_store::load(state_dir)?, threads)?,
+                    false => {
+                        let references = references_store::load(&mc.state_dir)?;
+                        topology.shards(references, mc.threads())?
+                    }
                 };
                 let now = now_ms();
                 let mut inputs = HashMap::new();

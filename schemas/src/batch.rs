@@ -12,8 +12,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::decode::{DecodeError, Decoded, decode_event};
-use crate::events::{Feature, PredictionEvent};
+use crate::decode::{DecodeError, EventRef, decode};
+use crate::events::{FeatureRef, PredictionEvent, PredictionRef};
 use crate::topics::TopicKind;
 
 /// Latency stages, in the order of the `stage` tag values of the contract.
@@ -176,6 +176,11 @@ impl PredictionBatchBuilder {
 
     /// Append one prediction.
     pub fn push(&mut self, e: &PredictionEvent) {
+        self.push_ref(&e.borrowed());
+    }
+
+    /// Append one prediction as decoded (see [`PredictionRef`]).
+    pub fn push_ref(&mut self, e: &PredictionRef<'_>) {
         self.ts.append_value(e.ts);
         self.request_id.append_value(&e.request_id);
         self.model.append_value(&e.model);
@@ -186,11 +191,10 @@ impl PredictionBatchBuilder {
         self.worker.append_option(e.worker.as_deref());
         self.device.append_option(e.device.as_deref());
         let ranked = e.ranking.as_ref();
-        self.list_id
-            .append_option(ranked.map(|r| r.list_id.as_str()));
+        self.list_id.append_option(ranked.map(|r| &*r.0));
         self.item_id
-            .append_option(ranked.and_then(|r| r.item_id.as_deref()));
-        self.position.append_option(ranked.map(|r| r.position));
+            .append_option(ranked.and_then(|r| r.1.as_deref()));
+        self.position.append_option(ranked.map(|r| r.2));
         let t = &e.timings_ms;
         let [total, queue, pre, inf, post] = &mut self.stages;
         total.append_value(t.total);
@@ -199,19 +203,20 @@ impl PredictionBatchBuilder {
         inf.append_option(t.inference);
         post.append_option(t.postprocess);
         for (key, col) in self.segment_keys.iter().zip(&mut self.segments) {
-            col.append_option(e.segment.get(key));
+            let value = e.segment.iter().find(|(k, _)| k == key);
+            col.append_option(value.map(|(_, v)| v));
         }
         for (name, value) in &e.features {
             match value {
-                Feature::Number(v) => {
+                FeatureRef::Number(v) => {
                     self.numeric.keys().append_value(name);
                     self.numeric.values().append_value(*v);
                 }
-                Feature::Null => {
+                FeatureRef::Null => {
                     self.numeric.keys().append_value(name);
                     self.numeric.values().append_null();
                 }
-                Feature::Category(c) => {
+                FeatureRef::Category(c) => {
                     self.categorical.keys().append_value(name);
                     self.categorical.values().append_value(c);
                 }
@@ -268,9 +273,9 @@ pub fn decode_predictions(
     let mut builder = PredictionBatchBuilder::new(segment_keys);
     let mut rejects = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        match decode_event(TopicKind::Predictions, m) {
-            Ok(Decoded::Prediction(p)) => builder.push(&p),
-            Ok(_) => unreachable!("decode_event(Predictions) yields predictions"),
+        match decode(TopicKind::Predictions, m) {
+            Ok(EventRef::Prediction(p)) => builder.push_ref(&p),
+            Ok(_) => unreachable!("decode(Predictions) yields predictions"),
             Err(e) => rejects.push((i, e)),
         }
     }

@@ -6,6 +6,7 @@
 //! only a message that fails is parsed a second time through
 //! `serde_path_to_error` to learn *where* it failed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::events::{
-    Feature, FeedbackEvent, PredictionEvent, RankedItem, RequestEvent, Status, Timings,
+    FeatureRef, FeedbackEvent, PredictionEvent, PredictionRef, RequestEvent, Status, Timings,
     TrainingEvent,
 };
 use crate::topics::{TopicKind, TopicNames};
@@ -96,25 +97,109 @@ impl Decoded {
     }
 }
 
+/// A decoded event whose prediction borrows the message's text: what the
+/// monitor and the replay append to their Arrow builders (see
+/// [`PredictionRef`]). Other kinds are few and kept as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventRef<'a> {
+    /// From the requests topic.
+    Request(RequestEvent),
+    /// From the predictions topic.
+    Prediction(PredictionRef<'a>),
+    /// From the feedback topic.
+    Feedback(FeedbackEvent),
+    /// From the training telemetry topic.
+    Training(TrainingEvent),
+}
+
+impl EventRef<'_> {
+    /// Event time in ms since the Unix epoch.
+    pub fn ts(&self) -> i64 {
+        match self {
+            EventRef::Request(e) => e.ts,
+            EventRef::Prediction(e) => e.ts,
+            EventRef::Feedback(e) => e.ts,
+            EventRef::Training(e) => e.ts,
+        }
+    }
+
+    /// Which topic kind it came from.
+    pub fn kind(&self) -> TopicKind {
+        match self {
+            EventRef::Request(_) => TopicKind::Requests,
+            EventRef::Prediction(_) => TopicKind::Predictions,
+            EventRef::Feedback(_) => TopicKind::Feedback,
+            EventRef::Training(_) => TopicKind::Training,
+        }
+    }
+
+    /// The same event owning its text.
+    fn into_static(self) -> EventRef<'static> {
+        match self {
+            EventRef::Request(e) => EventRef::Request(e),
+            EventRef::Prediction(e) => EventRef::Prediction(e.into_owned().into()),
+            EventRef::Feedback(e) => EventRef::Feedback(e),
+            EventRef::Training(e) => EventRef::Training(e),
+        }
+    }
+
+    /// The owned event.
+    pub fn into_owned(self) -> Decoded {
+        match self {
+            EventRef::Request(e) => Decoded::Request(e),
+            EventRef::Prediction(e) => Decoded::Prediction(e.into_owned()),
+            EventRef::Feedback(e) => Decoded::Feedback(e),
+            EventRef::Training(e) => Decoded::Training(e),
+        }
+    }
+}
+
+impl Decoded {
+    /// The event as an [`EventRef`] borrowing this one.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        match self {
+            Decoded::Request(e) => EventRef::Request(e.clone()),
+            Decoded::Prediction(e) => EventRef::Prediction(e.borrowed()),
+            Decoded::Feedback(e) => EventRef::Feedback(e.clone()),
+            Decoded::Training(e) => EventRef::Training(e.clone()),
+        }
+    }
+}
+
 /// Decode one message whose topic (and so event kind) is known, as from Kafka.
 pub fn decode_event(kind: TopicKind, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    parse(bytes)?.into_event(kind)
+    decode(kind, bytes).map(EventRef::into_owned)
 }
 
 /// Decode one line of a recorded traffic file, whose `topic` field says
 /// which event it is.
 pub fn decode_recorded_line(bytes: &[u8], topics: &TopicNames) -> Result<Decoded, DecodeError> {
-    let raw = parse(bytes)?;
-    let kind = match raw.topic.as_deref() {
-        None => return Err(DecodeError::Missing("topic")),
-        Some(t) => topics
-            .kind_of(t)
-            .ok_or_else(|| DecodeError::UnknownTopic(t.to_string()))?,
-    };
-    raw.into_event(kind)
+    decode_recorded(bytes, topics).map(EventRef::into_owned)
 }
 
-fn parse(bytes: &[u8]) -> Result<AnyEvent, DecodeError> {
+/// [`decode_event`] without copying the prediction's text.
+pub fn decode(kind: TopicKind, bytes: &[u8]) -> Result<EventRef<'_>, DecodeError> {
+    parse(bytes, |_| Ok(kind))
+}
+
+/// [`decode_recorded_line`] without copying the prediction's text.
+pub fn decode_recorded<'a>(
+    bytes: &'a [u8],
+    topics: &TopicNames,
+) -> Result<EventRef<'a>, DecodeError> {
+    parse(bytes, |raw| match raw.topic.as_deref() {
+        None => Err(DecodeError::Missing("topic")),
+        Some(t) => topics
+            .kind_of(t)
+            .ok_or_else(|| DecodeError::UnknownTopic(t.to_string())),
+    })
+}
+
+/// Parse `bytes` and check the fields its kind (told by `kind_of`) requires.
+fn parse(
+    bytes: &[u8],
+    kind_of: impl Fn(&AnyEvent<'_>) -> Result<TopicKind, DecodeError>,
+) -> Result<EventRef<'_>, DecodeError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(DecodeError::Empty),
         // serde would accept a JSON array as a positional struct: refuse it here.
@@ -127,21 +212,29 @@ fn parse(bytes: &[u8]) -> Result<AnyEvent, DecodeError> {
         Some(_) => {}
     }
     match serde_json::from_slice::<AnyEvent>(bytes) {
-        Ok(raw) => Ok(raw),
+        Ok(raw) => {
+            let kind = kind_of(&raw)?;
+            raw.into_event(kind)
+        }
         Err(_) => match quote_bare_tokens(bytes) {
             // Python's json.dumps (and some Java/JS writers) put NaN and
             // Infinity unquoted: read them as marked strings, which the
             // fields that allow non-finite values accept and the others
             // refuse by name.
-            Some(quoted) => serde_json::from_slice::<AnyEvent>(&quoted).map_err(|e| {
-                // A field error names the field; a syntax error is told on
-                // the bytes as they came.
-                if e.is_data() {
-                    explain(&quoted)
-                } else {
-                    explain(bytes)
-                }
-            }),
+            Some(quoted) => {
+                let raw = serde_json::from_slice::<AnyEvent>(&quoted).map_err(|e| {
+                    // A field error names the field; a syntax error is told
+                    // on the bytes as they came.
+                    if e.is_data() {
+                        explain(&quoted)
+                    } else {
+                        explain(bytes)
+                    }
+                })?;
+                // The quoted copy goes away: the event owns its text.
+                let kind = kind_of(&raw)?;
+                raw.into_event(kind).map(EventRef::into_static)
+            }
             None => Err(explain(bytes)),
         },
     }
@@ -243,51 +336,54 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
+/// Text as decoded: borrowed from the message unless it holds escapes.
+type Text<'a> = Cow<'a, str>;
+
 /// Every field of every v1 event, all optional. Unknown fields are ignored.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct AnyEvent {
-    #[serde(deserialize_with = "string")]
-    topic: Option<String>,
-    #[serde(deserialize_with = "string")]
-    request_id: Option<String>,
+struct AnyEvent<'a> {
+    #[serde(borrow, deserialize_with = "text")]
+    topic: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    request_id: Option<Text<'a>>,
     #[serde(deserialize_with = "millis")]
     ts: Option<i64>,
-    #[serde(deserialize_with = "string")]
-    model: Option<String>,
-    #[serde(deserialize_with = "string")]
-    model_version: Option<String>,
-    #[serde(deserialize_with = "string")]
-    worker: Option<String>,
-    #[serde(deserialize_with = "string")]
-    device: Option<String>,
+    #[serde(borrow, deserialize_with = "text")]
+    model: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    model_version: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    worker: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    device: Option<Text<'a>>,
     #[serde(deserialize_with = "status")]
     status: Option<Status>,
-    #[serde(deserialize_with = "string")]
-    error: Option<String>,
+    #[serde(borrow, deserialize_with = "text")]
+    error: Option<Text<'a>>,
     #[serde(deserialize_with = "unsigned")]
     batch_size: Option<u64>,
     timings_ms: Option<RawTimings>,
     #[serde(deserialize_with = "number")]
     score: Option<f64>,
-    #[serde(deserialize_with = "features")]
-    features: BTreeMap<String, Feature>,
-    #[serde(deserialize_with = "string_map")]
-    segment: BTreeMap<String, String>,
-    #[serde(deserialize_with = "string")]
-    text: Option<String>,
-    #[serde(deserialize_with = "string")]
-    kind: Option<String>,
+    #[serde(borrow, deserialize_with = "features")]
+    features: Vec<(Text<'a>, FeatureRef<'a>)>,
+    #[serde(borrow, deserialize_with = "string_map")]
+    segment: Vec<(Text<'a>, Text<'a>)>,
+    #[serde(borrow, deserialize_with = "text")]
+    text: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    kind: Option<Text<'a>>,
     #[serde(deserialize_with = "label")]
     label: Option<u8>,
-    #[serde(deserialize_with = "string")]
-    list_id: Option<String>,
-    #[serde(deserialize_with = "string")]
-    item_id: Option<String>,
+    #[serde(borrow, deserialize_with = "text")]
+    list_id: Option<Text<'a>>,
+    #[serde(borrow, deserialize_with = "text")]
+    item_id: Option<Text<'a>>,
     #[serde(deserialize_with = "unsigned")]
     position: Option<u64>,
-    #[serde(deserialize_with = "string")]
-    run_id: Option<String>,
+    #[serde(borrow, deserialize_with = "text")]
+    run_id: Option<Text<'a>>,
     #[serde(deserialize_with = "unsigned")]
     step: Option<u64>,
     #[serde(deserialize_with = "lenient")]
@@ -321,13 +417,17 @@ fn required<T>(v: Option<T>, name: &'static str) -> Result<T, DecodeError> {
     v.ok_or(DecodeError::Missing(name))
 }
 
+fn owned(v: Option<Text<'_>>) -> Option<String> {
+    v.map(Cow::into_owned)
+}
+
 /// A prediction's place in a ranked list: `list_id` makes it one, and then
 /// `position` (1 = top) is required.
-fn ranked_item(
-    list_id: Option<String>,
-    item_id: Option<String>,
+fn ranked_item<'a>(
+    list_id: Option<Text<'a>>,
+    item_id: Option<Text<'a>>,
     position: Option<u64>,
-) -> Result<Option<Box<RankedItem>>, DecodeError> {
+) -> Result<Option<(Text<'a>, Option<Text<'a>>, u32)>, DecodeError> {
     let Some(list_id) = list_id else {
         return Ok(None);
     };
@@ -342,23 +442,23 @@ fn ranked_item(
             path: "position".into(),
             message: format!("{position} is not a position (1 = top of the list)"),
         })?;
-    Ok(Some(Box::new(RankedItem {
-        list_id,
-        item_id,
-        position,
-    })))
+    Ok(Some((list_id, item_id, position)))
 }
 
-impl AnyEvent {
-    fn into_event(self, kind: TopicKind) -> Result<Decoded, DecodeError> {
+impl<'a> AnyEvent<'a> {
+    fn into_event(self, kind: TopicKind) -> Result<EventRef<'a>, DecodeError> {
         Ok(match kind {
-            TopicKind::Requests => Decoded::Request(RequestEvent {
-                request_id: required(self.request_id, "request_id")?,
+            TopicKind::Requests => EventRef::Request(RequestEvent {
+                request_id: required(owned(self.request_id), "request_id")?,
                 ts: required(self.ts, "ts")?,
-                model: required(self.model, "model")?,
-                segment: self.segment,
-                features: self.features,
-                text: self.text,
+                model: required(owned(self.model), "model")?,
+                segment: (self.segment.into_iter())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+                features: (self.features.into_iter())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+                text: owned(self.text),
             }),
             TopicKind::Predictions => {
                 let t = required(self.timings_ms, "timings_ms")?;
@@ -369,7 +469,7 @@ impl AnyEvent {
                     })?),
                     None => None,
                 };
-                Decoded::Prediction(PredictionEvent {
+                EventRef::Prediction(PredictionRef {
                     request_id: required(self.request_id, "request_id")?,
                     ts: required(self.ts, "ts")?,
                     model: required(self.model, "model")?,
@@ -392,16 +492,16 @@ impl AnyEvent {
                     ranking: ranked_item(self.list_id, self.item_id, self.position)?,
                 })
             }
-            TopicKind::Feedback => Decoded::Feedback(FeedbackEvent {
-                request_id: required(self.request_id, "request_id")?,
+            TopicKind::Feedback => EventRef::Feedback(FeedbackEvent {
+                request_id: required(owned(self.request_id), "request_id")?,
                 ts: required(self.ts, "ts")?,
-                kind: self.kind,
+                kind: owned(self.kind),
                 label: required(self.label, "label")?,
-                item_id: self.item_id,
+                item_id: owned(self.item_id),
             }),
-            TopicKind::Training => Decoded::Training(TrainingEvent {
-                run_id: required(self.run_id, "run_id")?,
-                model: required(self.model, "model")?,
+            TopicKind::Training => EventRef::Training(TrainingEvent {
+                run_id: required(owned(self.run_id), "run_id")?,
+                model: required(owned(self.model), "model")?,
                 ts: required(self.ts, "ts")?,
                 step: required(self.step, "step")?,
                 loss: self.loss,
@@ -457,23 +557,19 @@ macro_rules! reject {
     };
 }
 
-/// A JSON string (or null) read on its borrowed text: `read` turns it into
-/// the value (None: not one `expected` allows); other JSON types are not
-/// strings.
-struct StrV<T> {
-    read: fn(&str) -> Option<T>,
-    expected: &'static str,
-}
-impl<'de, T> Visitor<'de> for StrV<T> {
-    type Value = Option<T>;
+/// A JSON string (or null) as [`Text`]: borrowed when the message holds it
+/// without escapes.
+struct TextV;
+impl<'de> Visitor<'de> for TextV {
+    type Value = Option<Text<'de>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.expected)
+        f.write_str("string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        not_bare(v).map(|_| Some(Cow::Borrowed(v)))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        match bare_token(v).map_or_else(|| (self.read)(v), |_| None) {
-            Some(t) => Ok(Some(t)),
-            None => Err(wrong(self.expected, de::Unexpected::Str(v))),
-        }
+        not_bare(v).map(|_| Some(Cow::Owned(v.to_owned())))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -489,11 +585,16 @@ impl<'de, T> Visitor<'de> for StrV<T> {
     );
 }
 
-fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    d.deserialize_any(StrV {
-        read: |v| Some(v.to_owned()),
-        expected: "string",
-    })
+/// A bare `NaN` / `Infinity` token is not a string.
+fn not_bare<E: de::Error>(v: &str) -> Result<(), E> {
+    match bare_token(v) {
+        Some(_) => Err(wrong("string", de::Unexpected::Str(v))),
+        None => Ok(()),
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Text<'de>>, D::Error> {
+    d.deserialize_any(TextV)
 }
 
 /// A JSON number as f64. `lenient` also takes "NaN"/"Infinity" strings and
@@ -609,29 +710,27 @@ fn label<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
 
 /// `"ok"` or `"error"`, matched on the borrowed text (no allocation).
 fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
-    d.deserialize_any(StrV {
-        read: |v| match v {
-            "ok" => Some(Status::Ok),
-            "error" => Some(Status::Error),
-            _ => None,
-        },
-        expected: r#""ok" or "error""#,
-    })
+    match text(d)?.as_deref() {
+        None => Ok(None),
+        Some("ok") => Ok(Some(Status::Ok)),
+        Some("error") => Ok(Some(Status::Error)),
+        Some(v) => Err(wrong(r#""ok" or "error""#, de::Unexpected::Str(v))),
+    }
 }
 
 /// One value of a map field, as the map visitors judge it: scalars kept,
 /// an object or array skipped (only its kind is told). Cheaper than
 /// `serde_json::Value`, which builds what it skips.
-enum Scalar {
+enum Scalar<'a> {
     Number(f64),
-    Str(String),
+    Str(Text<'a>),
     Bool(bool),
     Null,
     Object,
     Array,
 }
 
-impl<'de> Deserialize<'de> for Scalar {
+impl<'de> Deserialize<'de> for Scalar<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ScalarV)
     }
@@ -639,46 +738,46 @@ impl<'de> Deserialize<'de> for Scalar {
 
 struct ScalarV;
 impl<'de> Visitor<'de> for ScalarV {
-    type Value = Scalar;
+    type Value = Scalar<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
         Ok(Scalar::Number(v))
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
         Ok(Scalar::Number(v as f64))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         Ok(Scalar::Number(v as f64))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        Ok(Scalar::Str(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-        Ok(Scalar::Str(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
         Ok(Scalar::Bool(v))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(Scalar::Null)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map
             .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
             .is_some()
         {}
         Ok(Scalar::Object)
     }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<de::IgnoredAny>()?.is_some() {}
         Ok(Scalar::Array)
     }
 }
 
 /// A map value of the wrong kind, as the reason shows it.
-fn shown_scalar(v: &Scalar) -> String {
+fn shown_scalar(v: &Scalar<'_>) -> String {
     match v {
         Scalar::Object => "an object".into(),
         Scalar::Array => "an array".into(),
@@ -689,27 +788,49 @@ fn shown_scalar(v: &Scalar) -> String {
     }
 }
 
+/// A map key as [`Text`].
+struct Key<'a>(Text<'a>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyV;
+        impl<'de> Visitor<'de> for KeyV {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyV)
+    }
+}
+
 /// An object whose values each go through `value`; `null` means empty.
+/// The entries come out sorted by key, one per key, the last one sent
+/// winning (a `BTreeMap`'s rule, without its nodes).
 struct MapV<F>(F, &'static str);
 impl<'de, T, F> Visitor<'de> for MapV<F>
 where
-    F: Fn(Scalar) -> Result<Option<T>, String>,
+    F: Fn(Scalar<'de>) -> Result<Option<T>, String>,
 {
-    type Value = BTreeMap<String, T>;
+    type Value = Vec<(Text<'de>, T)>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object")
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(BTreeMap::new())
+        Ok(Vec::new())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key::<String>()? {
+        let mut out: Vec<(Text<'de>, T)> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Key(key)) = map.next_key()? {
             let value: Scalar = map.next_value()?;
             match (self.0)(value) {
-                Ok(Some(v)) => {
-                    out.insert(key, v);
-                }
+                Ok(Some(v)) => out.push((key, v)),
                 Ok(None) => {}
                 Err(msg) => {
                     return Err(de::Error::custom(format_args!(
@@ -718,6 +839,17 @@ where
                     )));
                 }
             }
+        }
+        // Producers send their keys in one order; most send them sorted.
+        if !out.windows(2).all(|w| w[0].0 < w[1].0) {
+            out.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
+            out.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
         }
         Ok(out)
     }
@@ -739,22 +871,24 @@ fn shown(v: &serde_json::Value) -> String {
     }
 }
 
-fn features<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Feature>, D::Error> {
+fn features<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(Text<'de>, FeatureRef<'de>)>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
-            Scalar::Number(x) => Ok(Some(Feature::Number(x))),
+            Scalar::Number(x) => Ok(Some(FeatureRef::Number(x))),
             Scalar::Str(s) if bare_token(&s).is_some() => {
                 Err(Got(de::Unexpected::Str(&s)).to_string())
             }
-            Scalar::Str(s) => Ok(Some(Feature::Category(s))),
-            Scalar::Null => Ok(Some(Feature::Null)),
+            Scalar::Str(s) => Ok(Some(FeatureRef::Category(s))),
+            Scalar::Null => Ok(Some(FeatureRef::Null)),
             other => Err(shown_scalar(&other)),
         },
         "number, string or null",
     ))
 }
 
-fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Text<'de>, Text<'de>)>, D::Error> {
     d.deserialize_any(MapV(
         |v| match v {
             Scalar::Str(s) if bare_token(&s).is_some() => {
@@ -769,7 +903,7 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
 }
 
 fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
-    d.deserialize_any(MapV(
+    let entries = d.deserialize_any(MapV(
         |v| match v {
             Scalar::Number(x) => Ok(Some(x)),
             Scalar::Null => Ok(Some(f64::NAN)),
@@ -782,5 +916,9 @@ fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>,
             other => Err(shown_scalar(&other)),
         },
         "number",
-    ))
+    ))?;
+    Ok(entries
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v))
+        .collect())
 }

@@ -3,6 +3,7 @@
 //! Decoding lives in [`crate::decode`]; these types only serialize, so the
 //! generator and workers write exactly what the contract says.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -17,6 +18,40 @@ pub enum Feature {
     Category(String),
     /// Explicitly missing; counted by the null-rate drift statistic.
     Null,
+}
+
+/// A [`Feature`] as decoded, its text borrowed from the message when it
+/// holds no escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureRef<'a> {
+    /// A numeric feature.
+    Number(f64),
+    /// A categorical feature.
+    Category(Cow<'a, str>),
+    /// Explicitly missing.
+    Null,
+}
+
+impl FeatureRef<'_> {
+    /// The owned value.
+    pub fn into_owned(self) -> Feature {
+        match self {
+            FeatureRef::Number(v) => Feature::Number(v),
+            FeatureRef::Category(c) => Feature::Category(c.into_owned()),
+            FeatureRef::Null => Feature::Null,
+        }
+    }
+}
+
+impl Feature {
+    /// The value as a [`FeatureRef`] borrowing this one.
+    pub fn borrowed(&self) -> FeatureRef<'_> {
+        match self {
+            Feature::Number(v) => FeatureRef::Number(*v),
+            Feature::Category(c) => FeatureRef::Category(Cow::Borrowed(c)),
+            Feature::Null => FeatureRef::Null,
+        }
+    }
 }
 
 /// Whether the model produced a prediction.
@@ -40,7 +75,7 @@ impl Status {
 }
 
 /// Per-stage wall time of one request, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
     /// Time waiting in the dynamic batcher.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +163,146 @@ pub struct PredictionEvent {
     /// `position` at the top level of the prediction).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub ranking: Option<Box<RankedItem>>,
+}
+
+/// A [`PredictionEvent`] as decoded: the same fields, its text borrowed
+/// from the message where it holds no escapes, and its maps as vectors
+/// sorted by key with one entry per key (the last one sent, as the
+/// `BTreeMap`s of the owned event keep). The monitor decodes into this and
+/// appends it to the Arrow builders, so no `String` or map is built per
+/// message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRef<'a> {
+    /// The request this answers.
+    pub request_id: Cow<'a, str>,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    /// Model name.
+    pub model: Cow<'a, str>,
+    /// Deployed version.
+    pub model_version: Cow<'a, str>,
+    /// Which worker served it.
+    pub worker: Option<Cow<'a, str>>,
+    /// `cpu` or `cuda:N`.
+    pub device: Option<Cow<'a, str>>,
+    /// Ok or error.
+    pub status: Status,
+    /// Why it failed, when it did.
+    pub error: Option<Cow<'a, str>>,
+    /// Size of the batch the request ran in.
+    pub batch_size: Option<u32>,
+    /// Per-stage wall time.
+    pub timings_ms: Timings,
+    /// The model's primary scalar output.
+    pub score: Option<f64>,
+    /// Inputs by name, sorted by name, one per name.
+    pub features: Vec<(Cow<'a, str>, FeatureRef<'a>)>,
+    /// Slicing dimensions, sorted by key, one per key.
+    pub segment: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Its place in a ranked list: list id, item id, position (1 = top).
+    pub ranking: Option<(Cow<'a, str>, Option<Cow<'a, str>>, u32)>,
+}
+
+impl PredictionRef<'_> {
+    /// The owned event.
+    pub fn into_owned(self) -> PredictionEvent {
+        PredictionEvent {
+            request_id: self.request_id.into_owned(),
+            ts: self.ts,
+            model: self.model.into_owned(),
+            model_version: self.model_version.into_owned(),
+            worker: self.worker.map(Cow::into_owned),
+            device: self.device.map(Cow::into_owned),
+            status: self.status,
+            error: self.error.map(Cow::into_owned),
+            batch_size: self.batch_size,
+            timings_ms: self.timings_ms,
+            score: self.score,
+            features: (self.features.into_iter())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            segment: (self.segment.into_iter())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            ranking: self.ranking.map(|(list_id, item_id, position)| {
+                Box::new(RankedItem {
+                    list_id: list_id.into_owned(),
+                    item_id: item_id.map(Cow::into_owned),
+                    position,
+                })
+            }),
+        }
+    }
+}
+
+impl From<PredictionEvent> for PredictionRef<'static> {
+    fn from(e: PredictionEvent) -> Self {
+        PredictionRef {
+            request_id: Cow::Owned(e.request_id),
+            ts: e.ts,
+            model: Cow::Owned(e.model),
+            model_version: Cow::Owned(e.model_version),
+            worker: e.worker.map(Cow::Owned),
+            device: e.device.map(Cow::Owned),
+            status: e.status,
+            error: e.error.map(Cow::Owned),
+            batch_size: e.batch_size,
+            timings_ms: e.timings_ms,
+            score: e.score,
+            features: (e.features.into_iter())
+                .map(|(k, v)| {
+                    let v = match v {
+                        Feature::Number(x) => FeatureRef::Number(x),
+                        Feature::Category(c) => FeatureRef::Category(Cow::Owned(c)),
+                        Feature::Null => FeatureRef::Null,
+                    };
+                    (Cow::Owned(k), v)
+                })
+                .collect(),
+            segment: (e.segment.into_iter())
+                .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+                .collect(),
+            ranking: e.ranking.map(|r| {
+                let r = *r;
+                (Cow::Owned(r.list_id), r.item_id.map(Cow::Owned), r.position)
+            }),
+        }
+    }
+}
+
+impl PredictionEvent {
+    /// The event as a [`PredictionRef`] borrowing this one.
+    pub fn borrowed(&self) -> PredictionRef<'_> {
+        fn text(s: &Option<String>) -> Option<Cow<'_, str>> {
+            s.as_deref().map(Cow::Borrowed)
+        }
+        PredictionRef {
+            request_id: Cow::Borrowed(&self.request_id),
+            ts: self.ts,
+            model: Cow::Borrowed(&self.model),
+            model_version: Cow::Borrowed(&self.model_version),
+            worker: text(&self.worker),
+            device: text(&self.device),
+            status: self.status,
+            error: text(&self.error),
+            batch_size: self.batch_size,
+            timings_ms: self.timings_ms,
+            score: self.score,
+            features: (self.features.iter())
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), v.borrowed()))
+                .collect(),
+            segment: (self.segment.iter())
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect(),
+            ranking: self.ranking.as_ref().map(|r| {
+                (
+                    Cow::Borrowed(r.list_id.as_str()),
+                    r.item_id.as_deref().map(Cow::Borrowed),
+                    r.position,
+                )
+            }),
+        }
+    }
 }
 
 /// One item of a ranked list: the list it was shown in, the item, and its

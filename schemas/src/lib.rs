@@ -15,10 +15,12 @@ pub mod recording;
 pub mod topics;
 
 pub use batch::{PredictionBatchBuilder, decode_predictions, prediction_schema};
-pub use decode::{DecodeError, Decoded, decode_event, decode_recorded_line};
+pub use decode::{
+    DecodeError, Decoded, EventRef, decode, decode_event, decode_recorded, decode_recorded_line,
+};
 pub use events::{
-    Feature, FeedbackEvent, PredictionEvent, RankedItem, RequestEvent, Status, Timings,
-    TrainingEvent,
+    Feature, FeatureRef, FeedbackEvent, PredictionEvent, PredictionRef, RankedItem, RequestEvent,
+    Status, Timings, TrainingEvent,
 };
 pub use point::{FieldValue, Point};
 pub use topics::{TopicKind, TopicNames};

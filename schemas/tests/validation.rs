@@ -1,7 +1,10 @@
 //! Every class of bad input gets its own clear, field-naming error.
 
+use std::borrow::Cow;
+
 use infermon_schemas::{
-    DecodeError, Decoded, TopicKind, TopicNames, decode_event, decode_recorded_line,
+    DecodeError, Decoded, EventRef, FeatureRef, TopicKind, TopicNames, decode, decode_event,
+    decode_recorded_line,
 };
 
 const GOOD: &str = r#"{"request_id": "r-8f2c", "ts": 1763800000123, "model": "ctr-ranker",
@@ -34,6 +37,34 @@ fn contract_example_decodes() {
     assert_eq!(p.batch_size, Some(32));
     assert_eq!(p.segment["surface"], "search");
     assert_eq!(p.error, None, "null means absent");
+}
+
+#[test]
+fn borrowed_decode_keeps_the_owned_maps_rules() {
+    // Keys out of order and sent twice: sorted, the last value wins (what
+    // the owned event's BTreeMap keeps); an escaped string is copied.
+    let json = r#"{"request_id": "r\u0031", "ts": 1763800000123, "model": "m",
+     "model_version": "3", "status": "ok", "timings_ms": {"total": 1},
+     "features": {"b": 1, "a": "x", "b": 2, "c": null},
+     "segment": {"surface": "feed", "site": "cn", "surface": "search"}}"#;
+    let Ok(EventRef::Prediction(p)) = decode(TopicKind::Predictions, json.as_bytes()) else {
+        panic!("not a prediction")
+    };
+    let names: Vec<&str> = p.features.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(p.features[1].1, FeatureRef::Number(2.0));
+    assert_eq!(p.features[2].1, FeatureRef::Null);
+    let segment: Vec<(&str, &str)> = (p.segment.iter())
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    assert_eq!(segment, [("site", "cn"), ("surface", "search")]);
+    assert!(matches!(p.request_id, Cow::Owned(ref s) if s == "r1"));
+    assert!(matches!(p.model, Cow::Borrowed("m")));
+    let Ok(Decoded::Prediction(owned)) = prediction(json) else {
+        panic!("not a prediction")
+    };
+    assert_eq!(p.clone().into_owned(), owned);
+    assert_eq!(owned.borrowed(), p);
 }
 
 #[test]

@@ -224,6 +224,7 @@ async fn merge_run(
         model: Some(MODEL),
         passes: Some(passes),
         shift_time: false,
+        every_kind: false,
     };
     let (_, messages) = fill_topic(&opts.brokers, &opts.files, u64::MAX, &base, layout).await?;
     let partials = format!("{base}.partials");
@@ -312,6 +313,7 @@ pub async fn run_scale_out_bench(opts: &ScaleOutBenchOptions) -> anyhow::Result<
         model: Some(MODEL),
         passes: None,
         shift_time: true,
+        every_kind: false,
     };
     let (fill_secs, _) =
         fill_topic(&opts.brokers, &opts.files, opts.messages, &base, layout).await?;

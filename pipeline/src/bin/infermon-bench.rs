@@ -34,16 +34,17 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// Time `infermon monitor` ingesting a pre-filled predictions topic
-    /// against a bare rdkafka consumer reading the same topic, in one run.
+    /// Time `infermon monitor` ingesting pre-filled predictions, feedback
+    /// and training topics against a bare rdkafka consumer reading the same
+    /// topics, in one run.
     Ingest {
-        /// Files whose predictions fill the topic (default: the bundled
+        /// Files whose events fill the topics (default: the bundled
         /// recordings), cycled and shifted in time.
         files: Vec<PathBuf>,
         /// Brokers.
         #[arg(long, default_value = "127.0.0.1:9092")]
         brokers: String,
-        /// Predictions in the topic.
+        /// Events in the topics, all kinds together.
         #[arg(long, default_value_t = 2_000_000)]
         messages: u64,
         /// Rounds (the median is reported).
@@ -52,7 +53,8 @@ enum Command {
         /// Scratch directory (configs, monitor logs).
         #[arg(long, default_value = "bench-ingest")]
         dir: PathBuf,
-        /// Internal: be the bare consumer of this topic, print JSON.
+        /// Internal: be the bare consumer of these topics (comma-separated),
+        /// print JSON.
         #[arg(long, hide = true)]
         bare_topic: Option<String>,
     },

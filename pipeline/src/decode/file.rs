@@ -7,7 +7,7 @@ use std::sync::mpsc::SyncSender;
 
 use infermon_operators::event_time::{JUMP_CONFIRMATION, REASON_CODE as EVENT_TIME};
 use infermon_operators::{Check, WindowConfig};
-use infermon_schemas::{Decoded, TopicNames, decode_recorded_line};
+use infermon_schemas::{Decoded, TopicNames, decode_recorded};
 
 use super::{Events, EventsBuilder};
 
@@ -82,7 +82,7 @@ pub fn decode_loop(
                 continue; // blank lines (e.g. a trailing newline) are not events
             }
             lines += 1;
-            let event = match decode_recorded_line(bytes, &topics) {
+            let event = match decode_recorded(bytes, &topics) {
                 Ok(event) => event,
                 Err(e) => {
                     rejects.push(reject(line_no, bytes, e.to_string(), e.reason()));
@@ -105,7 +105,7 @@ pub fn decode_loop(
                     held.push(Held {
                         line: line_no,
                         bytes: bytes.to_vec(),
-                        event,
+                        event: event.into_owned(),
                     });
                     if held.len() >= JUMP_CONFIRMATION {
                         settle(&mut held, &mut guard, &mut rejects, &mut builder);
@@ -148,7 +148,7 @@ fn settle(
     let keep = guard.settle(&times);
     for (h, keep) in held.drain(..).zip(keep) {
         if keep {
-            builder.add(h.event);
+            builder.add(h.event.borrowed());
         } else {
             let reason = guard.ahead_reason(h.event.ts());
             rejects.push(reject(h.line, &h.bytes, reason, EVENT_TIME));

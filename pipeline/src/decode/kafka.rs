@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
 use infermon_operators::event_time::REASON_CODE as EVENT_TIME;
 use infermon_operators::{Check, EventTimeGuard, WindowSpec};
-use infermon_schemas::{TopicKind, TopicNames, decode_event};
+use infermon_schemas::{TopicKind, TopicNames, decode};
 
 use super::{Events, EventsBuilder};
 
@@ -200,7 +200,7 @@ fn decode_batch(
                 ),
             ))
         } else {
-            decode_event(kind, &m.payload)
+            decode(kind, &m.payload)
                 .map_err(|e| (e.reason(), e.to_string()))
                 .and_then(|event| {
                     let i = match guards

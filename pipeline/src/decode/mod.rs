@@ -9,7 +9,7 @@ pub mod file;
 pub mod kafka;
 
 use arrow::array::RecordBatch;
-use infermon_schemas::{Decoded, FeedbackEvent, PredictionBatchBuilder, TopicKind, TrainingEvent};
+use infermon_schemas::{EventRef, FeedbackEvent, PredictionBatchBuilder, TopicKind, TrainingEvent};
 
 /// Decoded events of one input (a file's batch, a partition's share of a
 /// poll), by kind, in arrival order.
@@ -49,7 +49,7 @@ impl EventsBuilder {
     }
 
     /// An accepted event.
-    pub fn add(&mut self, event: Decoded) {
+    pub fn add(&mut self, event: EventRef<'_>) {
         let ts = event.ts();
         self.ts_range = Some(match self.ts_range {
             None => (ts, ts),
@@ -58,10 +58,10 @@ impl EventsBuilder {
         let kind = event.kind();
         self.counts[TopicKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
         match event {
-            Decoded::Prediction(p) => self.predictions.push(&p),
-            Decoded::Feedback(f) => self.feedback.push(f),
-            Decoded::Training(t) => self.training.push(t),
-            Decoded::Request(_) => {}
+            EventRef::Prediction(p) => self.predictions.push_ref(&p),
+            EventRef::Feedback(f) => self.feedback.push(f),
+            EventRef::Training(t) => self.training.push(t),
+            EventRef::Request(_) => {}
         }
     }
 

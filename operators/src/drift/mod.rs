@@ -176,9 +176,8 @@ impl DriftConfig {
 #[derive(Debug, Clone)]
 enum FeatureCounts {
     Numeric {
-        /// The reference's fine edges with their lookup grid (copied: the
-        /// hot loop reads only this).
-        edges: BinLookup,
+        /// The reference's fine edges with their lookup grid.
+        edges: Arc<BinLookup>,
         counts: Vec<u64>,
         min: f64,
         max: f64,
@@ -187,7 +186,7 @@ enum FeatureCounts {
     },
     Categorical {
         /// Tracked category → slot; anything else is the last slot, "other".
-        slots: HashMap<String, usize>,
+        slots: Arc<HashMap<String, usize>>,
         counts: Vec<u64>,
     },
     /// No reference for this feature: only presence is counted.
@@ -204,25 +203,24 @@ struct FeatureWindow {
 }
 
 impl FeatureWindow {
-    fn new(reference: Option<&FeatureProfile>) -> Self {
+    fn new(reference: Option<(&FeatureProfile, &FeatureBins)>) -> Self {
         let counts = match reference {
-            Some(FeatureProfile::Numeric(p)) => FeatureCounts::Numeric {
-                edges: BinLookup::new(p.edges.clone()),
-                counts: vec![0; p.counts.len()],
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-                tail_sums: (0.0, 0.0),
-            },
-            Some(FeatureProfile::Categorical(p)) => FeatureCounts::Categorical {
-                slots: p
-                    .categories
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.clone(), i))
-                    .collect(),
-                counts: vec![0; p.counts.len()],
-            },
-            None => FeatureCounts::Unbinned,
+            Some((FeatureProfile::Numeric(p), FeatureBins::Numeric(edges))) => {
+                FeatureCounts::Numeric {
+                    edges: edges.clone(),
+                    counts: vec![0; p.counts.len()],
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    tail_sums: (0.0, 0.0),
+                }
+            }
+            Some((FeatureProfile::Categorical(p), FeatureBins::Categorical(slots))) => {
+                FeatureCounts::Categorical {
+                    slots: slots.clone(),
+                    counts: vec![0; p.counts.len()],
+                }
+            }
+            _ => FeatureCounts::Unbinned,
         };
         Self {
             present: 0,
@@ -232,11 +230,54 @@ impl FeatureWindow {
     }
 }
 
+/// A reference profile with what counting against it needs, prepared
+/// once: every window compared with it shares its bin lookups and
+/// category slots (a window per series and minute, and per shard, would
+/// otherwise build its own: a catch-up reads thousands a second).
+#[derive(Debug)]
+pub(crate) struct Reference {
+    profile: Profile,
+    bins: HashMap<String, FeatureBins>,
+}
+
+/// One feature's share of a [`Reference`].
+#[derive(Debug)]
+enum FeatureBins {
+    Numeric(Arc<BinLookup>),
+    Categorical(Arc<HashMap<String, usize>>),
+}
+
+impl Reference {
+    fn new(profile: Profile) -> Arc<Self> {
+        let bins = (profile.features.iter())
+            .map(|(name, f)| {
+                let bins = match f {
+                    FeatureProfile::Numeric(p) => {
+                        FeatureBins::Numeric(Arc::new(BinLookup::new(p.edges.clone())))
+                    }
+                    FeatureProfile::Categorical(p) => FeatureBins::Categorical(Arc::new(
+                        (p.categories.iter().enumerate())
+                            .map(|(i, c)| (c.clone(), i))
+                            .collect(),
+                    )),
+                };
+                (name.clone(), bins)
+            })
+            .collect();
+        Arc::new(Self { profile, bins })
+    }
+
+    /// The profile and prepared bins of `feature`, if the reference has it.
+    fn feature(&self, feature: &str) -> Option<(&FeatureProfile, &FeatureBins)> {
+        Some((self.profile.features.get(feature)?, self.bins.get(feature)?))
+    }
+}
+
 /// One series' drift state in one window: counters only, O(features × bins)
 /// whatever the number of events.
 #[derive(Debug, Clone, Default)]
 pub struct DriftWindow {
-    reference: Option<Arc<Profile>>,
+    reference: Option<Arc<Reference>>,
     feature_rows: u64,
     score_rows: u64,
     features: Slots<FeatureWindow>,
@@ -368,7 +409,7 @@ impl DriftWindow {
     fn slot(&mut self, pos: usize, name: &str) -> usize {
         let reference = &self.reference;
         self.features.slot(pos, name, || {
-            FeatureWindow::new(reference.as_ref().and_then(|r| r.features.get(name)))
+            FeatureWindow::new(reference.as_ref().and_then(|r| r.feature(name)))
         })
     }
 
@@ -686,7 +727,7 @@ struct VersionReference {
     /// Event time at which the reference period ends (a window boundary).
     ends_at: i64,
     builder: Option<ProfileBuilder>,
-    frozen: Option<Arc<Profile>>,
+    frozen: Option<Arc<Reference>>,
 }
 
 /// Keeps references per model version and fills per-window counters.
@@ -695,10 +736,10 @@ pub struct DriftOperator {
     config: DriftConfig,
     binning: Binning,
     window_ms: i64,
-    files: HashMap<String, Arc<Profile>>,
+    files: HashMap<String, Arc<Reference>>,
     versions: HashMap<(String, String), VersionReference>,
     /// The most recently frozen reference per model, for new versions.
-    latest: HashMap<String, (i64, Arc<Profile>)>,
+    latest: HashMap<String, (i64, Arc<Reference>)>,
     /// Frozen since [`DriftOperator::take_frozen`] was last called.
     newly_frozen: Vec<FrozenReference>,
 }
@@ -715,7 +756,7 @@ impl DriftOperator {
         let binning = config.binning()?;
         let files = references
             .into_iter()
-            .map(|(model, p)| (model, Arc::new(p)))
+            .map(|(model, p)| (model, Reference::new(p)))
             .collect();
         Ok(Self {
             config: config.clone(),
@@ -784,20 +825,21 @@ impl DriftOperator {
         }
         if past_end {
             let builder = entry.builder.take().expect("checked above");
-            let profile = Arc::new(builder.build(model, version));
+            let profile = builder.build(model, version);
             tracing::info!(
                 model,
                 version,
                 features = profile.features.len(),
                 "drift reference frozen"
             );
-            entry.frozen = Some(profile.clone());
             self.newly_frozen.push(FrozenReference {
                 ends_at: entry.ends_at,
-                profile: profile.as_ref().clone(),
+                profile: profile.clone(),
             });
+            let reference = Reference::new(profile);
+            entry.frozen = Some(reference.clone());
             self.latest
-                .insert(model.to_string(), (entry.ends_at, profile));
+                .insert(model.to_string(), (entry.ends_at, reference));
         }
     }
 
@@ -833,7 +875,7 @@ impl DriftOperator {
     pub fn restore(&mut self, r: FrozenReference) {
         let model = r.profile.model.clone();
         let key = (model.clone(), r.profile.model_version.clone());
-        let profile = Arc::new(r.profile);
+        let profile = Reference::new(r.profile);
         if self
             .latest
             .get(&model)
@@ -856,7 +898,7 @@ impl DriftOperator {
     /// period; else the model's latest other version's. Decided by the
     /// window's place in event time, not by when its first row came, so the
     /// result does not depend on how input was batched.
-    fn reference_for(&self, model: &str, version: &str, start: i64) -> Option<Arc<Profile>> {
+    fn reference_for(&self, model: &str, version: &str, start: i64) -> Option<Arc<Reference>> {
         if let Some(p) = self.files.get(model) {
             return Some(p.clone());
         }
@@ -869,7 +911,7 @@ impl DriftOperator {
             self.latest
                 .get(model)
                 .map(|(_, p)| p)
-                .filter(|p| p.model_version != version)
+                .filter(|r| r.profile.model_version != version)
                 .cloned()
         })
     }
@@ -903,7 +945,12 @@ impl DriftOperator {
         // too: a feature that went null everywhere is the loudest drift.
         let mut names: Vec<&String> = window.features.iter().map(|(n, _)| n).collect();
         if let Some(r) = &window.reference {
-            names.extend(r.features.keys().filter(|n| self.config.monitors(n)));
+            names.extend(
+                r.profile
+                    .features
+                    .keys()
+                    .filter(|n| self.config.monitors(n)),
+            );
         }
         names.sort();
         names.dedup();
@@ -917,7 +964,10 @@ impl DriftOperator {
                 } else {
                     window.feature_rows
                 };
-                let reference = window.reference.as_ref().and_then(|r| r.features.get(name));
+                let reference = window
+                    .reference
+                    .as_ref()
+                    .and_then(|r| r.profile.features.get(name));
                 let d = compare(
                     reference,
                     f,

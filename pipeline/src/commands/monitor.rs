@@ -35,7 +35,7 @@ use crate::monitor::{MONITOR_RECEIVER, MonitorConfig, Role, references_store, st
 use crate::sinks::Sinks;
 use crate::sinks::alerts_file::AlertsFile;
 use crate::sinks::partials::PartialsTopic;
-use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawMessage};
+use crate::sources::kafka::{self, Assignment, Dlq, MonitorConsumer, RawBatch};
 use crate::sources::offsets::{OffsetTracker, TopicPartition};
 use crate::telemetry::{self as http, Health, Labels, now_ms};
 
@@ -162,6 +162,8 @@ struct Monitor<'c> {
     anomalies_since: Instant,
     /// Anomaly events wait at most the shortest sink linger to be batched.
     anomaly_linger: Duration,
+    /// Emptied message buffers, for the next polls.
+    spare: Vec<RawBatch>,
 }
 
 impl<'c> Monitor<'c> {
@@ -210,18 +212,20 @@ impl<'c> Monitor<'c> {
                 .map(|c| c.linger)
                 .min()
                 .unwrap_or(Duration::from_secs(1)),
+            spare: Vec::new(),
         })
     }
 
     /// Poll up to a batch of messages (or until the linger ends), taking up
     /// rebalances as they come.
-    fn poll(&mut self) -> anyhow::Result<Vec<RawMessage>> {
+    fn poll(&mut self) -> anyhow::Result<RawBatch> {
         let kc = &self.config.kafka;
-        let mut raw = Vec::new();
+        let mut raw = self.spare.pop().unwrap_or_default();
         let linger_until = Instant::now() + kc.batch_linger;
+        let mut wait = kc.batch_linger;
+        let mut polled_n = 0u32;
         while raw.len() < kc.batch_size {
-            let left = linger_until.saturating_duration_since(Instant::now());
-            let polled = self.consumer.poll(left.max(Duration::from_millis(1)));
+            let polled = self.consumer.poll(wait);
             // (Per message: nothing here may cost more than a lock.)
             if rebalanced(
                 &self.consumer,
@@ -243,15 +247,30 @@ impl<'c> Monitor<'c> {
                     self.metrics.acked_watermark_seconds.set(f64::NEG_INFINITY);
                 }
             }
-            match polled {
-                None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                Some(Ok(msg)) if self.assigned.is_some() => raw.push(RawMessage::of(&msg)),
-                Some(Ok(_)) => {}
-            }
-            if left.is_zero() {
-                break;
-            }
+            let got = match polled {
+                None => false,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    false
+                }
+                Some(Ok(msg)) => {
+                    if self.assigned.is_some() {
+                        raw.push(&msg);
+                    }
+                    true
+                }
+            };
+            // While messages keep coming, take the next without waiting and
+            // read the clock every 64 (a read per message cost 3 % of the
+            // monitor's CPU); when none is ready, wait out the linger.
+            polled_n += 1;
+            wait = match got && polled_n % 64 != 0 {
+                true => Duration::ZERO,
+                false => match linger_until.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => break,
+                    left => left,
+                },
+            };
         }
         Ok(raw)
     }
@@ -260,7 +279,8 @@ impl<'c> Monitor<'c> {
     /// read before a rebalance): rejected messages to the DLQ, offsets
     /// pinned until their windows are written, events to the engine
     /// (gradient anomalies out at once).
-    fn apply(&mut self, decoded: DecodedBatch, now: i64) -> anyhow::Result<()> {
+    fn apply(&mut self, mut decoded: DecodedBatch, now: i64) -> anyhow::Result<()> {
+        self.spare.push(std::mem::take(&mut decoded.spent));
         for (topic, n) in &decoded.consumed {
             let l: Labels = vec![("topic".into(), topic.clone())];
             self.metrics.consumed.get_or_create(&l).inc_by(*n);

@@ -15,7 +15,7 @@ use infermon_schemas::{TopicKind, TopicNames, decode};
 
 use super::{Events, EventsBuilder};
 
-use crate::sources::kafka::RawMessage;
+use crate::sources::kafka::{RawBatch, RawMessage};
 use crate::sources::offsets::TopicPartition;
 use crate::telemetry::now_ms;
 
@@ -83,11 +83,14 @@ pub struct DecodedBatch {
     pub rejected: Vec<Rejected>,
     /// Messages per topic.
     pub consumed: BTreeMap<String, u64>,
+    /// The messages' buffer, emptied: the next poll reads into it (a fresh
+    /// one per batch cost page faults and zeroing).
+    pub spent: RawBatch,
 }
 
 /// The decode thread and its two channels.
 pub struct Decoder {
-    tx: SyncSender<(u64, Vec<RawMessage>)>,
+    tx: SyncSender<(u64, RawBatch)>,
     rx: Receiver<DecodedBatch>,
     in_flight: usize,
 }
@@ -95,7 +98,7 @@ pub struct Decoder {
 impl Decoder {
     /// Start the thread.
     pub fn start(settings: DecodeSettings) -> std::io::Result<Self> {
-        let (tx, jobs) = sync_channel::<(u64, Vec<RawMessage>)>(2);
+        let (tx, jobs) = sync_channel::<(u64, RawBatch)>(2);
         let (done, rx) = sync_channel(2);
         std::thread::Builder::new()
             .name("decode".into())
@@ -122,7 +125,7 @@ impl Decoder {
     }
 
     /// Hand over a batch (blocks while two are queued).
-    pub fn send(&mut self, generation: u64, raw: Vec<RawMessage>) -> anyhow::Result<()> {
+    pub fn send(&mut self, generation: u64, raw: RawBatch) -> anyhow::Result<()> {
         self.tx
             .send((generation, raw))
             .map_err(|_| anyhow::anyhow!("the decode thread stopped"))?;
@@ -167,7 +170,7 @@ fn decode_batch(
     s: &DecodeSettings,
     guards: &mut Guards,
     generation: u64,
-    raw: Vec<RawMessage>,
+    mut raw: RawBatch,
 ) -> DecodedBatch {
     let wall_now = now_ms();
     let mut out = DecodedBatch {
@@ -177,14 +180,14 @@ fn decode_batch(
     let mut partitions: Vec<TopicPartition> = Vec::new();
     // Events per partition, aligned with `out.partitions`.
     let mut builders: Vec<(EventsBuilder, Reads)> = Vec::new();
-    for m in raw {
-        match out.consumed.get_mut(m.topic.as_str()) {
+    for m in raw.iter() {
+        match out.consumed.get_mut(m.topic) {
             Some(n) => *n += 1,
             None => {
-                out.consumed.insert(m.topic.clone(), 1);
+                out.consumed.insert(m.topic.to_string(), 1);
             }
         }
-        let kind = s.topics.kind_of(&m.topic).unwrap_or(TopicKind::Predictions);
+        let kind = s.topics.kind_of(m.topic).unwrap_or(TopicKind::Predictions);
         let decoded = if m.payload.is_empty() {
             Err((
                 "empty",
@@ -200,7 +203,7 @@ fn decode_batch(
                 ),
             ))
         } else {
-            decode(kind, &m.payload)
+            decode(kind, m.payload)
                 .map_err(|e| (e.reason(), e.to_string()))
                 .and_then(|event| {
                     let i = match guards
@@ -210,7 +213,7 @@ fn decode_batch(
                         Some(i) => i,
                         None => {
                             let fresh = s.event_time.clone();
-                            guards.push(((m.topic.clone(), m.partition), fresh));
+                            guards.push(((m.topic.to_string(), m.partition), fresh));
                             guards.len() - 1
                         }
                     };
@@ -230,7 +233,7 @@ fn decode_batch(
         {
             Some(i) => i,
             None => {
-                partitions.push((m.topic.clone(), m.partition));
+                partitions.push((m.topic.to_string(), m.partition));
                 builders.push((EventsBuilder::new(&s.segment_keys), Vec::new()));
                 partitions.len() - 1
             }
@@ -241,7 +244,7 @@ fn decode_batch(
             Err((code, reason)) => {
                 reads.push((m.offset, None));
                 out.rejected.push(Rejected {
-                    raw: m,
+                    raw: m.to_message(),
                     code,
                     reason,
                 });
@@ -251,6 +254,8 @@ fn decode_batch(
         reads.push((m.offset, Some(s.release_at(kind, event.ts()))));
         events.add(event);
     }
+    raw.clear();
+    out.spent = raw;
     out.partitions = partitions
         .into_iter()
         .zip(builders)

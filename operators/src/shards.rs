@@ -18,6 +18,7 @@ use std::hash::BuildHasher;
 use arrow::array::{AsArray, RecordBatch, StringArray};
 use foldhash::fast::FixedState;
 use infermon_schemas::{FeedbackEvent, TrainingEvent};
+use rayon::prelude::*;
 
 use crate::drift::{DriftOperator, FrozenReference};
 use crate::engine::{EngineError, SeriesKey, SeriesStats, WindowEngine, running_max, timestamps};
@@ -35,6 +36,17 @@ const ROUTE: FixedState = FixedState::with_seed(0x0005_4a2d_2026_1130);
 /// The shard of a request id among `n`.
 pub fn shard_of(request_id: &str, n: usize) -> usize {
     (ROUTE.hash_one(request_id) % n as u64) as usize
+}
+
+/// `threads` threads for the shards, or None (with a warning) when the
+/// system refuses them: the shards then run on the caller's thread.
+fn pool(threads: usize) -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("shard-{i}"))
+        .build()
+        .inspect_err(|e| tracing::warn!(error = %e, threads, "no shard threads: one thread runs every shard"))
+        .ok()
 }
 
 /// Where an input's rows go.
@@ -71,7 +83,10 @@ pub struct Shards {
     /// Frozen by the owner and not yet taken by the caller (to keep them).
     frozen: Vec<FrozenReference>,
     merger: Merger,
-    threads: usize,
+    /// The threads the shards run on (None: the caller's thread only).
+    /// Kept for the life of the shards: a thread started per batch cost
+    /// its stack's page faults and the allocator's arena churn.
+    pool: Option<rayon::ThreadPool>,
     /// Scratch: the rows of each shard in the current batch.
     routed: Vec<Vec<u32>>,
 }
@@ -101,7 +116,7 @@ impl Shards {
             owner,
             frozen: Vec::new(),
             merger: Merger::new(n, label_wait_ms),
-            threads: threads.max(1),
+            pool: (threads > 1).then(|| pool(threads)).flatten(),
             routed: vec![Vec::new(); n],
         }
     }
@@ -200,32 +215,14 @@ impl Shards {
         for row in 0..batch.num_rows() {
             self.routed[shard_of(request_id.value(row), n)].push(row as u32);
         }
-        let work = self.engines.iter_mut().zip(&self.routed);
-        if self.threads == 1 {
-            for (engine, rows) in work {
-                engine.push_rows(input, batch, rows, &event_max, now_ms)?;
-            }
-            return Ok(());
+        let mut work: Vec<_> = self.engines.iter_mut().zip(&self.routed).collect();
+        let push = |(engine, rows): &mut (&mut WindowEngine, &Vec<u32>)| {
+            engine.push_rows(input, batch, rows, &event_max, now_ms)
+        };
+        match &self.pool {
+            None => work.iter_mut().try_for_each(push),
+            Some(pool) => pool.install(|| work.par_iter_mut().try_for_each(push)),
         }
-        let mut work: Vec<_> = work.collect();
-        let per_thread = n.div_ceil(self.threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = work
-                .chunks_mut(per_thread)
-                .map(|chunk| {
-                    let event_max = &event_max;
-                    s.spawn(move || {
-                        for (engine, rows) in chunk.iter_mut() {
-                            engine.push_rows(input, batch, rows, event_max, now_ms)?;
-                        }
-                        Ok::<_, EngineError>(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("a shard thread panicked"))
-        })
     }
 
     /// Feedback read from `input`, to the shards of their request ids (or
@@ -288,19 +285,21 @@ impl Shards {
     /// one's closed windows, labels and progress, unmerged (what a partial
     /// monitor publishes).
     pub fn fire_partials(&mut self, now_ms: i64) -> Vec<ShardOutput> {
-        self.engines
-            .iter_mut()
-            .enumerate()
-            .map(|(shard, e)| ShardOutput {
-                shard,
-                windows: e.fire(now_ms),
-                labelled: e.take_labelled(),
-                progress: ShardProgress {
-                    watermark: e.watermark(),
-                    idle: e.is_idle(now_ms),
-                },
-            })
-            .collect()
+        let fire = |(shard, e): (usize, &mut WindowEngine)| ShardOutput {
+            shard,
+            windows: e.fire(now_ms),
+            labelled: e.take_labelled(),
+            progress: ShardProgress {
+                watermark: e.watermark(),
+                idle: e.is_idle(now_ms),
+            },
+        };
+        let engines = &mut self.engines;
+        match &self.pool {
+            None => engines.iter_mut().enumerate().map(fire).collect(),
+            // In shard order, as on one thread.
+            Some(pool) => pool.install(|| engines.par_iter_mut().enumerate().map(fire).collect()),
+        }
     }
 
     /// End of input: every window and label window.

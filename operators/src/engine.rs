@@ -350,6 +350,9 @@ pub struct WindowEngine {
     /// Scratch: row indices per (window start, series id), reused per batch.
     groups: HashMap<(i64, u32), Vec<u32>>,
     key_buf: String,
+    /// The (model, version) series of the last row: rows of one model come
+    /// in runs, and a compare is cheaper than building and hashing a key.
+    last_series: Option<u32>,
     drift: Option<DriftOperator>,
     gradients: Option<GradientMonitor>,
     labels: Option<LabelJoin>,
@@ -390,6 +393,7 @@ impl WindowEngine {
             open: BTreeMap::new(),
             groups: HashMap::default(),
             key_buf: String::new(),
+            last_series: None,
             drift: None,
             gradients: None,
             labels: None,
@@ -759,6 +763,14 @@ impl WindowEngine {
 
     /// The series of (model, version), or of one segment key's value.
     fn series_id(&mut self, model: &str, version: &str, segment: Option<(usize, &str)>) -> u32 {
+        if segment.is_none()
+            && let Some(id) = self.last_series
+            && let key = &self.series[id as usize]
+            && key.model == model
+            && key.model_version == version
+        {
+            return id;
+        }
         let buf = &mut self.key_buf;
         buf.clear();
         buf.push_str(model);
@@ -771,9 +783,15 @@ impl WindowEngine {
             buf.push_str(v);
         }
         if let Some(&id) = self.series_ids.get(buf.as_str()) {
+            if segment.is_none() {
+                self.last_series = Some(id);
+            }
             return id;
         }
         let id = self.series.len() as u32;
+        if segment.is_none() {
+            self.last_series = Some(id);
+        }
         self.series_ids.insert(buf.clone(), id);
         self.series.push(SeriesKey {
             model: model.to_string(),

@@ -211,7 +211,14 @@ fn parse(
         }
         Some(_) => {}
     }
-    match serde_json::from_slice::<AnyEvent>(bytes) {
+    // One check of the whole message is cheaper than serde_json's check of
+    // each string; a message that fails it is parsed as bytes, which says
+    // where.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str::<AnyEvent>(text),
+        Err(_) => serde_json::from_slice::<AnyEvent>(bytes),
+    };
+    match parsed {
         Ok(raw) => {
             let kind = kind_of(&raw)?;
             raw.into_event(kind)

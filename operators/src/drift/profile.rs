@@ -352,7 +352,7 @@ impl ProfileBuilder {
 
     fn numeric_profile(&self, b: &NumericBuilder, rows: u64, invalid: u64) -> FeatureProfile {
         let mut sorted = b.sample.clone();
-        sorted.sort_by(f64::total_cmp);
+        sorted.sort_unstable_by(f64::total_cmp); // equal under total_cmp means the same bits
         let edges = bin_edges(&sorted, self.binning.bins);
         let coarse_edges = bin_edges(&sorted, self.binning.psi_bins);
         // Counts per bin: from the sample, scaled to the values seen (exact

@@ -101,6 +101,10 @@ impl Decoded {
 /// monitor and the replay append to their Arrow builders (see
 /// [`PredictionRef`]). Other kinds are few and kept as they are.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and consumed once per message: boxing the prediction would put back an allocation per message"
+)]
 pub enum EventRef<'a> {
     /// From the requests topic.
     Request(RequestEvent),

@@ -264,7 +264,7 @@ impl<'c> Monitor<'c> {
             // read the clock every 64 (a read per message cost 3 % of the
             // monitor's CPU); when none is ready, wait out the linger.
             polled_n += 1;
-            wait = match got && polled_n % 64 != 0 {
+            wait = match got && !polled_n.is_multiple_of(64) {
                 true => Duration::ZERO,
                 false => match linger_until.saturating_duration_since(Instant::now()) {
                     left if left.is_zero() => break,

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::events::{
     FeatureRef, FeedbackEvent, PredictionEvent, PredictionRef, RequestEvent, Status, Timings,
-    TrainingEvent,
+    TrainingEvent, owned_features, owned_segment,
 };
 use crate::topics::{TopicKind, TopicNames};
 
@@ -463,12 +463,8 @@ impl<'a> AnyEvent<'a> {
                 request_id: required(owned(self.request_id), "request_id")?,
                 ts: required(self.ts, "ts")?,
                 model: required(owned(self.model), "model")?,
-                segment: (self.segment.into_iter())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect(),
-                features: (self.features.into_iter())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect(),
+                segment: owned_segment(self.segment),
+                features: owned_features(self.features),
                 text: owned(self.text),
             }),
             TopicKind::Predictions => {

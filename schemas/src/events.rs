@@ -218,12 +218,8 @@ impl PredictionRef<'_> {
             batch_size: self.batch_size,
             timings_ms: self.timings_ms,
             score: self.score,
-            features: (self.features.into_iter())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-            segment: (self.segment.into_iter())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
+            features: owned_features(self.features),
+            segment: owned_segment(self.segment),
             ranking: self.ranking.map(|(list_id, item_id, position)| {
                 Box::new(RankedItem {
                     list_id: list_id.into_owned(),
@@ -233,6 +229,20 @@ impl PredictionRef<'_> {
             }),
         }
     }
+}
+
+/// Decoded features as the owned events keep them.
+pub(crate) fn owned_features(v: Vec<(Cow<'_, str>, FeatureRef<'_>)>) -> BTreeMap<String, Feature> {
+    v.into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Decoded segment values as the owned events keep them.
+pub(crate) fn owned_segment(v: Vec<(Cow<'_, str>, Cow<'_, str>)>) -> BTreeMap<String, String> {
+    v.into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 impl From<PredictionEvent> for PredictionRef<'static> {

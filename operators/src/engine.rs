@@ -782,17 +782,21 @@ impl WindowEngine {
             buf.push('\u{1f}');
             buf.push_str(v);
         }
-        if let Some(&id) = self.series_ids.get(buf.as_str()) {
-            if segment.is_none() {
-                self.last_series = Some(id);
-            }
-            return id;
-        }
-        let id = self.series.len() as u32;
+        let id = match self.series_ids.get(buf.as_str()) {
+            Some(&id) => id,
+            None => self.new_series(model, version, segment),
+        };
         if segment.is_none() {
             self.last_series = Some(id);
         }
-        self.series_ids.insert(buf.clone(), id);
+        id
+    }
+
+    /// Register the series of (model, version), or of one segment key's
+    /// value, whose key is in `key_buf`.
+    fn new_series(&mut self, model: &str, version: &str, segment: Option<(usize, &str)>) -> u32 {
+        let id = self.series.len() as u32;
+        self.series_ids.insert(self.key_buf.clone(), id);
         self.series.push(SeriesKey {
             model: model.to_string(),
             model_version: version.to_string(),

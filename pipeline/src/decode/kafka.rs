@@ -180,14 +180,13 @@ fn decode_batch(
     let mut partitions: Vec<TopicPartition> = Vec::new();
     // Events per partition, aligned with `out.partitions`.
     let mut builders: Vec<(EventsBuilder, Reads)> = Vec::new();
+    // Per topic of the batch, not per message.
+    out.consumed = raw.topics().iter().cloned().collect();
+    let kinds: Vec<TopicKind> = (raw.topics().iter())
+        .map(|(t, _)| s.topics.kind_of(t).unwrap_or(TopicKind::Predictions))
+        .collect();
     for m in raw.iter() {
-        match out.consumed.get_mut(m.topic) {
-            Some(n) => *n += 1,
-            None => {
-                out.consumed.insert(m.topic.to_string(), 1);
-            }
-        }
-        let kind = s.topics.kind_of(m.topic).unwrap_or(TopicKind::Predictions);
+        let kind = kinds[m.topic_index];
         let decoded = if m.payload.is_empty() {
             Err((
                 "empty",

@@ -408,8 +408,9 @@ impl RawMessage {
 pub struct RawBatch {
     /// Keys and values, back to back.
     bytes: Vec<u8>,
-    /// The batch's topics (a handful): messages refer to them by index.
-    topics: Vec<String>,
+    /// The batch's topics (a handful) with their message counts: messages
+    /// refer to them by index.
+    topics: Vec<(String, u64)>,
     messages: Vec<RawMeta>,
 }
 
@@ -429,6 +430,8 @@ struct RawMeta {
 pub struct RawRef<'a> {
     /// Source topic.
     pub topic: &'a str,
+    /// Its index in [`RawBatch::topics`].
+    pub topic_index: usize,
     /// Source partition.
     pub partition: i32,
     /// Source offset.
@@ -442,13 +445,14 @@ pub struct RawRef<'a> {
 impl RawBatch {
     /// Copy a consumed message in.
     pub fn push(&mut self, msg: &BorrowedMessage<'_>) {
-        let topic = match self.topics.iter().position(|t| t == msg.topic()) {
+        let topic = match self.topics.iter().position(|(t, _)| t == msg.topic()) {
             Some(i) => i,
             None => {
-                self.topics.push(msg.topic().to_string());
+                self.topics.push((msg.topic().to_string(), 0));
                 self.topics.len() - 1
             }
         };
+        self.topics[topic].1 += 1;
         let mut copy = |b: &[u8]| {
             let start = self.bytes.len();
             self.bytes.extend_from_slice(b);
@@ -475,6 +479,12 @@ impl RawBatch {
         self.messages.is_empty()
     }
 
+    /// The topics read, in order of first appearance, with their message
+    /// counts.
+    pub fn topics(&self) -> &[(String, u64)] {
+        &self.topics
+    }
+
     /// Forget everything read (keeps the buffers).
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -485,7 +495,8 @@ impl RawBatch {
     /// The messages in the order read.
     pub fn iter(&self) -> impl Iterator<Item = RawRef<'_>> {
         self.messages.iter().map(|m| RawRef {
-            topic: &self.topics[m.topic],
+            topic: &self.topics[m.topic].0,
+            topic_index: m.topic,
             partition: m.partition,
             offset: m.offset,
             key: m.key.map(|(a, b)| &self.bytes[a..b]),

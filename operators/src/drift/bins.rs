@@ -1,64 +1,94 @@
 //! Table-driven bin lookup: the fine bin of a value among a reference's
 //! sorted edges, `numpy.searchsorted(edges, x, side="right")`, without a
-//! 7-step binary search per value.
+//! 7-step binary search per value and without a data-dependent branch.
 //!
-//! A uniform grid of `16 × edges` cells over `[first edge, last edge]`
-//! records, per cell, how many edges lie at or below its start. A value's
-//! cell (one multiply) gives a first guess of its bin, which a short scan
-//! corrects in either direction — usually zero or one step, however skewed
-//! the quantile edges are (a dense region only means a few more steps).
-//! The scan compares with the edges themselves, so rounding in the cell
-//! arithmetic can only cost a step, never the exact answer:
-//! the result is always `partition_point`'s.
+//! A uniform grid over `[first edge, last edge]` records, per cell, how
+//! many edges fall in earlier cells. A value's cell (one multiply) gives
+//! that count, and a fixed number of compares — the most edges any one
+//! cell holds, usually 1 or 2 — adds the edges of its own cell at or below
+//! it. Edges are placed in cells by the same arithmetic as values, and
+//! the cell of a value never decreases as the value grows, so an edge in
+//! an earlier cell is below the value and one in a later cell above it:
+//! the result is always `partition_point`'s, whatever the rounding.
+//!
+//! The grid starts at 16 cells per edge and doubles while one cell holds
+//! more than two edges, up to 256 per edge (skewed quantile edges crowd
+//! where the data is dense; ties make point bins one ulp wide, which no
+//! grid separates).
 
-/// Grid cells per edge.
-const CELLS_PER_EDGE: usize = 16;
+/// Grid cells per edge, first and last tried.
+const CELLS_PER_EDGE: (usize, usize) = (16, 256);
 
 /// Sorted edges with their lookup grid.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BinLookup {
-    edges: Vec<f64>,
+    /// The edges, then `probes` NaNs (no value is at or above a NaN) so
+    /// every probe is in bounds.
+    padded: Vec<f64>,
+    edges: usize,
     lo: f64,
-    hi: f64,
     /// Cells per unit of value; 0 when the grid is not usable (fewer than
     /// two distinct finite edges).
     scale: f64,
-    /// `starts[c]`: edges ≤ the start of cell `c`, for `c` in `0..=cells`.
+    /// `starts[c]`: edges in cells before `c`, for `c` in `0..=cells`.
     starts: Vec<u32>,
+    /// The most edges in one cell: compares per lookup.
+    probes: usize,
 }
 
 impl BinLookup {
     /// The lookup for ascending `edges`.
     pub fn new(edges: Vec<f64>) -> Self {
-        let (lo, hi) = match (edges.first(), edges.last()) {
-            (Some(&lo), Some(&hi)) if lo.is_finite() && hi.is_finite() && hi > lo => (lo, hi),
-            _ => {
-                return Self {
-                    edges,
-                    lo: 0.0,
-                    hi: 0.0,
-                    scale: 0.0,
-                    starts: Vec::new(),
-                };
-            }
+        let n = edges.len();
+        let mut lookup = Self {
+            padded: edges,
+            edges: n,
+            lo: 0.0,
+            scale: 0.0,
+            starts: Vec::new(),
+            probes: 0,
         };
-        let cells = CELLS_PER_EDGE * edges.len();
-        let scale = cells as f64 / (hi - lo);
-        let starts = (0..=cells)
-            .map(|c| edges.partition_point(|&e| e <= lo + c as f64 / scale) as u32)
-            .collect();
-        Self {
-            edges,
-            lo,
-            hi,
-            scale,
-            starts,
+        if let (Some(&lo), Some(&hi)) = (lookup.padded.first(), lookup.padded.last())
+            && lo.is_finite()
+            && hi.is_finite()
+            && hi > lo
+        {
+            lookup.lo = lo;
+            let mut per_edge = CELLS_PER_EDGE.0;
+            loop {
+                let cells = per_edge * n;
+                lookup.scale = cells as f64 / (hi - lo);
+                lookup.starts = vec![0; cells + 1];
+                let mut in_cell = vec![0usize; cells + 1];
+                for &e in &lookup.padded {
+                    in_cell[lookup.cell(e)] += 1;
+                }
+                let mut before = 0;
+                for (start, &k) in lookup.starts.iter_mut().zip(&in_cell) {
+                    *start = before as u32;
+                    before += k;
+                }
+                lookup.probes = in_cell.iter().copied().max().unwrap_or(0);
+                if lookup.probes <= 2 || per_edge >= CELLS_PER_EDGE.1 {
+                    break;
+                }
+                per_edge *= 2;
+            }
+            lookup.padded.resize(n + lookup.probes, f64::NAN);
         }
+        lookup
+    }
+
+    /// The cell of `x`: 0 below the grid and for NaN, the last cell at
+    /// and above the last edge (float-to-int casts saturate).
+    #[inline]
+    fn cell(&self, x: f64) -> usize {
+        (((x - self.lo) * self.scale) as usize).min(self.starts.len() - 1)
     }
 
     /// The edges.
     pub fn edges(&self) -> &[f64] {
-        &self.edges
+        &self.padded[..self.edges]
     }
 
     /// The number of edges at or below `x` (0 for NaN), i.e. its bin among
@@ -66,25 +96,11 @@ impl BinLookup {
     #[inline]
     pub fn bin(&self, x: f64) -> usize {
         if self.scale == 0.0 {
-            return self.edges.partition_point(|&e| e <= x);
+            return self.edges().partition_point(|&e| e <= x);
         }
-        if x < self.lo || x.is_nan() {
-            return 0; // below the first edge, or NaN
-        }
-        if x >= self.hi {
-            return self.edges.len();
-        }
-        let cells = self.starts.len() - 1;
-        let cell = (((x - self.lo) * self.scale) as usize).min(cells - 1);
-        let mut b = self.starts[cell] as usize;
-        // Edges are sorted: move up past edges ≤ x, down past edges > x.
-        while b < self.edges.len() && self.edges[b] <= x {
-            b += 1;
-        }
-        while b > 0 && self.edges[b - 1] > x {
-            b -= 1;
-        }
-        b
+        let b = self.starts[self.cell(x)] as usize;
+        let probes = &self.padded[b..b + self.probes];
+        b + probes.iter().map(|&e| usize::from(e <= x)).sum::<usize>()
     }
 }
 
@@ -118,5 +134,17 @@ mod tests {
         check(vec![5.0], probes.iter().copied());
         check(Vec::new(), probes.iter().copied());
         check(vec![0.0, 1e300], probes.iter().copied());
+        // Crowded edges: a Pareto-like tail, and point bins one ulp wide
+        // (more edges in one cell than the finest grid separates).
+        let crowded: Vec<f64> = (1..100)
+            .map(|i| (1.0 - i as f64 / 100.0).powi(-4))
+            .flat_map(|e| [e, e.next_up()])
+            .collect();
+        let probes: Vec<f64> = crowded
+            .iter()
+            .flat_map(|&e| [e, e.next_up(), e.next_down()])
+            .chain((0..20_000).map(|i| i as f64 * 0.01))
+            .collect();
+        check(crowded, probes.iter().copied());
     }
 }

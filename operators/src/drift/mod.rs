@@ -230,6 +230,43 @@ impl FeatureWindow {
     }
 }
 
+impl FeatureWindow {
+    /// Count numeric values: binned when the reference has this feature as
+    /// numeric; else only counted (as invalid when it is categorical).
+    fn add_numbers(&mut self, xs: impl Iterator<Item = f64>) {
+        let FeatureCounts::Numeric {
+            edges,
+            counts,
+            min,
+            max,
+            tail_sums,
+        } = &mut self.counts
+        else {
+            let n = xs.count() as u64;
+            match self.counts {
+                FeatureCounts::Categorical { .. } => self.invalid += n,
+                _ => self.present += n,
+            }
+            return;
+        };
+        let last = edges.edges().len();
+        let (mut n, mut lo, mut hi, mut low_sum, mut high_sum) =
+            (0, *min, *max, tail_sums.0, tail_sums.1);
+        // Branch-free: adding 0.0 leaves a sum as it was.
+        for x in xs {
+            let bin = edges.bin(x);
+            counts[bin] += 1;
+            low_sum += if bin == 0 { x } else { 0.0 };
+            high_sum += if bin == last { x } else { 0.0 };
+            lo = lo.min(x);
+            hi = hi.max(x);
+            n += 1;
+        }
+        self.present += n;
+        (*min, *max, *tail_sums) = (lo, hi, (low_sum, high_sum));
+    }
+}
+
 /// A reference profile with what counting against it needs, prepared
 /// once: every window compared with it shares its bin lookups and
 /// category slots (a window per series and minute, and per shard, would
@@ -288,6 +325,11 @@ pub struct DriftWindow {
     /// each of its entries: rows of one model repeat it, so one compare of
     /// the row's key bytes replaces a lookup per value.
     layout: RowLayout,
+    /// Scratch: the first map entry of each row of the batch with that
+    /// layout, not yet counted.
+    layout_rows: Vec<usize>,
+    /// Scratch: a chunk of those rows' values, feature-major.
+    scratch: Vec<f64>,
 }
 
 /// A [`DriftWindow`]'s counters without its reference: what a partial
@@ -395,6 +437,10 @@ impl DriftWindow {
     }
 }
 
+/// Rows of one layout counted together: 20 features' values of 256 rows
+/// are 40 KiB.
+const LAYOUT_CHUNK_ROWS: usize = 256;
+
 /// A numeric feature map's keys (their bytes and lengths) and the slot of
 /// each (None: not monitored).
 #[derive(Debug, Clone, Default)]
@@ -413,7 +459,9 @@ impl DriftWindow {
         })
     }
 
-    /// A row's numeric features, held until [`Self::count_pending`].
+    /// A row's numeric features, held (as the row's first entry) until
+    /// [`Self::count_pending`]: rows of one layout are counted feature by
+    /// feature, each feature's values read with a stride.
     fn add_numeric_row(&mut self, row: &NumericEntries<'_>, config: &DriftConfig) {
         let offsets = row.keys.value_offsets();
         let (a, b) = (row.range.start, row.range.end);
@@ -425,6 +473,7 @@ impl DriftWindow {
                 .zip(&self.layout.lens)
                 .all(|(w, &len)| w[1] - w[0] == len);
         if !same {
+            self.count_layout_rows(row.values);
             let mut slots = Vec::with_capacity(b - a);
             for i in a..b {
                 let name = row.keys.value(i);
@@ -435,17 +484,44 @@ impl DriftWindow {
                 lens: offsets[a..=b].windows(2).map(|w| w[1] - w[0]).collect(),
                 slots,
             };
-            if self.pending.len() < self.features.len() {
-                self.pending.resize_with(self.features.len(), Vec::new);
+        }
+        self.layout_rows.push(a);
+    }
+
+    /// Count the rows held by [`Self::add_numeric_row`] (all of the
+    /// current layout), whose entries are in `values`.
+    fn count_layout_rows(&mut self, values: &Float64Array) {
+        if self.layout_rows.is_empty() {
+            return;
+        }
+        let data = values.values();
+        let width = self.layout.slots.len();
+        let nulls = values.null_count() > 0;
+        // Rows in chunks, each read once in memory order into a
+        // feature-major scratch that stays in the L1 cache (reading each
+        // feature with a stride from main memory cost 20 passes over it).
+        for rows in self.layout_rows.chunks(LAYOUT_CHUNK_ROWS) {
+            let n = rows.len();
+            self.scratch.clear();
+            self.scratch.resize(width * n, 0.0);
+            for (k, &start) in rows.iter().enumerate() {
+                for (j, &x) in data[start..start + width].iter().enumerate() {
+                    self.scratch[j * n + k] = x;
+                }
+            }
+            for (j, slot) in self.layout.slots.iter().enumerate() {
+                let Some(slot) = *slot else { continue };
+                let xs = self.scratch[j * n..(j + 1) * n].iter().copied();
+                let f = self.features.at(slot);
+                if nulls {
+                    let valid = rows.iter().map(|&start| values.is_valid(start + j));
+                    f.add_numbers(xs.zip(valid).filter(|(_, v)| *v).map(|(x, _)| x));
+                } else {
+                    f.add_numbers(xs);
+                }
             }
         }
-        for (i, slot) in (a..b).zip(&self.layout.slots) {
-            if let Some(slot) = *slot
-                && row.values.is_valid(i)
-            {
-                self.pending[slot].push(row.values.value(i));
-            }
-        }
+        self.layout_rows.clear();
     }
 
     /// A numeric value of feature `name` at row position `pos`: held until
@@ -459,38 +535,16 @@ impl DriftWindow {
     }
 
     /// Count the held numeric values, feature by feature: one match per
-    /// feature and batch, then a loop that only bins.
-    fn count_pending(&mut self) {
+    /// feature and batch, then a loop that only bins. `values` are the
+    /// entries of the batch's numeric feature map.
+    fn count_pending(&mut self, values: Option<&Float64Array>) {
         for (f, xs) in self.features.values_mut().zip(&mut self.pending) {
-            if xs.is_empty() {
-                continue;
+            if !xs.is_empty() {
+                f.add_numbers(xs.drain(..));
             }
-            match &mut f.counts {
-                FeatureCounts::Categorical { .. } => f.invalid += xs.len() as u64,
-                FeatureCounts::Unbinned => f.present += xs.len() as u64,
-                FeatureCounts::Numeric {
-                    edges,
-                    counts,
-                    min,
-                    max,
-                    tail_sums,
-                } => {
-                    f.present += xs.len() as u64;
-                    let last = edges.edges().len();
-                    for &x in xs.iter() {
-                        let bin = edges.bin(x);
-                        counts[bin] += 1;
-                        if bin == 0 {
-                            tail_sums.0 += x;
-                        } else if bin == last {
-                            tail_sums.1 += x;
-                        }
-                        *min = min.min(x);
-                        *max = max.max(x);
-                    }
-                }
-            }
-            xs.clear();
+        }
+        if let Some(values) = values {
+            self.count_layout_rows(values);
         }
     }
 
@@ -936,7 +990,7 @@ impl DriftOperator {
                 Value::Category(pos, name, c) => window.add_category(pos, name, c),
             });
         }
-        window.count_pending();
+        window.count_pending(cols.numeric_values());
     }
 
     /// The window's `drift` points, one per feature, sorted by feature.
@@ -1157,6 +1211,12 @@ impl<'a> Columns<'a> {
         }
     }
 
+    /// The entries of the numeric feature map.
+    fn numeric_values(&self) -> Option<&'a Float64Array> {
+        self.numeric
+            .map(|m| m.values().as_primitive::<Float64Type>())
+    }
+
     fn for_each_value(&self, row: usize, config: &DriftConfig, mut f: impl FnMut(Value<'a>)) {
         if self.status.is_some_and(|s| s.value(row) == "ok") {
             f(Value::ScoreRow);
@@ -1181,7 +1241,7 @@ impl<'a> Columns<'a> {
         {
             f(Value::Numbers(NumericEntries {
                 keys: m.keys().as_string::<i32>(),
-                values: m.values().as_primitive::<Float64Type>(),
+                values: self.numeric_values().expect("the numeric map"),
                 range,
             }));
         }

@@ -62,11 +62,6 @@ impl<T> Slots<T> {
         self.by_name.get(name).map(|&i| &self.items[i].1)
     }
 
-    /// How many names.
-    pub(crate) fn len(&self) -> usize {
-        self.items.len()
-    }
-
     /// (name, value) in first-seen order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &T)> {
         self.items.iter().map(|(n, v)| (n, v))

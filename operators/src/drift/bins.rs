@@ -102,21 +102,43 @@ impl BinLookup {
         let probes = &self.padded[b..b + self.probes];
         b + probes.iter().map(|&e| usize::from(e <= x)).sum::<usize>()
     }
+
+    /// `f(bin, x)` for each `x` of `xs`, with [`Self::bin`]'s compares
+    /// unrolled for the usual grids (one or two edges per cell at most).
+    #[inline]
+    pub fn bin_each(&self, xs: impl Iterator<Item = f64>, mut f: impl FnMut(usize, f64)) {
+        match (self.scale != 0.0, self.probes) {
+            (true, 1) => xs.for_each(|x| f(self.bin_probed::<1>(x), x)),
+            (true, 2) => xs.for_each(|x| f(self.bin_probed::<2>(x), x)),
+            _ => xs.for_each(|x| f(self.bin(x), x)),
+        }
+    }
+
+    /// [`Self::bin`] on a usable grid whose cells hold at most `P` edges.
+    #[inline]
+    fn bin_probed<const P: usize>(&self, x: f64) -> usize {
+        let b = self.starts[self.cell(x)] as usize;
+        let probes: &[f64; P] = (self.padded[b..b + P].try_into()).expect("P edges padded");
+        b + probes.iter().map(|&e| usize::from(e <= x)).sum::<usize>()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(edges: Vec<f64>, values: impl Iterator<Item = f64>) {
+    fn check(edges: Vec<f64>, values: impl Iterator<Item = f64> + Clone) {
         let lookup = BinLookup::new(edges.clone());
-        for x in values {
+        for x in values.clone() {
             assert_eq!(
                 lookup.bin(x),
                 edges.partition_point(|&e| e <= x),
                 "x = {x} over {edges:?}"
             );
         }
+        lookup.bin_each(values, |bin, x| {
+            assert_eq!(bin, lookup.bin(x), "bin_each, x = {x} over {edges:?}")
+        });
     }
 
     #[test]

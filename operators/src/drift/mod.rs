@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use self::bins::BinLookup;
 use self::profile::{Binning, FeatureProfile, Profile, ProfileBuilder, SCORE};
-use self::slots::{MAX_POSITIONS, Slots};
+use self::slots::{MAX_POSITIONS, RowLayout, Slots};
 use self::stats::{LinearCdf, chi2_homogeneity, js_distance, ks_pvalue, psi};
 use crate::engine::SeriesKey;
 
@@ -253,15 +253,14 @@ impl FeatureWindow {
         let (mut n, mut lo, mut hi, mut low_sum, mut high_sum) =
             (0, *min, *max, tail_sums.0, tail_sums.1);
         // Branch-free: adding 0.0 leaves a sum as it was.
-        for x in xs {
-            let bin = edges.bin(x);
+        edges.bin_each(xs, |bin, x| {
             counts[bin] += 1;
             low_sum += if bin == 0 { x } else { 0.0 };
             high_sum += if bin == last { x } else { 0.0 };
             lo = lo.min(x);
             hi = hi.max(x);
             n += 1;
-        }
+        });
         self.present += n;
         (*min, *max, *tail_sums) = (lo, hi, (low_sum, high_sum));
     }
@@ -437,18 +436,9 @@ impl DriftWindow {
     }
 }
 
-/// Rows of one layout counted together: 20 features' values of 256 rows
-/// are 40 KiB.
-const LAYOUT_CHUNK_ROWS: usize = 256;
-
-/// A numeric feature map's keys (their bytes and lengths) and the slot of
-/// each (None: not monitored).
-#[derive(Debug, Clone, Default)]
-struct RowLayout {
-    bytes: Vec<u8>,
-    lens: Vec<i32>,
-    slots: Vec<Option<usize>>,
-}
+/// Rows of one layout counted together: 20 features' values of 128 rows
+/// are 20 KiB.
+const LAYOUT_CHUNK_ROWS: usize = 128;
 
 impl DriftWindow {
     /// The slot of feature `name`, seen at position `pos` of its row.
@@ -463,29 +453,13 @@ impl DriftWindow {
     /// [`Self::count_pending`]: rows of one layout are counted feature by
     /// feature, each feature's values read with a stride.
     fn add_numeric_row(&mut self, row: &NumericEntries<'_>, config: &DriftConfig) {
-        let offsets = row.keys.value_offsets();
-        let (a, b) = (row.range.start, row.range.end);
-        let bytes = &row.keys.value_data()[offsets[a] as usize..offsets[b] as usize];
-        let same = self.layout.lens.len() == b - a
-            && self.layout.bytes == bytes
-            && offsets[a..=b]
-                .windows(2)
-                .zip(&self.layout.lens)
-                .all(|(w, &len)| w[1] - w[0] == len);
-        if !same {
+        if !self.layout.matches(row.keys, row.range.clone()) {
             self.count_layout_rows(row.values);
-            let mut slots = Vec::with_capacity(b - a);
-            for i in a..b {
-                let name = row.keys.value(i);
-                slots.push(config.monitors(name).then(|| self.slot(1 + i - a, name)));
-            }
-            self.layout = RowLayout {
-                bytes: bytes.to_vec(),
-                lens: offsets[a..=b].windows(2).map(|w| w[1] - w[0]).collect(),
-                slots,
-            };
+            self.layout = RowLayout::of(row.keys, row.range.clone(), |pos, name| {
+                config.monitors(name).then(|| self.slot(pos, name))
+            });
         }
-        self.layout_rows.push(a);
+        self.layout_rows.push(row.range.start);
     }
 
     /// Count the rows held by [`Self::add_numeric_row`] (all of the
@@ -871,9 +845,11 @@ impl DriftOperator {
                 Value::FeatureRow => builder.count_feature_row(),
                 Value::ScoreRow => builder.count_score_row(),
                 Value::Number(_, name, x) => builder.add_number(name, x),
-                Value::Numbers(row) => row.each(&self.config, |pos, name, x| {
-                    builder.add_number_at(pos, name, x)
-                }),
+                Value::Numbers(row) => {
+                    builder.add_numeric_entries(row.keys, row.values, row.range, |name| {
+                        self.config.monitors(name)
+                    })
+                }
                 Value::Category(_, name, c) => builder.add_category(name, c),
             });
         }
@@ -1110,9 +1086,11 @@ impl ProfileCollector {
                 Value::FeatureRow => builder.count_feature_row(),
                 Value::ScoreRow => builder.count_score_row(),
                 Value::Number(_, name, x) => builder.add_number(name, x),
-                Value::Numbers(row) => row.each(&self.config, |pos, name, x| {
-                    builder.add_number_at(pos, name, x)
-                }),
+                Value::Numbers(row) => {
+                    builder.add_numeric_entries(row.keys, row.values, row.range, |name| {
+                        self.config.monitors(name)
+                    })
+                }
                 Value::Category(_, name, c) => builder.add_category(name, c),
             });
         }
@@ -1171,18 +1149,6 @@ struct NumericEntries<'a> {
     keys: &'a StringArray,
     values: &'a Float64Array,
     range: std::ops::Range<usize>,
-}
-
-impl<'a> NumericEntries<'a> {
-    /// Each monitored feature with a value, as (row position, name, value).
-    fn each(&self, config: &DriftConfig, mut f: impl FnMut(usize, &'a str, f64)) {
-        for i in self.range.clone() {
-            let name = self.keys.value(i);
-            if self.values.is_valid(i) && config.monitors(name) {
-                f(1 + i - self.range.start, name, self.values.value(i));
-            }
-        }
-    }
 }
 
 /// The prediction columns drift reads.

@@ -8,10 +8,12 @@
 //! categorical features keep the most frequent categories plus "other".
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
+use arrow::array::{Array, Float64Array, StringArray};
 use foldhash::HashMap;
 
-use super::slots::Slots;
+use super::slots::{RowLayout, Slots};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -243,6 +245,8 @@ pub struct ProfileBuilder {
     /// Rows that could carry a score (status ok).
     score_rows: u64,
     features: Slots<FeatureBuilder>,
+    /// The last numeric feature map's keys and their slots.
+    layout: RowLayout,
 }
 
 impl ProfileBuilder {
@@ -254,6 +258,7 @@ impl ProfileBuilder {
             feature_rows: 0,
             score_rows: 0,
             features: Slots::default(),
+            layout: RowLayout::default(),
         }
     }
 
@@ -290,8 +295,39 @@ impl ProfileBuilder {
         if !x.is_finite() {
             return;
         }
-        let cap = self.binning.reference_sample;
         let i = self.features.slot(pos, name, FeatureBuilder::default);
+        self.add_to_slot(i, x);
+    }
+
+    /// A row's numeric feature map: entries `range` of `keys` and
+    /// `values`, those whose name `monitors` (non-finite values are
+    /// ignored). Rows repeating the last row's keys skip the name lookups.
+    pub(crate) fn add_numeric_entries(
+        &mut self,
+        keys: &StringArray,
+        values: &Float64Array,
+        range: Range<usize>,
+        monitors: impl Fn(&str) -> bool,
+    ) {
+        if !self.layout.matches(keys, range.clone()) {
+            let features = &mut self.features;
+            self.layout = RowLayout::of(keys, range.clone(), |pos, name| {
+                monitors(name).then(|| features.slot(pos, name, FeatureBuilder::default))
+            });
+        }
+        for (k, i) in range.enumerate() {
+            if let Some(slot) = self.layout.slots[k]
+                && values.is_valid(i)
+                && values.value(i).is_finite()
+            {
+                self.add_to_slot(slot, values.value(i));
+            }
+        }
+    }
+
+    /// A finite value of the numeric feature in slot `i`.
+    fn add_to_slot(&mut self, i: usize, x: f64) {
+        let cap = self.binning.reference_sample;
         let b = &mut self.features.at(i).numeric;
         // Reservoir sampling (algorithm R): a uniform sample of `cap`.
         let slot = if (b.seen as usize) < cap {

@@ -3,6 +3,9 @@
 //! the feature last seen at that position usually replaces a hash lookup.
 //! Shared by the window counts and the reference builder.
 
+use std::ops::Range;
+
+use arrow::array::StringArray;
 use foldhash::HashMap;
 
 /// Row positions remembered; beyond them every lookup hashes.
@@ -70,5 +73,48 @@ impl<T> Slots<T> {
     /// The values in first-seen order.
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.items.iter_mut().map(|(_, v)| v)
+    }
+}
+
+/// A numeric feature map's keys (their bytes and lengths) and the slot of
+/// each entry (None: not monitored). Rows of one model repeat it, so one
+/// compare of a row's keys replaces a name lookup per value.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RowLayout {
+    bytes: Vec<u8>,
+    /// Key offsets from the row's first key, `entries + 1` of them.
+    offsets: Vec<i32>,
+    /// Per entry of the row.
+    pub(crate) slots: Vec<Option<usize>>,
+}
+
+impl RowLayout {
+    /// Whether the keys of entries `range` are this layout's.
+    #[inline]
+    pub(crate) fn matches(&self, keys: &StringArray, range: Range<usize>) -> bool {
+        let offsets = &keys.value_offsets()[range.start..=range.end];
+        let base = offsets[0];
+        offsets.len() == self.offsets.len()
+            // Every offset, without an early exit: the loop vectorizes.
+            && (offsets.iter().zip(&self.offsets)).fold(true, |same, (&o, &r)| same & (o - base == r))
+            && keys.value_data()[base as usize..offsets[offsets.len() - 1] as usize] == self.bytes[..]
+    }
+
+    /// The layout of the keys of entries `range`; `slot(position in the
+    /// row from 1, name)` gives each entry's slot.
+    pub(crate) fn of(
+        keys: &StringArray,
+        range: Range<usize>,
+        mut slot: impl FnMut(usize, &str) -> Option<usize>,
+    ) -> Self {
+        let offsets = &keys.value_offsets()[range.start..=range.end];
+        let base = offsets[0];
+        Self {
+            bytes: keys.value_data()[base as usize..offsets[offsets.len() - 1] as usize].to_vec(),
+            offsets: offsets.iter().map(|&o| o - base).collect(),
+            slots: (range.clone())
+                .map(|i| slot(1 + i - range.start, keys.value(i)))
+                .collect(),
+        }
     }
 }

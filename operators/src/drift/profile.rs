@@ -507,35 +507,30 @@ pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
 /// The edges for `psi_bins` are a subset of those for `bins` when `psi_bins`
 /// divides `bins` (a value heavy at `1/psi_bins` is heavy at `1/bins`).
 pub fn bin_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
-    let runs = value_runs(sorted);
     if bins < 2 {
         return Vec::new();
     }
-    if runs.len() <= bins / 2 {
-        return runs.iter().flat_map(|&(v, _)| [v, v.next_up()]).collect();
-    }
+    // One pass over the runs of equal values: the first `bins / 2`
+    // distinct values, how many there are, and the heavy ones.
     let heavy = sorted.len().div_ceil(bins).max(2);
-    let mut edges = quantile_edges(sorted, bins);
-    for &(v, count) in &runs {
-        if count >= heavy {
-            edges.extend([v, v.next_up()]);
+    let (mut distinct, mut few, mut points) = (0, Vec::new(), Vec::new());
+    for run in sorted.chunk_by(|a, b| a == b) {
+        distinct += 1;
+        if distinct <= bins / 2 {
+            few.push(run[0]);
+        }
+        if run.len() >= heavy {
+            points.extend([run[0], run[0].next_up()]);
         }
     }
+    if distinct <= bins / 2 {
+        return few.iter().flat_map(|&v| [v, v.next_up()]).collect();
+    }
+    let mut edges = quantile_edges(sorted, bins);
+    edges.extend(points);
     edges.sort_by(f64::total_cmp);
     edges.dedup();
     edges
-}
-
-/// Distinct values of a sorted sample with how often each occurs.
-fn value_runs(sorted: &[f64]) -> Vec<(f64, usize)> {
-    let mut runs: Vec<(f64, usize)> = Vec::new();
-    for &x in sorted {
-        match runs.last_mut() {
-            Some((v, n)) if *v == x => *n += 1,
-            _ => runs.push((x, 1)),
-        }
-    }
-    runs
 }
 
 #[cfg(test)]

@@ -169,11 +169,6 @@ impl LinearCdf {
         self.interpolate(x, self.0.partition_point(|&(kx, _)| kx <= x))
     }
 
-    /// The limit of F from the left at `x`.
-    fn at_left(&self, x: f64) -> f64 {
-        self.interpolate(x, self.0.partition_point(|&(kx, _)| kx < x))
-    }
-
     fn interpolate(&self, x: f64, i: usize) -> f64 {
         let k = &self.0;
         if i == 0 {
@@ -196,12 +191,15 @@ impl LinearCdf {
         let mut xs: Vec<f64> = self.0.iter().chain(&other.0).map(|k| k.0).collect();
         xs.sort_by(f64::total_cmp);
         xs.dedup();
+        // The knots' positions in each CDF only move forward along `xs`:
+        // cursors instead of a binary search per point.
+        let (mut a, mut b) = (Cursor::new(self), Cursor::new(other));
         let mut area = 0.0;
         for w in xs.windows(2) {
             let (x0, x1) = (w[0], w[1]);
             // Both CDFs are linear on (x0, x1); so is their difference.
-            let d0 = self.at(x0) - other.at(x0);
-            let d1 = self.at_left(x1) - other.at_left(x1);
+            let d0 = a.at(x0) - b.at(x0);
+            let d1 = a.at_left(x1) - b.at_left(x1);
             let width = x1 - x0;
             area += if d0 * d1 >= 0.0 {
                 (d0.abs() + d1.abs()) / 2.0 * width
@@ -210,6 +208,40 @@ impl LinearCdf {
             };
         }
         area
+    }
+}
+
+/// [`LinearCdf::at`] and [`LinearCdf::at_left`] at ascending points.
+struct Cursor<'a> {
+    cdf: &'a LinearCdf,
+    /// Knots at or below the last point.
+    le: usize,
+    /// Knots below the last point.
+    lt: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(cdf: &'a LinearCdf) -> Self {
+        Self { cdf, le: 0, lt: 0 }
+    }
+
+    /// `cdf.at(x)`, for `x` not below the last point asked.
+    fn at(&mut self, x: f64) -> f64 {
+        let k = &self.cdf.0;
+        while self.le < k.len() && k[self.le].0 <= x {
+            self.le += 1;
+        }
+        self.cdf.interpolate(x, self.le)
+    }
+
+    /// The limit of F from the left at `x`, for `x` not below the last
+    /// point asked.
+    fn at_left(&mut self, x: f64) -> f64 {
+        let k = &self.cdf.0;
+        while self.lt < k.len() && k[self.lt].0 < x {
+            self.lt += 1;
+        }
+        self.cdf.interpolate(x, self.lt)
     }
 }
 
@@ -266,6 +298,19 @@ pub fn chi2_homogeneity(reference: &[f64], current: &[f64]) -> Option<ChiSquare>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_equals_the_binary_search() {
+        // Knots with a jump (two at one x) and empty bins.
+        let cdf = LinearCdf::from_bins(&[1.0, 2.0, 2.0, 5.0], &[3.0, 0.0, 4.0, 1.0, 2.0], 0.0, 9.0);
+        let mut cursor = Cursor::new(&cdf);
+        for i in -4..=40 {
+            let x = i as f64 * 0.25;
+            let left = cdf.interpolate(x, cdf.0.partition_point(|&(kx, _)| kx < x));
+            assert_eq!(cursor.at_left(x), left, "at_left({x})");
+            assert_eq!(cursor.at(x), cdf.at(x), "at({x})");
+        }
+    }
 
     #[test]
     fn identical_inputs_are_not_drift() {

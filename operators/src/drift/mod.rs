@@ -228,9 +228,7 @@ impl FeatureWindow {
             counts,
         }
     }
-}
 
-impl FeatureWindow {
     /// Count numeric values: binned when the reference has this feature as
     /// numeric; else only counted (as invalid when it is categorical).
     fn add_numbers(&mut self, xs: impl Iterator<Item = f64>) {
@@ -450,8 +448,8 @@ impl DriftWindow {
     }
 
     /// A row's numeric features, held (as the row's first entry) until
-    /// [`Self::count_pending`]: rows of one layout are counted feature by
-    /// feature, each feature's values read with a stride.
+    /// the layout changes or [`Self::count_pending`]: rows of one layout
+    /// are counted feature by feature ([`Self::count_layout_rows`]).
     fn add_numeric_row(&mut self, row: &NumericEntries<'_>, config: &DriftConfig) {
         if !self.layout.matches(row.keys, row.range.clone()) {
             self.count_layout_rows(row.values);

@@ -315,8 +315,8 @@ pub struct DriftWindow {
     feature_rows: u64,
     score_rows: u64,
     features: Slots<FeatureWindow>,
-    /// Scratch: one batch's numeric values per feature slot, binned per
-    /// slot in a tight loop once the batch is read.
+    /// Scratch: one batch's numeric values outside the feature map (the
+    /// score) per feature slot, binned per slot once the batch is read.
     pending: Vec<Vec<f64>>,
     /// The key layout of the last numeric feature map seen and the slot of
     /// each of its entries: rows of one model repeat it, so one compare of

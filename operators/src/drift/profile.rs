@@ -286,16 +286,12 @@ impl ProfileBuilder {
 
     /// A numeric value of `name` (non-finite values are ignored).
     pub fn add_number(&mut self, name: &str, x: f64) {
-        self.add_number_at(usize::MAX, name, x);
-    }
-
-    /// A numeric value of `name` at row position `pos` (non-finite values
-    /// are ignored).
-    pub fn add_number_at(&mut self, pos: usize, name: &str, x: f64) {
         if !x.is_finite() {
             return;
         }
-        let i = self.features.slot(pos, name, FeatureBuilder::default);
+        let i = self
+            .features
+            .slot(usize::MAX, name, FeatureBuilder::default);
         self.add_to_slot(i, x);
     }
 
@@ -395,9 +391,7 @@ impl ProfileBuilder {
         // while the reference fits in the sample).
         let mut counts = vec![0u64; edges.len() + 1];
         let lookup = super::bins::BinLookup::new(edges.clone());
-        for &x in &sorted {
-            counts[lookup.bin(x)] += 1;
-        }
+        lookup.bin_each(sorted.iter().copied(), |bin, _| counts[bin] += 1);
         if b.seen as usize > sorted.len() {
             let scale = b.seen as f64 / sorted.len() as f64;
             counts
